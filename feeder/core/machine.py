@@ -1,0 +1,334 @@
+"""The lease state machine: every rule about what happens to a task, and nothing else.
+
+Each function takes a task record and `now`, and returns a `Decision`: a typed outcome, the
+new record (or None when nothing changed) and the events to count. No I/O, no clock, no
+global randomness. Storage persists the new record only if the task still has the version
+the decision was made from, so a decision based on a stale read is never applied.
+
+Time-driven transitions are applied first by `advance`: a lease whose deadline has passed
+has expired whether or not the reaper got to it yet, so the outcome of an operation never
+depends on how promptly the reaper ran.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
+
+from feeder.core.model import (
+    EMPTY_HEADERS,
+    AckOutcome,
+    Attempt,
+    AttemptOutcome,
+    CancelOutcome,
+    ExtendOutcome,
+    NackOutcome,
+    State,
+    Task,
+    TaskSpec,
+)
+from feeder.core.policy import QueuePolicy
+
+# A task released over and over (workers restarting) would grow its history without bound.
+MAX_HISTORY = 100
+
+O = TypeVar("O")
+
+
+class Event(enum.Enum):
+    """Things counted in the feeder's running totals."""
+
+    SUBMITTED = "submitted"
+    COMPLETED = "completed"
+    ADOPTED = "adopted"
+    EXPIRED = "expired"
+    REDELIVERED = "redelivered"
+    DUPLICATE_ACK = "duplicate_acks"
+    DEAD_LETTERED = "dead_lettered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision(Generic[O]):
+    outcome: O
+    task: Task | None = None
+    events: tuple[Event, ...] = ()
+
+
+def create(spec: TaskSpec, *, task_id: int, now: float, policy: QueuePolicy) -> Decision[State]:
+    """A new task: scheduled when its not-before time is in the future, else ready."""
+    scheduled = spec.not_before is not None and spec.not_before > now
+    task = Task(
+        id=task_id,
+        queue=spec.queue,
+        payload=spec.payload,
+        headers=spec.headers or EMPTY_HEADERS,
+        priority=spec.priority,
+        state=State.SCHEDULED if scheduled else State.READY,
+        max_attempts=spec.max_attempts or policy.max_attempts,
+        created_at=now,
+        ready_at=now,
+        not_before=spec.not_before if scheduled else None,
+        lease_duration=spec.lease_duration,
+        idempotency_key=spec.idempotency_key,
+    )
+    return Decision(task.state, task, (Event.SUBMITTED,))
+
+
+def advance(task: Task, now: float) -> Decision[None]:
+    """Applies the transitions that time alone causes: promotion and lease expiry."""
+    if task.state is State.SCHEDULED and task.not_before is not None and task.not_before <= now:
+        promoted = replace(
+            task, state=State.READY, not_before=None, ready_at=now, version=task.version + 1
+        )
+        return Decision(None, promoted)
+    if task.state is State.LEASED and task.lease_deadline is not None and task.lease_deadline <= now:
+        return _expire(task, now)
+    return Decision(None)
+
+
+def _expire(task: Task, now: float) -> Decision[None]:
+    failures = task.failures + 1
+    history = _end_current(task, now, AttemptOutcome.EXPIRED, "lease expired")
+    if failures >= task.max_attempts:
+        dead = replace(
+            task,
+            state=State.DEAD,
+            failures=failures,
+            lease_deadline=None,
+            finished_at=now,
+            history=history,
+            version=task.version + 1,
+        )
+        return Decision(None, dead, (Event.EXPIRED, Event.DEAD_LETTERED))
+    ready = replace(
+        task,
+        state=State.READY,
+        failures=failures,
+        lease_deadline=None,
+        ready_at=now,
+        history=history,
+        version=task.version + 1,
+    )
+    return Decision(None, ready, (Event.EXPIRED,))
+
+
+def lease(
+    task: Task,
+    *,
+    now: float,
+    worker_id: str,
+    lease_duration: float | None,
+    policy: QueuePolicy,
+) -> Decision[bool]:
+    """Hands a ready task to a worker. Outcome False (no change) if it is not ready."""
+    caught_up = advance(task, now)
+    current = caught_up.task or task
+    if current.state is not State.READY:
+        return Decision(False, caught_up.task, caught_up.events)
+    duration = lease_duration or current.lease_duration or policy.lease_duration
+    attempt = current.attempt + 1
+    history = _trim((*current.history, Attempt(attempt=attempt, worker_id=worker_id, leased_at=now)))
+    leased = replace(
+        current,
+        state=State.LEASED,
+        attempt=attempt,
+        lease_deadline=now + duration,
+        lease_granted=duration,
+        history=history,
+        version=current.version + 1,
+    )
+    events = caught_up.events + ((Event.REDELIVERED,) if attempt > 1 else ())
+    return Decision(True, leased, events)
+
+
+def ack(task: Task, attempt: int, *, result: bytes | None, now: float) -> Decision[AckOutcome]:
+    """Completes the task for the worker holding lease `attempt`; see AckOutcome."""
+    caught_up = advance(task, now)
+    current = caught_up.task or task
+    if attempt < 1 or attempt > current.attempt:
+        return Decision(AckOutcome.INVALID_TOKEN, caught_up.task, caught_up.events)
+    if current.state is State.COMPLETED:
+        return Decision(AckOutcome.DUPLICATE, caught_up.task, (*caught_up.events, Event.DUPLICATE_ACK))
+    if current.state is State.CANCELLED or _nacked(current, attempt):
+        return Decision(AckOutcome.REJECTED, caught_up.task, caught_up.events)
+    is_current = current.state is State.LEASED and current.attempt == attempt
+    history = list(current.history)
+    for index, record in enumerate(history):
+        if record.attempt == attempt:
+            note = "" if is_current else "completed after its lease ended (adopted)"
+            history[index] = replace(
+                record, ended_at=record.ended_at or now, outcome=AttemptOutcome.ACKED, error=note
+            )
+        elif record.outcome is AttemptOutcome.RUNNING:
+            history[index] = replace(
+                record,
+                ended_at=now,
+                outcome=AttemptOutcome.REVOKED,
+                error=f"revoked: attempt {attempt} completed the task first",
+            )
+    completed = replace(
+        current,
+        state=State.COMPLETED,
+        result=result,
+        lease_deadline=None,
+        not_before=None,
+        finished_at=now,
+        history=tuple(history),
+        version=current.version + 1,
+    )
+    if is_current:
+        return Decision(AckOutcome.ACKED, completed, (*caught_up.events, Event.COMPLETED))
+    events = (*caught_up.events, Event.COMPLETED, Event.ADOPTED)
+    return Decision(AckOutcome.ADOPTED, completed, events)
+
+
+def nack(
+    task: Task,
+    attempt: int,
+    *,
+    error: str,
+    retry_after: float | None,
+    terminal: bool,
+    release: bool,
+    now: float,
+    policy: QueuePolicy,
+    rng: random.Random,
+) -> Decision[NackOutcome]:
+    """Records a failed (or released) attempt; see NackOutcome."""
+    caught_up = advance(task, now)
+    current = caught_up.task or task
+    if attempt < 1 or attempt > current.attempt:
+        return Decision(NackOutcome.INVALID_TOKEN, caught_up.task, caught_up.events)
+    if current.state is State.COMPLETED:
+        return Decision(NackOutcome.COMPLETED, caught_up.task, caught_up.events)
+    if current.state is State.CANCELLED:
+        return Decision(NackOutcome.CANCELLED, caught_up.task, caught_up.events)
+    if _nacked(current, attempt):
+        return Decision(NackOutcome.DUPLICATE, caught_up.task, caught_up.events)
+    if not (current.state is State.LEASED and current.attempt == attempt):
+        return _stale_nack(current, attempt, error, caught_up.events)
+    if release:
+        released = replace(
+            current,
+            state=State.READY,
+            lease_deadline=None,
+            ready_at=now,
+            history=_end_current(current, now, AttemptOutcome.RELEASED, error),
+            version=current.version + 1,
+        )
+        return Decision(NackOutcome.RELEASED, released, caught_up.events)
+    failures = current.failures + 1
+    history = _end_current(current, now, AttemptOutcome.FAILED, error)
+    if terminal or failures >= current.max_attempts:
+        dead = replace(
+            current,
+            state=State.DEAD,
+            failures=failures,
+            lease_deadline=None,
+            finished_at=now,
+            history=history,
+            version=current.version + 1,
+        )
+        return Decision(NackOutcome.DEAD, dead, (Event.FAILED, Event.DEAD_LETTERED))
+    delay = retry_after if retry_after is not None else policy.backoff(failures, rng)
+    retry = replace(
+        current,
+        state=State.SCHEDULED if delay > 0 else State.READY,
+        failures=failures,
+        lease_deadline=None,
+        not_before=now + delay if delay > 0 else None,
+        ready_at=now,
+        history=history,
+        version=current.version + 1,
+    )
+    return Decision(NackOutcome.RETRYING, retry, (Event.FAILED,))
+
+
+def _stale_nack(
+    task: Task, attempt: int, error: str, events: tuple[Event, ...]
+) -> Decision[NackOutcome]:
+    """A nack from an attempt that already ended: keep its error for the record."""
+    record = task.attempt_record(attempt)
+    if record is None or not error or record.error == error:
+        return Decision(NackOutcome.STALE, task if events else None, events)
+    history = tuple(
+        replace(r, error=f"{r.error}; worker reported: {error}") if r is record else r
+        for r in task.history
+    )
+    noted = replace(task, history=history, version=task.version + 1)
+    return Decision(NackOutcome.STALE, noted, events)
+
+
+def extend(
+    task: Task, attempt: int, *, lease_duration: float | None, now: float
+) -> Decision[ExtendOutcome]:
+    """Moves the deadline of a current lease; otherwise says why the lease is gone."""
+    caught_up = advance(task, now)
+    current = caught_up.task or task
+    if attempt < 1 or attempt > current.attempt:
+        return Decision(ExtendOutcome.INVALID_TOKEN, caught_up.task, caught_up.events)
+    if current.state is State.COMPLETED:
+        return Decision(ExtendOutcome.COMPLETED, caught_up.task, caught_up.events)
+    if current.state is State.CANCELLED:
+        return Decision(ExtendOutcome.CANCELLED, caught_up.task, caught_up.events)
+    if not (current.state is State.LEASED and current.attempt == attempt):
+        return Decision(ExtendOutcome.LEASE_LOST, caught_up.task, caught_up.events)
+    duration = lease_duration or current.lease_granted or 0.0
+    extended = replace(current, lease_deadline=now + duration, version=current.version + 1)
+    return Decision(ExtendOutcome.EXTENDED, extended, caught_up.events)
+
+
+def cancel(task: Task, *, now: float) -> Decision[CancelOutcome]:
+    """Cancels a task that has not completed; its live lease, if any, is revoked."""
+    if task.state is State.COMPLETED:
+        return Decision(CancelOutcome.ALREADY_COMPLETED)
+    if task.state is State.CANCELLED:
+        return Decision(CancelOutcome.ALREADY_CANCELLED)
+    history = task.history
+    if task.state is State.LEASED:
+        history = _end_current(task, now, AttemptOutcome.REVOKED, "revoked: task cancelled")
+    cancelled = replace(
+        task,
+        state=State.CANCELLED,
+        lease_deadline=None,
+        not_before=None,
+        finished_at=now,
+        history=history,
+        version=task.version + 1,
+    )
+    return Decision(CancelOutcome.CANCELLED, cancelled, (Event.CANCELLED,))
+
+
+def redrive(task: Task, *, now: float) -> Decision[bool]:
+    """Puts a dead task back to ready with a fresh failure budget (attempt numbers go on)."""
+    if task.state is not State.DEAD:
+        return Decision(False)
+    ready = replace(
+        task,
+        state=State.READY,
+        failures=0,
+        ready_at=now,
+        finished_at=None,
+        version=task.version + 1,
+    )
+    return Decision(True, ready)
+
+
+def _nacked(task: Task, attempt: int) -> bool:
+    record = task.attempt_record(attempt)
+    return record is not None and record.outcome in (AttemptOutcome.FAILED, AttemptOutcome.RELEASED)
+
+
+def _end_current(task: Task, now: float, outcome: AttemptOutcome, error: str) -> tuple[Attempt, ...]:
+    record = task.current_attempt()
+    if record is None or record.outcome is not AttemptOutcome.RUNNING:
+        return task.history
+    return (*task.history[:-1], replace(record, ended_at=now, outcome=outcome, error=error))
+
+
+def _trim(history: tuple[Attempt, ...]) -> tuple[Attempt, ...]:
+    return history[-MAX_HISTORY:] if len(history) > MAX_HISTORY else history

@@ -1,0 +1,146 @@
+"""Task records and the typed outcomes of the lease state machine."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class State(enum.IntEnum):
+    """Lifecycle states. Values match the wire enum `feedwork.v1.TaskState`."""
+
+    SCHEDULED = 1
+    READY = 2
+    LEASED = 3
+    COMPLETED = 4
+    DEAD = 5
+    CANCELLED = 6
+
+    @property
+    def is_final(self) -> bool:
+        """Completed and cancelled tasks never change again (dead ones can be redriven)."""
+        return self in (State.COMPLETED, State.CANCELLED)
+
+    @property
+    def is_pending(self) -> bool:
+        """Scheduled, ready or leased: the task still has work ahead of it."""
+        return self in (State.SCHEDULED, State.READY, State.LEASED)
+
+
+class AttemptOutcome(enum.IntEnum):
+    """How one attempt ended. Values match `feedwork.v1.AttemptOutcome`."""
+
+    RUNNING = 1
+    ACKED = 2
+    FAILED = 3
+    EXPIRED = 4
+    RELEASED = 5
+    REVOKED = 6
+
+
+class AckOutcome(enum.IntEnum):
+    ACKED = 1
+    ADOPTED = 2
+    DUPLICATE = 3
+    REJECTED = 4
+    NOT_FOUND = 5
+    INVALID_TOKEN = 6
+
+
+class NackOutcome(enum.IntEnum):
+    RETRYING = 1
+    DEAD = 2
+    RELEASED = 3
+    STALE = 4
+    COMPLETED = 5
+    CANCELLED = 6
+    NOT_FOUND = 7
+    INVALID_TOKEN = 8
+    DUPLICATE = 9
+
+
+class ExtendOutcome(enum.IntEnum):
+    EXTENDED = 1
+    LEASE_LOST = 2
+    COMPLETED = 3
+    CANCELLED = 4
+    NOT_FOUND = 5
+    INVALID_TOKEN = 6
+
+
+class CancelOutcome(enum.IntEnum):
+    CANCELLED = 1
+    ALREADY_CANCELLED = 2
+    ALREADY_COMPLETED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt (lease) of a task."""
+
+    attempt: int
+    worker_id: str
+    leased_at: float
+    ended_at: float | None = None
+    outcome: AttemptOutcome = AttemptOutcome.RUNNING
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A validated task as submitted; the feeder fills in the rest."""
+
+    queue: str
+    payload: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=lambda: EMPTY_HEADERS)
+    priority: int = 0
+    not_before: float | None = None
+    max_attempts: int | None = None
+    lease_duration: float | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task record. Immutable: every transition returns a new record with version + 1.
+
+    `attempt` is the number of leases handed out so far and doubles as the lease epoch that
+    fences stale tokens. `history` holds every attempt, oldest first.
+    """
+
+    id: int
+    queue: str
+    payload: bytes
+    headers: Mapping[str, str]
+    priority: int
+    state: State
+    max_attempts: int
+    created_at: float
+    ready_at: float
+    attempt: int = 0
+    failures: int = 0
+    not_before: float | None = None
+    lease_deadline: float | None = None
+    lease_duration: float | None = None
+    lease_granted: float | None = None
+    idempotency_key: str | None = None
+    result: bytes | None = None
+    finished_at: float | None = None
+    history: tuple[Attempt, ...] = field(default=())
+    version: int = 1
+
+    def current_attempt(self) -> Attempt | None:
+        """The record of attempt number `self.attempt`, if the task was ever leased."""
+        if self.history and self.history[-1].attempt == self.attempt:
+            return self.history[-1]
+        return None
+
+    def attempt_record(self, attempt: int) -> Attempt | None:
+        for record in reversed(self.history):
+            if record.attempt == attempt:
+                return record
+        return None
