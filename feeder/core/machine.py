@@ -34,7 +34,7 @@ from feeder.core.policy import QueuePolicy
 # A task released over and over (workers restarting) would grow its history without bound.
 MAX_HISTORY = 100
 
-O = TypeVar("O")
+OutcomeT = TypeVar("OutcomeT")
 
 
 class Event(enum.Enum):
@@ -52,8 +52,8 @@ class Event(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Decision(Generic[O]):
-    outcome: O
+class Decision(Generic[OutcomeT]):
+    outcome: OutcomeT
     task: Task | None = None
     events: tuple[Event, ...] = ()
 
@@ -85,7 +85,11 @@ def advance(task: Task, now: float) -> Decision[None]:
             task, state=State.READY, not_before=None, ready_at=now, version=task.version + 1
         )
         return Decision(None, promoted)
-    if task.state is State.LEASED and task.lease_deadline is not None and task.lease_deadline <= now:
+    if (
+        task.state is State.LEASED
+        and task.lease_deadline is not None
+        and task.lease_deadline <= now
+    ):
         return _expire(task, now)
     return Decision(None)
 
@@ -131,7 +135,9 @@ def lease(
         return Decision(False, caught_up.task, caught_up.events)
     duration = lease_duration or current.lease_duration or policy.lease_duration
     attempt = current.attempt + 1
-    history = _trim((*current.history, Attempt(attempt=attempt, worker_id=worker_id, leased_at=now)))
+    history = _trim(
+        (*current.history, Attempt(attempt=attempt, worker_id=worker_id, leased_at=now))
+    )
     leased = replace(
         current,
         state=State.LEASED,
@@ -152,7 +158,9 @@ def ack(task: Task, attempt: int, *, result: bytes | None, now: float) -> Decisi
     if attempt < 1 or attempt > current.attempt:
         return Decision(AckOutcome.INVALID_TOKEN, caught_up.task, caught_up.events)
     if current.state is State.COMPLETED:
-        return Decision(AckOutcome.DUPLICATE, caught_up.task, (*caught_up.events, Event.DUPLICATE_ACK))
+        return Decision(
+            AckOutcome.DUPLICATE, caught_up.task, (*caught_up.events, Event.DUPLICATE_ACK)
+        )
     if current.state is State.CANCELLED or _nacked(current, attempt):
         return Decision(AckOutcome.REJECTED, caught_up.task, caught_up.events)
     is_current = current.state is State.LEASED and current.attempt == attempt
@@ -210,7 +218,7 @@ def nack(
     if _nacked(current, attempt):
         return Decision(NackOutcome.DUPLICATE, caught_up.task, caught_up.events)
     if not (current.state is State.LEASED and current.attempt == attempt):
-        return _stale_nack(current, attempt, error, caught_up.events)
+        return _stale_nack(current, attempt, error, caught_up)
     if release:
         released = replace(
             current,
@@ -249,18 +257,18 @@ def nack(
 
 
 def _stale_nack(
-    task: Task, attempt: int, error: str, events: tuple[Event, ...]
+    task: Task, attempt: int, error: str, caught_up: Decision[None]
 ) -> Decision[NackOutcome]:
-    """A nack from an attempt that already ended: keep its error for the record."""
+    """A nack from an attempt that already ended: keep its error for the record (once)."""
     record = task.attempt_record(attempt)
-    if record is None or not error or record.error == error:
-        return Decision(NackOutcome.STALE, task if events else None, events)
+    note = f"worker reported: {error}"
+    if record is None or not error or record.error == error or record.error.endswith(note):
+        return Decision(NackOutcome.STALE, caught_up.task, caught_up.events)
     history = tuple(
-        replace(r, error=f"{r.error}; worker reported: {error}") if r is record else r
-        for r in task.history
+        replace(r, error=f"{r.error}; {note}") if r is record else r for r in task.history
     )
     noted = replace(task, history=history, version=task.version + 1)
-    return Decision(NackOutcome.STALE, noted, events)
+    return Decision(NackOutcome.STALE, noted, caught_up.events)
 
 
 def extend(
@@ -283,24 +291,30 @@ def extend(
 
 
 def cancel(task: Task, *, now: float) -> Decision[CancelOutcome]:
-    """Cancels a task that has not completed; its live lease, if any, is revoked."""
+    """Cancels a task that has not completed; its live lease, if any, is revoked.
+
+    A lease already past its deadline expired before the cancel (see `advance`): it is
+    recorded and counted as expired, not revoked.
+    """
     if task.state is State.COMPLETED:
         return Decision(CancelOutcome.ALREADY_COMPLETED)
     if task.state is State.CANCELLED:
         return Decision(CancelOutcome.ALREADY_CANCELLED)
-    history = task.history
-    if task.state is State.LEASED:
-        history = _end_current(task, now, AttemptOutcome.REVOKED, "revoked: task cancelled")
+    caught_up = advance(task, now)
+    current = caught_up.task or task
+    history = current.history
+    if current.state is State.LEASED:
+        history = _end_current(current, now, AttemptOutcome.REVOKED, "revoked: task cancelled")
     cancelled = replace(
-        task,
+        current,
         state=State.CANCELLED,
         lease_deadline=None,
         not_before=None,
         finished_at=now,
         history=history,
-        version=task.version + 1,
+        version=current.version + 1,
     )
-    return Decision(CancelOutcome.CANCELLED, cancelled, (Event.CANCELLED,))
+    return Decision(CancelOutcome.CANCELLED, cancelled, (*caught_up.events, Event.CANCELLED))
 
 
 def redrive(task: Task, *, now: float) -> Decision[bool]:
@@ -323,7 +337,9 @@ def _nacked(task: Task, attempt: int) -> bool:
     return record is not None and record.outcome in (AttemptOutcome.FAILED, AttemptOutcome.RELEASED)
 
 
-def _end_current(task: Task, now: float, outcome: AttemptOutcome, error: str) -> tuple[Attempt, ...]:
+def _end_current(
+    task: Task, now: float, outcome: AttemptOutcome, error: str
+) -> tuple[Attempt, ...]:
     record = task.current_attempt()
     if record is None or record.outcome is not AttemptOutcome.RUNNING:
         return task.history

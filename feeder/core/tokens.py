@@ -43,7 +43,7 @@ class TokenCodec:
 
     def issue(self, task_id: int, attempt: int) -> str:
         body = _BODY.pack(_VERSION, task_id, attempt)
-        return base64.urlsafe_b64encode(body + self._tag(body)).decode("ascii").rstrip("=")
+        return _encode(body + self._tag(body))
 
     def verify(self, token: str) -> LeaseRef:
         try:
@@ -52,6 +52,10 @@ class TokenCodec:
             raise TokenError("lease token is not valid base64") from exc
         if len(raw) != _TOKEN_BYTES:
             raise TokenError("lease token has the wrong length")
+        if _encode(raw) != token:
+            # The decoder skips stray characters and ignores the unused low bits of the
+            # last character: accept only the one spelling `issue` produces.
+            raise TokenError("lease token is not in canonical form")
         body, tag = raw[: _BODY.size], raw[_BODY.size :]
         if not hmac.compare_digest(tag, self._tag(body)):
             raise TokenError("lease token was not issued by this feeder")
@@ -59,3 +63,7 @@ class TokenCodec:
         if version != _VERSION:
             raise TokenError("lease token version is not supported")
         return LeaseRef(task_id=task_id, attempt=attempt)
+
+
+def _encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")

@@ -1,10 +1,45 @@
-"""TaskService: every feeder operation, in domain terms (no protobuf, no gRPC)."""
+"""TaskService: every feeder operation, in domain terms (no protobuf, no gRPC).
+
+It reads records from the store, asks the state machine what happens, and has the store
+apply the decision guarded by the version it was made from. A guard that fails means a
+concurrent change won; the item is decided again from the fresh record.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from feeder.core.model import AckOutcome, ExtendOutcome, NackOutcome, Task
+from feeder.core import machine
+from feeder.core.machine import Decision, Event
+from feeder.core.model import (
+    AckOutcome,
+    CancelOutcome,
+    ExtendOutcome,
+    NackOutcome,
+    State,
+    Task,
+    TaskSpec,
+)
+from feeder.core.policy import QueuePolicy
+from feeder.core.tokens import LeaseRef, TokenCodec, TokenError
+from feeder.service.janitor import Janitor
+from feeder.service.reaper import Reaper
+from feeder.service.waiters import Waiters
+from feeder.store.base import Change, DeadPage, QueueCounts, Store, StoreUnavailable, Submitted
+
+log = logging.getLogger("feedwork.feeder")
+
+OutcomeT = TypeVar("OutcomeT")
+# A decision is retried this often when concurrent changes keep winning the guard.
+MAX_RACES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,4 +90,346 @@ class ExtendResult:
 
 
 class TaskService:
-    """Placeholder: implementation in progress (see the feeder issue)."""
+    """The feeder's operations. Construct, `await start()`, use, `await stop()`."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        policies: Callable[[str], QueuePolicy],
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        retention: float = 86400.0,
+    ) -> None:
+        self._store = store
+        self._policies = policies
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._waiters = Waiters()
+        self._reaper = Reaper(store=store, clock=clock, on_ready=self._on_ready)
+        self._janitor = Janitor(store=store, clock=clock, retention=retention)
+        self._tokens: TokenCodec | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._draining = False
+
+    @property
+    def reaper(self) -> Reaper:
+        return self._reaper
+
+    @property
+    def janitor(self) -> Janitor:
+        return self._janitor
+
+    async def start(self, *, background: bool = True) -> None:
+        await self._store.open()
+        self._tokens = TokenCodec(self._store.token_secret)
+        if background:
+            self._loops = [
+                asyncio.create_task(self._reaper.run(), name="feedwork-reaper"),
+                asyncio.create_task(self._janitor.run(), name="feedwork-janitor"),
+            ]
+
+    def drain(self) -> None:
+        """Shutdown begins: no more leases; waiting leasers return empty-handed."""
+        self._draining = True
+        self._waiters.wake_all()
+
+    async def stop(self) -> None:
+        self.drain()
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        self._loops = []
+        await self._store.close()
+
+    def _on_ready(self, queue: str) -> None:
+        self._waiters.wake_first(queue)
+
+    @property
+    def _codec(self) -> TokenCodec:
+        if self._tokens is None:
+            raise StoreUnavailable("the feeder is not started")
+        return self._tokens
+
+    # -- submit -------------------------------------------------------------------------
+
+    async def submit(self, specs: Sequence[TaskSpec]) -> list[Submitted]:
+        now = self._clock()
+
+        def create(spec: TaskSpec, task_id: int) -> Decision[State]:
+            return machine.create(spec, task_id=task_id, now=now, policy=self._policies(spec.queue))
+
+        results = await self._store.submit(
+            specs, create=create, max_depth=lambda q: self._policies(q).max_depth
+        )
+        for result in results:
+            if result.deduplicated:
+                continue
+            task = result.task
+            if task.state is State.READY:
+                self._on_ready(task.queue)
+            elif task.not_before is not None:
+                self._reaper.wake_by(task.not_before)
+        return results
+
+    # -- lease --------------------------------------------------------------------------
+
+    async def lease(
+        self,
+        queue: str,
+        *,
+        max_tasks: int,
+        lease_duration: float | None,
+        wait: float,
+        worker_id: str,
+    ) -> list[LeaseGrant]:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + wait
+        first = False
+        while not self._draining:
+            # Arrival order: a newcomer queues behind leasers already waiting.
+            if first or not self._waiters.has_waiters(queue):
+                grants = await self._claim(queue, max_tasks, lease_duration, worker_id)
+                if grants:
+                    if self._store.has_ready(queue):
+                        self._waiters.wake_first(queue)
+                    return grants
+            remaining = give_up_at - loop.time()
+            if remaining <= 0:
+                return []
+            turn = self._waiters.enqueue(queue, first=first)
+            if self._store.has_ready(queue) and not first:
+                self._waiters.wake_first(queue)
+            try:
+                first = await asyncio.wait_for(asyncio.shield(turn), remaining)
+            except TimeoutError:
+                self._waiters.discard(queue, turn)
+                return []
+            except asyncio.CancelledError:
+                self._waiters.discard(queue, turn)
+                if turn.done() and not turn.cancelled() and turn.result():
+                    self._waiters.wake_first(queue)  # pass our turn on
+                raise
+        return []
+
+    async def _claim(
+        self, queue: str, max_tasks: int, lease_duration: float | None, worker_id: str
+    ) -> list[LeaseGrant]:
+        policy = self._policies(queue)
+        now = self._clock()
+
+        def decide(task: Task) -> Decision[bool]:
+            return machine.lease(
+                task, now=now, worker_id=worker_id, lease_duration=lease_duration, policy=policy
+            )
+
+        try:
+            leased = await self._store.claim(queue, max_tasks, decide)
+        except asyncio.CancelledError:
+            raise
+        if not leased:
+            return []
+        earliest = min(t.lease_deadline or now for t in leased)
+        self._reaper.wake_by(earliest)
+        codec = self._codec
+        return [LeaseGrant(task, codec.issue(task.id, task.attempt)) for task in leased]
+
+    # -- ack, nack, extend --------------------------------------------------------------
+
+    async def ack(self, items: Sequence[AckItem]) -> list[AckResult]:
+        now = self._clock()
+
+        def decide(task: Task, ref: LeaseRef, index: int) -> Decision[AckOutcome]:
+            return machine.ack(task, ref.attempt, result=items[index].result, now=now)
+
+        decided = await self._decide_all(
+            [i.lease_token for i in items], decide, AckOutcome.INVALID_TOKEN, AckOutcome.NOT_FOUND
+        )
+        return [AckResult(outcome, task_id) for outcome, task_id, _ in decided]
+
+    async def nack(self, items: Sequence[NackItem]) -> list[NackResult]:
+        now = self._clock()
+
+        def decide(task: Task, ref: LeaseRef, index: int) -> Decision[NackOutcome]:
+            item = items[index]
+            return machine.nack(
+                task,
+                ref.attempt,
+                error=item.error,
+                retry_after=item.retry_after,
+                terminal=item.terminal,
+                release=item.release,
+                now=now,
+                policy=self._policies(task.queue),
+                rng=self._rng,
+            )
+
+        decided = await self._decide_all(
+            [i.lease_token for i in items], decide, NackOutcome.INVALID_TOKEN, NackOutcome.NOT_FOUND
+        )
+        results = []
+        for outcome, task_id, task in decided:
+            retry_at = None
+            if outcome is NackOutcome.RETRYING and task is not None:
+                retry_at = task.not_before if task.state is State.SCHEDULED else now
+            results.append(NackResult(outcome, task_id, retry_at))
+        return results
+
+    async def extend(self, items: Sequence[ExtendItem]) -> list[ExtendResult]:
+        now = self._clock()
+
+        def decide(task: Task, ref: LeaseRef, index: int) -> Decision[ExtendOutcome]:
+            return machine.extend(
+                task, ref.attempt, lease_duration=items[index].lease_duration, now=now
+            )
+
+        decided = await self._decide_all(
+            [i.lease_token for i in items],
+            decide,
+            ExtendOutcome.INVALID_TOKEN,
+            ExtendOutcome.NOT_FOUND,
+        )
+        results = []
+        for outcome, task_id, task in decided:
+            deadline = task.lease_deadline if outcome is ExtendOutcome.EXTENDED and task else None
+            results.append(ExtendResult(outcome, task_id, deadline))
+        return results
+
+    async def _decide_all(
+        self,
+        tokens: Sequence[str],
+        decide: Callable[[Task, LeaseRef, int], Decision[OutcomeT]],
+        invalid: OutcomeT,
+        missing: OutcomeT,
+    ) -> list[tuple[OutcomeT, int | None, Task | None]]:
+        """Verifies tokens, decides each item on the current record and applies the
+        decisions; items whose guard failed are decided again from fresh records."""
+        codec = self._codec
+        refs: list[LeaseRef | None] = []
+        for token in tokens:
+            try:
+                refs.append(codec.verify(token))
+            except TokenError:
+                refs.append(None)
+        results: list[tuple[OutcomeT, int | None, Task | None]] = [
+            (invalid, None, None) if ref is None else (missing, ref.task_id, None) for ref in refs
+        ]
+        todo = [i for i, ref in enumerate(refs) if ref is not None]
+        for _ in range(MAX_RACES):
+            if not todo:
+                return results
+            todo = await self._decide_round(refs, todo, decide, results, missing)
+        raise StoreUnavailable("too many concurrent changes to the same tasks; retry")
+
+    async def _decide_round(
+        self,
+        refs: Sequence[LeaseRef | None],
+        todo: list[int],
+        decide: Callable[[Task, LeaseRef, int], Decision[OutcomeT]],
+        results: list[tuple[OutcomeT, int | None, Task | None]],
+        missing: OutcomeT,
+    ) -> list[int]:
+        records = await self._store.get({refs[i].task_id for i in todo})  # type: ignore[union-attr]
+        # Items of one batch that name the same task see each other's effect, in order.
+        latest: dict[int, Task] = dict(records)
+        changes: list[Change] = []
+        change_items: list[int] = []
+        events: Counter[tuple[str, Event]] = Counter()
+        for i in todo:
+            ref = refs[i]
+            assert ref is not None
+            task = latest.get(ref.task_id)
+            if task is None:
+                results[i] = (missing, ref.task_id, None)
+                continue
+            decision = decide(task, ref, i)
+            results[i] = (decision.outcome, ref.task_id, decision.task or task)
+            for event in decision.events:
+                events[(task.queue, event)] += 1
+            if decision.task is not None:
+                changes.append(Change(task, decision.task))
+                change_items.append(i)
+                latest[ref.task_id] = decision.task
+        if not changes:
+            if events:
+                await self._store.apply([], events)
+            return []
+        applied = await self._store.apply(changes, events)
+        retry: list[int] = []
+        for change, i, ok in zip(changes, change_items, applied, strict=True):
+            if not ok:
+                retry.append(i)
+            elif change.after is not None:
+                self._after_change(change.after)
+        # A failed guard invalidates later decisions on the same task too.
+        failed_tasks = {refs[i].task_id for i in retry}  # type: ignore[union-attr]
+        retry += [
+            i
+            for i in todo
+            if i not in retry and refs[i].task_id in failed_tasks  # type: ignore[union-attr]
+        ]
+        return sorted(set(retry))
+
+    def _after_change(self, task: Task) -> None:
+        if task.state is State.READY:
+            self._on_ready(task.queue)
+        elif task.state is State.SCHEDULED and task.not_before is not None:
+            self._reaper.wake_by(task.not_before)
+        elif task.state is State.LEASED and task.lease_deadline is not None:
+            self._reaper.wake_by(task.lease_deadline)
+
+    # -- inspection and administration --------------------------------------------------
+
+    async def get_task(self, task_id: int) -> Task | None:
+        return (await self._store.get([task_id])).get(task_id)
+
+    async def cancel(self, task_id: int) -> tuple[CancelOutcome, State] | None:
+        for _ in range(MAX_RACES):
+            task = await self.get_task(task_id)
+            if task is None:
+                return None
+            now = self._clock()
+            caught_up = machine.advance(task, now)
+            current = caught_up.task or task
+            decision = machine.cancel(current, now=now)
+            if decision.task is None:
+                if caught_up.task is not None:
+                    await self._store.apply([Change(task, current)])
+                return decision.outcome, current.state
+            events = Counter((task.queue, e) for e in (*caught_up.events, *decision.events))
+            if (await self._store.apply([Change(task, decision.task)], events))[0]:
+                return decision.outcome, decision.task.state
+        raise StoreUnavailable("too many concurrent changes to this task; retry")
+
+    async def list_dead(self, queue: str, *, page_size: int, after_id: int | None) -> DeadPage:
+        return await self._store.list_dead(queue, after_id=after_id, limit=page_size)
+
+    async def _dead_selection(
+        self, queue: str, task_ids: Sequence[int] | None, limit: int
+    ) -> list[Task]:
+        if task_ids is not None:
+            found = await self._store.get(task_ids)
+            return [t for t in found.values() if t.queue == queue and t.state is State.DEAD]
+        page = await self._store.list_dead(queue, after_id=None, limit=limit)
+        return page.tasks
+
+    async def redrive(self, queue: str, *, task_ids: Sequence[int] | None, limit: int) -> int:
+        now = self._clock()
+        changes = []
+        for task in await self._dead_selection(queue, task_ids, limit):
+            decision = machine.redrive(task, now=now)
+            if decision.task is not None:
+                changes.append(Change(task, decision.task))
+        applied = await self._store.apply(changes)
+        if any(applied):
+            self._on_ready(queue)
+        return sum(applied)
+
+    async def purge_dead(self, queue: str, *, task_ids: Sequence[int] | None, limit: int) -> int:
+        dead = await self._dead_selection(queue, task_ids, limit)
+        return sum(await self._store.apply([Change(t, None) for t in dead]))
+
+    async def stats(self, queues: Sequence[str] | None) -> list[QueueCounts]:
+        return await self._store.queue_counts(queues)

@@ -1,0 +1,148 @@
+"""The in-memory index of the tasks a feeder owns: ready FIFOs, timers and counts.
+
+Both the memory store and the SQLite store keep their pending tasks here; SQLite adds the
+journal that makes every change durable. The index never decides anything: `put` records
+whatever record the state machine produced.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, OrderedDict, defaultdict
+from dataclasses import dataclass, field
+
+from feeder.core.machine import Event
+from feeder.core.model import State, Task
+
+
+@dataclass(slots=True)
+class _ReadyQueue:
+    """READY tasks of one queue: one FIFO (by ready time) per priority, highest first."""
+
+    by_priority: dict[int, OrderedDict[int, float]] = field(default_factory=dict)
+    priorities: list[int] = field(default_factory=list)  # sorted, highest first
+
+    def add(self, task: Task) -> None:
+        fifo = self.by_priority.get(task.priority)
+        if fifo is None:
+            fifo = self.by_priority[task.priority] = OrderedDict()
+            self.priorities.append(task.priority)
+            self.priorities.sort(reverse=True)
+        fifo[task.id] = task.ready_at
+
+    def remove(self, task: Task) -> None:
+        fifo = self.by_priority.get(task.priority)
+        if fifo is not None:
+            fifo.pop(task.id, None)
+
+    def pop(self, limit: int) -> list[int]:
+        taken: list[int] = []
+        for priority in self.priorities:
+            fifo = self.by_priority[priority]
+            while fifo and len(taken) < limit:
+                taken.append(fifo.popitem(last=False)[0])
+            if len(taken) >= limit:
+                break
+        return taken
+
+    def __bool__(self) -> bool:
+        return any(self.by_priority.values())
+
+    def oldest_ready_at(self) -> float | None:
+        # Each FIFO is in ready-time order, so its first entry is its oldest.
+        firsts = [next(iter(fifo.values())) for fifo in self.by_priority.values() if fifo]
+        return min(firsts) if firsts else None
+
+
+class TaskIndex:
+    """Pending tasks by id, plus what finding the next one needs."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, Task] = {}
+        self._ready: defaultdict[str, _ReadyQueue] = defaultdict(_ReadyQueue)
+        # (when, task id, version): stale entries are skipped when popped.
+        self._timers: list[tuple[float, int, int]] = []
+        self.counts: defaultdict[str, Counter[State]] = defaultdict(Counter)
+        self.totals: defaultdict[str, Counter[Event]] = defaultdict(Counter)
+        self.keys: dict[tuple[str, str], int] = {}
+
+    # -- changes ------------------------------------------------------------------------
+
+    def put(self, before: Task | None, after: Task | None) -> None:
+        """Records that `before` became `after` (None: created / deleted)."""
+        if before is not None:
+            self.counts[before.queue][before.state] -= 1
+            if before.state is State.READY:
+                self._ready[before.queue].remove(before)
+            if after is None:
+                self.tasks.pop(before.id, None)
+                if before.idempotency_key is not None:
+                    self.keys.pop((before.queue, before.idempotency_key), None)
+        if after is None:
+            return
+        self.counts[after.queue][after.state] += 1
+        if after.idempotency_key is not None:
+            self.keys[(after.queue, after.idempotency_key)] = after.id
+        self.tasks[after.id] = after
+        if after.state is State.READY:
+            self._ready[after.queue].add(after)
+        elif after.state is State.LEASED and after.lease_deadline is not None:
+            heapq.heappush(self._timers, (after.lease_deadline, after.id, after.version))
+        elif after.state is State.SCHEDULED and after.not_before is not None:
+            heapq.heappush(self._timers, (after.not_before, after.id, after.version))
+
+    def evict(self, task: Task) -> None:
+        """Forgets a final task's record (it stays counted; its row lives on disk)."""
+        if self.tasks.get(task.id) is task:
+            del self.tasks[task.id]
+
+    def count_events(self, queue: str, events: dict[Event, int]) -> None:
+        self.totals[queue].update(events)
+
+    # -- queries ------------------------------------------------------------------------
+
+    def pop_ready(self, queue: str, limit: int) -> list[Task]:
+        """Removes up to `limit` READY tasks from the queue's FIFOs, in lease order."""
+        ready = self._ready.get(queue)
+        if not ready:
+            return []
+        return [self.tasks[task_id] for task_id in ready.pop(limit)]
+
+    def has_ready(self, queue: str) -> bool:
+        ready = self._ready.get(queue)
+        return bool(ready)
+
+    def pending(self, queue: str) -> int:
+        counts = self.counts.get(queue)
+        if counts is None:
+            return 0
+        return counts[State.SCHEDULED] + counts[State.READY] + counts[State.LEASED]
+
+    def oldest_ready_at(self, queue: str) -> float | None:
+        ready = self._ready.get(queue)
+        return ready.oldest_ready_at() if ready else None
+
+    def _timer_is_live(self, entry: tuple[float, int, int]) -> bool:
+        task = self.tasks.get(entry[1])
+        return task is not None and task.version == entry[2]
+
+    def next_due(self) -> float | None:
+        while self._timers and not self._timer_is_live(self._timers[0]):
+            heapq.heappop(self._timers)
+        return self._timers[0][0] if self._timers else None
+
+    def due(self, now: float, limit: int) -> list[Task]:
+        """Tasks whose lease deadline or not-before time is <= now, earliest first.
+
+        Their timer entries are consumed: the caller applies `advance`, which gives each a
+        new version (and a new timer if it is still timed).
+        """
+        found: list[Task] = []
+        while self._timers and len(found) < limit and self._timers[0][0] <= now:
+            entry = heapq.heappop(self._timers)
+            if self._timer_is_live(entry):
+                found.append(self.tasks[entry[1]])
+        return found
+
+    def queues(self) -> list[str]:
+        return sorted(set(self.counts) | set(self.totals))

@@ -1,0 +1,226 @@
+"""A store that keeps everything in memory: for tests and benchmarks, and the base of the
+SQLite store, which adds durability to the same index."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from secrets import token_bytes
+
+from feeder.core.machine import Event
+from feeder.core.model import State, Task, TaskSpec
+from feeder.store.base import (
+    Change,
+    DeadPage,
+    LeaseDecider,
+    QueueCounts,
+    QueueFull,
+    Submitted,
+    TaskFactory,
+)
+from feeder.store.index import TaskIndex
+
+EventCounts = Mapping[tuple[str, Event], int]
+
+
+class IndexedStore:
+    """Decisions applied to an in-memory `TaskIndex`. Subclasses make them durable by
+    overriding the `_persist_*` hooks; this class alone forgets everything on exit."""
+
+    def __init__(self) -> None:
+        self._index = TaskIndex()
+        self._secret = token_bytes(32)
+        self._next_id = 1
+        # New tasks of each queue between their depth check and their becoming visible.
+        self._inflight: Counter[str] = Counter()
+        self._inflight_keys: dict[tuple[str, str], Task] = {}
+
+    @property
+    def token_secret(self) -> bytes:
+        return self._secret
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # -- durability hooks ---------------------------------------------------------------
+
+    async def _persist_new(self, tasks: Sequence[Task], events: EventCounts) -> None:
+        """Makes new tasks durable before they become visible."""
+        return None
+
+    async def _persist_changes(self, changes: Sequence[Change], events: EventCounts) -> None:
+        """Makes applied changes durable (they are already visible in the index)."""
+        return None
+
+    async def _fetch(self, task_ids: Sequence[int]) -> dict[int, Task]:
+        """Records that are not held in memory."""
+        return {}
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        specs: Sequence[TaskSpec],
+        *,
+        create: TaskFactory,
+        max_depth: Callable[[str], int],
+    ) -> list[Submitted]:
+        index = self._index
+        results: list[Submitted | None] = []
+        new: list[Task] = []
+        batch_keys: dict[tuple[str, str], Task] = {}
+        added: Counter[str] = Counter()
+        events: Counter[tuple[str, Event]] = Counter()
+        existing_ids: dict[int, int] = {}
+        for position, spec in enumerate(specs):
+            key = (spec.queue, spec.idempotency_key) if spec.idempotency_key else None
+            if key is not None and (key in batch_keys or key in self._inflight_keys):
+                twin = batch_keys.get(key) or self._inflight_keys[key]
+                results.append(Submitted(twin, deduplicated=True))
+                continue
+            if key is not None and key in index.keys:
+                existing_ids[position] = index.keys[key]
+                results.append(None)
+                continue
+            added[spec.queue] += 1
+            decision = create(spec, self._next_id + len(new))
+            assert decision.task is not None
+            new.append(decision.task)
+            for event in decision.events:
+                events[(spec.queue, event)] += 1
+            if key is not None:
+                batch_keys[key] = decision.task
+            results.append(Submitted(decision.task, deduplicated=False))
+        for queue, count in added.items():
+            depth = index.pending(queue) + self._inflight[queue]
+            if depth + count > max_depth(queue):
+                raise QueueFull(queue, depth, max_depth(queue))
+        # Ids and depth are reserved before any await so concurrent submits never share one.
+        self._next_id += len(new)
+        self._inflight.update(added)
+        self._inflight_keys.update(batch_keys)
+        try:
+            if existing_ids:
+                found = await self.get(existing_ids.values())
+                for position, task_id in existing_ids.items():
+                    results[position] = Submitted(found[task_id], deduplicated=True)
+            if new:
+                await self._persist_new(new, events)
+                for task in new:
+                    index.put(None, task)
+                self._count(events)
+        finally:
+            self._inflight.subtract(added)
+            for key in batch_keys:
+                self._inflight_keys.pop(key, None)
+        return [r for r in results if r is not None]
+
+    async def claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
+        changes: list[Change] = []
+        events: Counter[tuple[str, Event]] = Counter()
+        for task in self._index.pop_ready(queue, limit):
+            decision = lease(task)
+            if decision.task is None:
+                continue
+            changes.append(Change(task, decision.task))
+            for event in decision.events:
+                events[(queue, event)] += 1
+        if changes:
+            await self.apply(changes, events)
+        return [c.after for c in changes if c.after is not None and c.after.state is State.LEASED]
+
+    async def apply(
+        self, changes: Sequence[Change], events: EventCounts | None = None
+    ) -> list[bool]:
+        index = self._index
+        applied: list[bool] = []
+        done: list[Change] = []
+        for change in changes:
+            # Records read from disk by `get` are cached in the index, so a change built on
+            # any current record finds it here; anything else was changed meanwhile.
+            current = index.tasks.get(change.before.id)
+            if current is None or current.version != change.before.version:
+                applied.append(False)
+                continue
+            index.put(current, change.after)
+            applied.append(True)
+            done.append(change)
+        if events:
+            self._count(events)
+        if done or events:
+            await self._persist_changes(done, events or {})
+        return applied
+
+    def _count(self, events: EventCounts) -> None:
+        for (queue, event), count in events.items():
+            self._index.totals[queue][event] += count
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def get(self, task_ids: Iterable[int]) -> dict[int, Task]:
+        found: dict[int, Task] = {}
+        missing: list[int] = []
+        for task_id in task_ids:
+            task = self._index.tasks.get(task_id)
+            if task is None:
+                missing.append(task_id)
+            else:
+                found[task_id] = task
+        if missing:
+            fetched = await self._fetch(missing)
+            for task_id, task in fetched.items():
+                # Another coroutine may have loaded (and changed) it during the await.
+                found[task_id] = self._index.tasks.setdefault(task_id, task)
+                self._cached_from_disk(task)
+        return found
+
+    def _cached_from_disk(self, task: Task) -> None:
+        """Hook: a record read from disk is now held in memory."""
+
+    async def due(self, now: float, limit: int) -> list[Task]:
+        return self._index.due(now, limit)
+
+    def next_due(self) -> float | None:
+        return self._index.next_due()
+
+    def has_ready(self, queue: str) -> bool:
+        return self._index.has_ready(queue)
+
+    async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
+        dead = sorted(
+            t.id
+            for t in self._index.tasks.values()
+            if t.queue == queue and t.state is State.DEAD and (after_id is None or t.id > after_id)
+        )
+        page = [self._index.tasks[i] for i in dead[:limit]]
+        more = len(dead) > limit
+        return DeadPage(page, page[-1].id if more and page else None)
+
+    async def purge_finished(self, *, finished_before: float, limit: int) -> int:
+        old = [
+            t
+            for t in self._index.tasks.values()
+            if t.state.is_final and t.finished_at is not None and t.finished_at < finished_before
+        ][:limit]
+        await self.apply([Change(t, None) for t in old])
+        return len(old)
+
+    async def queue_counts(self, queues: Sequence[str] | None = None) -> list[QueueCounts]:
+        index = self._index
+        names = list(queues) if queues else index.queues()
+        return [
+            QueueCounts(
+                queue=name,
+                by_state={s: index.counts[name][s] for s in State},
+                oldest_ready_at=index.oldest_ready_at(name),
+                totals=dict(index.totals[name]),
+            )
+            for name in names
+        ]
+
+
+class MemoryStore(IndexedStore):
+    """Everything in memory, nothing durable."""

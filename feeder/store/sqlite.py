@@ -1,0 +1,432 @@
+"""The embedded default store: the in-memory index made durable in SQLite (WAL mode).
+
+Every change is written by one writer thread. Changes staged while it commits are committed
+together in its next transaction (group commit), so durability costs one commit per burst,
+not one per RPC. A caller's write returns only after the transaction holding it committed.
+
+Ordering argument: batches commit in the order they were staged, and a reply waits for its
+own batch. So any reply a client saw implies every change it could have observed is durable.
+
+New tasks become visible only after their insert committed, so a failed insert (disk full)
+is simply reported to its submitter. Updates are visible before they commit; if a commit of
+updates fails, the index is rebuilt from disk and every caller waiting on it gets
+StoreUnavailable (nothing they were told happened is lost, and they may retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from secrets import token_bytes
+from typing import Any
+
+from feeder.core.machine import Event
+from feeder.core.model import Attempt, AttemptOutcome, State, Task
+from feeder.store.base import Change, DeadPage, StoreUnavailable
+from feeder.store.memory import EventCounts, IndexedStore
+
+log = logging.getLogger("feedwork.feeder.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    headers TEXT,
+    priority INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    ready_at REAL NOT NULL,
+    attempt INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    not_before REAL,
+    lease_deadline REAL,
+    lease_duration REAL,
+    lease_granted REAL,
+    idempotency_key TEXT,
+    result BLOB,
+    finished_at REAL,
+    history TEXT,
+    version INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency
+    ON tasks (queue, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_dead ON tasks (queue, id) WHERE state = 5;
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at) WHERE state IN (4, 6);
+CREATE TABLE IF NOT EXISTS totals (
+    queue TEXT NOT NULL, event TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (queue, event)
+) WITHOUT ROWID;
+"""
+
+COLUMNS = (
+    "id, queue, payload, headers, priority, state, max_attempts, created_at, ready_at, attempt,"
+    " failures, not_before, lease_deadline, lease_duration, lease_granted, idempotency_key,"
+    " result, finished_at, history, version"
+)
+INSERT = f"INSERT INTO tasks ({COLUMNS}) VALUES ({', '.join('?' * 20)})"
+UPDATE = (
+    "UPDATE tasks SET state=?, ready_at=?, attempt=?, failures=?, not_before=?,"
+    " lease_deadline=?, lease_granted=?, result=?, finished_at=?, history=?, version=?"
+    " WHERE id=?"
+)
+DELETE = "DELETE FROM tasks WHERE id=?"
+ADD_TOTAL = (
+    "INSERT INTO totals (queue, event, value) VALUES (?, ?, ?)"
+    " ON CONFLICT (queue, event) DO UPDATE SET value = value + excluded.value"
+)
+# Final tasks kept in memory after their last write, so duplicate acks stay cheap.
+FINAL_CACHE = 10_000
+
+
+def _history_json(history: tuple[Attempt, ...]) -> str | None:
+    if not history:
+        return None
+    return json.dumps(
+        [
+            [a.attempt, a.worker_id, a.leased_at, a.ended_at, int(a.outcome), a.error]
+            for a in history
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _insert_row(t: Task) -> tuple[Any, ...]:
+    return (
+        t.id, t.queue, t.payload, json.dumps(dict(t.headers)) if t.headers else None,
+        t.priority, int(t.state), t.max_attempts, t.created_at, t.ready_at, t.attempt,
+        t.failures, t.not_before, t.lease_deadline, t.lease_duration, t.lease_granted,
+        t.idempotency_key, t.result, t.finished_at, _history_json(t.history), t.version,
+    )  # fmt: skip
+
+
+def _update_row(t: Task) -> tuple[Any, ...]:
+    return (
+        int(t.state), t.ready_at, t.attempt, t.failures, t.not_before, t.lease_deadline,
+        t.lease_granted, t.result, t.finished_at, _history_json(t.history), t.version, t.id,
+    )  # fmt: skip
+
+
+def _task_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Task:
+    (id_, queue, payload, headers, priority, state, max_attempts, created_at, ready_at,
+     attempt, failures, not_before, lease_deadline, lease_duration, lease_granted,
+     idempotency_key, result, finished_at, history, version) = row  # fmt: skip
+    return Task(
+        id=id_,
+        queue=queue,
+        payload=payload,
+        headers=json.loads(headers) if headers else {},
+        priority=priority,
+        state=State(state),
+        max_attempts=max_attempts,
+        created_at=created_at,
+        ready_at=ready_at,
+        attempt=attempt,
+        failures=failures,
+        not_before=not_before,
+        lease_deadline=lease_deadline,
+        lease_duration=lease_duration,
+        lease_granted=lease_granted,
+        idempotency_key=idempotency_key,
+        result=result,
+        finished_at=finished_at,
+        history=tuple(
+            Attempt(a[0], a[1], a[2], a[3], AttemptOutcome(a[4]), a[5]) for a in json.loads(history)
+        )
+        if history
+        else (),
+        version=version,
+    )
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Writes staged together, committed in one transaction."""
+
+    rows: dict[int, Task | None] = field(default_factory=dict)  # last write per id wins
+    totals: Counter[tuple[str, str]] = field(default_factory=Counter)
+    inserts: list[tuple[list[Task], Counter[tuple[str, str]], asyncio.Future[None]]] = field(
+        default_factory=list
+    )
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    insert_errors: list[BaseException | None] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.totals or self.inserts or self.waiters)
+
+
+class SqliteStore(IndexedStore):
+    """SQLite at `path`. Only one feeder process may open a database (a lock file says so)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, sync: str = "normal") -> None:
+        super().__init__()
+        if sync not in ("normal", "full"):
+            raise ValueError("sync must be 'normal' or 'full'")
+        self._path = Path(path)
+        self._sync = sync
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._lock_file: Any = None
+        self._batch = _Batch()
+        self._writing = False
+        self._kicked = False
+        self._closed = False
+        self._final: OrderedDict[int, None] = OrderedDict()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._sync.upper()}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(f"{self._path}.lock", "w")  # noqa: SIM115 - held until close
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock_file.close()
+            raise RuntimeError(f"database {self._path} is in use by another feeder") from exc
+        self._writer = self._connect()
+        self._writer.executescript(SCHEMA)
+        self._reader = self._connect()
+        row = self._reader.execute("SELECT value FROM meta WHERE key='token_secret'").fetchone()
+        if row is None:
+            self._writer.execute(
+                "INSERT INTO meta (key, value) VALUES ('token_secret', ?)", (token_bytes(32),)
+            )
+            row = self._reader.execute("SELECT value FROM meta WHERE key='token_secret'").fetchone()
+        self._secret = bytes(row[0])
+        self._load()
+
+    def _load(self) -> None:
+        """Rebuilds the index from disk: pending tasks in memory, counts of the rest."""
+        assert self._reader is not None
+        self._index = type(self._index)()
+        self._final.clear()
+        reader = self._reader
+        pending = reader.execute(
+            f"SELECT {COLUMNS} FROM tasks WHERE state IN (1, 2, 3) ORDER BY ready_at, id"
+        )
+        put = self._index.put
+        for row in pending:
+            put(None, _task_from_row(row))
+        counts = self._index.counts
+        for queue, state, count in reader.execute(
+            "SELECT queue, state, COUNT(*) FROM tasks WHERE state IN (4, 5, 6) GROUP BY 1, 2"
+        ):
+            counts[queue][State(state)] = count
+        for queue, key, task_id in reader.execute(
+            "SELECT queue, idempotency_key, id FROM tasks WHERE idempotency_key IS NOT NULL"
+        ):
+            self._index.keys[(queue, key)] = task_id
+        for queue, event, value in reader.execute("SELECT queue, event, value FROM totals"):
+            self._index.totals[queue][Event(event)] = value
+        (max_id,) = reader.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()
+        self._next_id = max_id + 1
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        await self._barrier()
+        self._closed = True
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                conn.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+    # -- durability hooks ---------------------------------------------------------------
+
+    def _stage(self) -> _Batch:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        if not self._kicked and not self._writing:
+            self._kicked = True
+            # Deferred to the end of this loop turn, so every RPC handled in it joins.
+            asyncio.get_running_loop().call_soon(self._kick)
+        return self._batch
+
+    async def _persist_new(self, tasks: Sequence[Task], events: EventCounts) -> None:
+        batch = self._stage()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        totals: Counter[tuple[str, str]] = Counter(
+            {(queue, event.value): n for (queue, event), n in events.items()}
+        )
+        batch.inserts.append((list(tasks), totals, future))
+        await future
+
+    async def _persist_changes(self, changes: Sequence[Change], events: EventCounts) -> None:
+        batch = self._stage()
+        for change in changes:
+            batch.rows[change.before.id] = change.after
+        for (queue, event), n in events.items():
+            batch.totals[(queue, event.value)] += n
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(future)
+        await future
+
+    async def _barrier(self) -> None:
+        """Waits until everything staged so far is durable."""
+        if self._batch or self._writing:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._stage().waiters.append(future)
+            await future
+
+    async def _fetch(self, task_ids: Sequence[int]) -> dict[int, Task]:
+        assert self._reader is not None
+        found: dict[int, Task] = {}
+        for start in range(0, len(task_ids), 500):
+            chunk = task_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._reader.execute(
+                f"SELECT {COLUMNS} FROM tasks WHERE id IN ({marks})", chunk
+            ):
+                found[row[0]] = _task_from_row(row)
+        return found
+
+    def _cached_from_disk(self, task: Task) -> None:
+        self._remember_final(task)
+
+    # -- the writer ---------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        self._kicked = False
+        if self._writing or not self._batch:
+            return
+        batch, self._batch = self._batch, _Batch()
+        self._writing = True
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, self._commit, batch)
+        fut.add_done_callback(lambda f: self._committed(batch, f))
+
+    def _commit(self, batch: _Batch) -> None:
+        """Runs in a worker thread: one transaction for the whole batch."""
+        conn = self._writer
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            updates = [_update_row(t) for t in batch.rows.values() if t is not None]
+            deletes = [(i,) for i, t in batch.rows.items() if t is None]
+            if updates:
+                conn.executemany(UPDATE, updates)
+            if deletes:
+                conn.executemany(DELETE, deletes)
+            if batch.totals:
+                conn.executemany(ADD_TOTAL, [(q, e, n) for (q, e), n in batch.totals.items()])
+            # Each submit in its own savepoint: one that does not fit fails alone.
+            for tasks, totals, _future in batch.inserts:
+                conn.execute("SAVEPOINT submit")
+                try:
+                    conn.executemany(INSERT, [_insert_row(t) for t in tasks])
+                    conn.executemany(ADD_TOTAL, [(q, e, n) for (q, e), n in totals.items()])
+                    conn.execute("RELEASE submit")
+                    batch.insert_errors.append(None)
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK TO submit")
+                    conn.execute("RELEASE submit")
+                    batch.insert_errors.append(exc)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _committed(self, batch: _Batch, outcome: asyncio.Future[None]) -> None:
+        self._writing = False
+        error = outcome.exception()
+        if error is None:
+            for (_tasks, _totals, future), insert_error in zip(
+                batch.inserts, batch.insert_errors, strict=True
+            ):
+                if not future.done():
+                    if insert_error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(_unavailable(insert_error))
+            for future in batch.waiters:
+                if not future.done():
+                    future.set_result(None)
+            for task in batch.rows.values():
+                if task is not None and not task.state.is_pending:
+                    self._remember_final(task)
+        else:
+            log.error("commit failed, reloading the index from disk: %s", error)
+            self._fail_all(batch, error)
+        if self._batch and not self._kicked:
+            self._kick()
+
+    def _fail_all(self, batch: _Batch, error: BaseException) -> None:
+        """The index is ahead of the disk: fail everyone who waits, then reload from disk."""
+        staged, self._batch = self._batch, _Batch()
+        for b in (batch, staged):
+            for _tasks, _totals, future in b.inserts:
+                if not future.done():
+                    future.set_exception(_unavailable(error))
+            for future in b.waiters:
+                if not future.done():
+                    future.set_exception(_unavailable(error))
+        self._load()
+
+    def _remember_final(self, task: Task) -> None:
+        """Keeps the most recent final tasks in memory; older ones are read back from disk."""
+        if task.state.is_pending:
+            return
+        self._final[task.id] = None
+        self._final.move_to_end(task.id)
+        while len(self._final) > FINAL_CACHE:
+            old_id, _ = self._final.popitem(last=False)
+            old = self._index.tasks.get(old_id)
+            if old is not None and not old.state.is_pending:
+                self._index.evict(old)
+
+    # -- reads that need the disk ---------------------------------------------------------
+
+    async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
+        await self._barrier()
+        assert self._reader is not None
+        rows = self._reader.execute(
+            f"SELECT {COLUMNS} FROM tasks WHERE queue = ? AND state = 5 AND id > ?"
+            " ORDER BY id LIMIT ?",
+            (queue, after_id or 0, limit + 1),
+        ).fetchall()
+        tasks = [self._index.tasks.get(row[0]) or _task_from_row(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return DeadPage(tasks, tasks[-1].id if more and tasks else None)
+
+    async def purge_finished(self, *, finished_before: float, limit: int) -> int:
+        await self._barrier()
+        assert self._reader is not None
+        ids = [
+            row[0]
+            for row in self._reader.execute(
+                "SELECT id FROM tasks WHERE state IN (4, 6) AND finished_at < ? LIMIT ?",
+                (finished_before, limit),
+            )
+        ]
+        tasks = await self.get(ids)
+        applied = await self.apply([Change(t, None) for t in tasks.values()])
+        return sum(applied)
+
+
+def _unavailable(error: BaseException) -> StoreUnavailable:
+    if isinstance(error, sqlite3.OperationalError) and "full" in str(error).lower():
+        return StoreUnavailable(f"the database is full: {error}")
+    return StoreUnavailable(f"the database could not commit: {error}")
