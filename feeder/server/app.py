@@ -1,0 +1,197 @@
+"""The feeder process: one `TaskService` behind a grpc.aio server, with the standard health
+and reflection services, and an orderly shutdown.
+
+Shutdown order matters: the service drains first (no new leases; long-polling Lease calls
+return empty at once), health turns NOT_SERVING so load balancers stop sending, the server
+finishes the RPCs in flight within the grace period, and only then is the store flushed and
+closed, so no acknowledged write is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from feeder.config import Settings
+from feeder.server.servicer import FeederServicer
+from feeder.server.validate import Limits
+from feeder.service.tasks import TaskService
+from feeder.store.base import Store
+from feeder.store.memory import MemoryStore
+from feeder.store.sqlite import SqliteStore
+from feedwork.v1 import feeder_pb2, feeder_pb2_grpc
+
+log = logging.getLogger("feedwork.feeder")
+
+FEEDER_SERVICE = feeder_pb2.DESCRIPTOR.services_by_name["Feeder"].full_name
+MEMORY_DB = ":memory:"
+# Clients may send keepalive pings this often without being sent GOAWAY (too_many_pings).
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
+
+
+class StartupError(Exception):
+    """The feeder could not start: the store would not open or the address would not bind."""
+
+
+def open_store(settings: Settings) -> Store:
+    """The store `settings.db` names: SQLite on a file, or memory for ":memory:"."""
+    if settings.db == MEMORY_DB:
+        return MemoryStore()
+    return SqliteStore(settings.db, sync=settings.sync)
+
+
+class FeederServer:
+    """A feeder in this process. `await start()` returns the bound port; `await stop()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store if store is not None else open_store(settings)
+        self.service = TaskService(
+            store=self.store,
+            policies=settings.policy_for,
+            clock=clock,
+            rng=rng,
+            retention=settings.retention,
+        )
+        limits = Limits(
+            max_payload_bytes=settings.max_payload_bytes,
+            max_result_bytes=settings.max_result_bytes,
+        )
+        self._servicer = FeederServicer(self.service, limits=limits, clock=clock)
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Future[None] | None = None
+        self.port: int | None = None
+
+    @property
+    def address(self) -> str:
+        """HOST:PORT as listening (the real port when `listen` asked for port 0)."""
+        host = self.settings.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    def _build(self) -> grpc.aio.Server:
+        size = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", size),
+                ("grpc.max_receive_message_length", size),
+                # Without this a second feeder could bind the same port and share traffic.
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+            ]
+        )
+        feeder_pb2_grpc.add_FeederServicer_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (FEEDER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        return server
+
+    async def start(self) -> int:
+        try:
+            await self.service.start()
+        except (OSError, RuntimeError, sqlite3.Error) as exc:
+            raise StartupError(f"cannot open store {self.settings.db}: {exc}") from exc
+        server = self._build()
+        try:
+            port = int(server.add_insecure_port(self.settings.listen))
+        except RuntimeError:  # grpcio raises on bind failure; older versions return 0
+            port = 0
+        if port == 0:
+            await self.service.stop()
+            raise StartupError(f"cannot listen on {self.settings.listen}")
+        await server.start()
+        self._server, self.port = server, port
+        for name in ("", FEEDER_SERVICE):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.settings.port_file:
+            try:
+                _write_atomically(self.settings.port_file, f"{port}\n")
+            except OSError as exc:
+                await self.stop(0)
+                raise StartupError(f"cannot write port file: {exc}") from exc
+        log.info("feeder listening on %s (store %s)", self.address, self.settings.db)
+        return port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains, finishes RPCs in flight (cancelling those still running after `grace`
+        seconds, default `settings.shutdown_grace`), then flushes and closes the store.
+        Safe to call more than once; later calls wait for the first."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float | None) -> None:
+        grace = self.settings.shutdown_grace if grace is None else grace
+        log.info("feeder stopping (grace %gs)", grace)
+        self.service.drain()
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.service.stop()
+        if self.settings.port_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self.settings.port_file)
+        log.info("feeder stopped")
+
+    async def cancel_rpcs(self) -> None:
+        """Cuts a graceful stop short: RPCs still in flight are cancelled now."""
+        if self._server is not None:
+            await self._server.stop(None)
+
+
+async def serve(settings: Settings, *, store: Store | None = None) -> None:
+    """Runs a feeder until SIGTERM or SIGINT, then stops it gracefully. A second signal
+    cancels the RPCs still in flight instead of waiting out the grace period."""
+    server = FeederServer(settings, store=store)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    forcing: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        if not stop_requested.is_set():
+            log.info("received %s", signal.Signals(signum).name)
+            stop_requested.set()
+        elif not forcing:
+            log.warning("received %s again: cancelling RPCs in flight", signal.Signals(signum).name)
+            forcing.append(loop.create_task(server.cancel_rpcs()))
+
+    installed = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # not on Windows
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+    try:
+        await stop_requested.wait()
+    finally:
+        await server.stop()
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    # A reader polling for the file never sees it half written.
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w") as file:
+        file.write(text)
+    os.replace(temporary, path)

@@ -1,0 +1,169 @@
+"""Domain records to `feedwork.v1` messages. The reverse direction is `validate`.
+
+Domain enums carry the wire values (see `feeder.core.model`), so `enum_pb` is just `int()`.
+Ids are ints inside the feeder and decimal strings on the wire; times are float seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from feeder.core.machine import Event
+from feeder.core.model import Attempt, State, Task
+from feeder.service.tasks import AckResult, ExtendResult, LeaseGrant, NackResult
+from feeder.store.base import QueueCounts, Submitted
+from feedwork.v1 import feeder_pb2 as pb
+
+_NANOS = 1_000_000_000
+
+
+def _split(seconds: float) -> tuple[int, int]:
+    # Splitting before scaling keeps nanosecond precision that `seconds * 1e9` would lose.
+    whole = math.floor(seconds)
+    nanos = round((seconds - whole) * _NANOS)
+    if nanos >= _NANOS:
+        return whole + 1, 0
+    return whole, nanos
+
+
+def timestamp_pb(epoch_seconds: float) -> timestamp_pb2.Timestamp:
+    seconds, nanos = _split(epoch_seconds)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+def duration_pb(seconds: float) -> duration_pb2.Duration:
+    whole, nanos = _split(max(seconds, 0.0))
+    return duration_pb2.Duration(seconds=whole, nanos=nanos)
+
+
+def enum_pb(value: enum.IntEnum) -> Any:
+    """A domain enum member as the wire enum value it mirrors."""
+    return int(value)
+
+
+def task_id_pb(task_id: int | None) -> str:
+    return "" if task_id is None else str(task_id)
+
+
+def attempt_pb(attempt: Attempt) -> pb.Attempt:
+    message = pb.Attempt(
+        attempt=attempt.attempt,
+        worker_id=attempt.worker_id,
+        leased_at=timestamp_pb(attempt.leased_at),
+        outcome=enum_pb(attempt.outcome),
+        error=attempt.error,
+    )
+    if attempt.ended_at is not None:
+        message.ended_at.CopyFrom(timestamp_pb(attempt.ended_at))
+    return message
+
+
+def task_pb(task: Task) -> pb.Task:
+    message = pb.Task(
+        task_id=str(task.id),
+        queue=task.queue,
+        payload=task.payload,
+        headers=dict(task.headers),
+        priority=task.priority,
+        state=enum_pb(task.state),
+        attempts=task.attempt,
+        failures=task.failures,
+        max_attempts=task.max_attempts,
+        result=task.result or b"",
+        idempotency_key=task.idempotency_key or "",
+        created_at=timestamp_pb(task.created_at),
+        history=[attempt_pb(a) for a in task.history],
+    )
+    if task.not_before is not None:
+        message.not_before.CopyFrom(timestamp_pb(task.not_before))
+    if task.lease_deadline is not None:
+        message.lease_deadline.CopyFrom(timestamp_pb(task.lease_deadline))
+    if task.finished_at is not None:
+        message.finished_at.CopyFrom(timestamp_pb(task.finished_at))
+    if task.lease_duration is not None:
+        message.lease_duration.CopyFrom(duration_pb(task.lease_duration))
+    return message
+
+
+def submit_result_pb(submitted: Submitted) -> pb.SubmitResult:
+    return pb.SubmitResult(
+        task_id=str(submitted.task.id),
+        state=enum_pb(submitted.task.state),
+        deduplicated=submitted.deduplicated,
+    )
+
+
+def leased_task_pb(grant: LeaseGrant) -> pb.LeasedTask:
+    task = grant.task
+    message = pb.LeasedTask(
+        task_id=str(task.id),
+        queue=task.queue,
+        payload=task.payload,
+        headers=dict(task.headers),
+        attempt=task.attempt,
+        lease_token=grant.lease_token,
+        priority=task.priority,
+        max_attempts=task.max_attempts,
+    )
+    if task.lease_deadline is not None:
+        message.lease_deadline.CopyFrom(timestamp_pb(task.lease_deadline))
+    return message
+
+
+def ack_result_pb(result: AckResult) -> pb.AckResult:
+    return pb.AckResult(outcome=enum_pb(result.outcome), task_id=task_id_pb(result.task_id))
+
+
+def nack_result_pb(result: NackResult) -> pb.NackResult:
+    message = pb.NackResult(outcome=enum_pb(result.outcome), task_id=task_id_pb(result.task_id))
+    if result.retry_at is not None:
+        message.retry_at.CopyFrom(timestamp_pb(result.retry_at))
+    return message
+
+
+def extend_result_pb(result: ExtendResult) -> pb.ExtendResult:
+    message = pb.ExtendResult(outcome=enum_pb(result.outcome), task_id=task_id_pb(result.task_id))
+    if result.lease_deadline is not None:
+        message.lease_deadline.CopyFrom(timestamp_pb(result.lease_deadline))
+    return message
+
+
+def totals_pb(totals: Iterable[tuple[Event, int]]) -> pb.Totals:
+    message = pb.Totals()
+    for event, count in totals:
+        # Event values are the Totals field names.
+        setattr(message, event.value, getattr(message, event.value) + count)
+    return message
+
+
+def queue_stats_pb(counts: QueueCounts, *, now: float) -> pb.QueueStats:
+    by_state = counts.by_state
+    age = 0.0 if counts.oldest_ready_at is None else now - counts.oldest_ready_at
+    return pb.QueueStats(
+        queue=counts.queue,
+        scheduled=by_state.get(State.SCHEDULED, 0),
+        ready=by_state.get(State.READY, 0),
+        leased=by_state.get(State.LEASED, 0),
+        completed=by_state.get(State.COMPLETED, 0),
+        dead=by_state.get(State.DEAD, 0),
+        cancelled=by_state.get(State.CANCELLED, 0),
+        oldest_ready_age=duration_pb(age),
+        totals=totals_pb(counts.totals.items()),
+    )
+
+
+def stats_response_pb(queues: Iterable[QueueCounts], *, now: float) -> pb.GetStatsResponse:
+    queues = list(queues)
+    overall: Counter[Event] = Counter()
+    for counts in queues:
+        overall.update(counts.totals)
+    return pb.GetStatsResponse(
+        queues=[queue_stats_pb(counts, now=now) for counts in queues],
+        totals=totals_pb(overall.items()),
+    )

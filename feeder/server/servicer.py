@@ -1,0 +1,180 @@
+"""The Feeder gRPC service: validate, call `TaskService`, convert. Nothing else.
+
+Domain errors become status codes in one place (`_rpc`); anything unexpected is logged with
+its traceback and answered with a generic INTERNAL, so a bug fails one call, not the feeder.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from feeder.server import convert, validate
+from feeder.server.validate import Limits, ValidationError
+from feeder.service.tasks import TaskService
+from feeder.store.base import QueueFull, StoreUnavailable
+from feedwork.v1 import feeder_pb2 as pb
+from feedwork.v1 import feeder_pb2_grpc
+
+log = logging.getLogger("feedwork.feeder.rpc")
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+Method = Callable[["FeederServicer", RequestT, grpc.aio.ServicerContext], Awaitable[ResponseT]]
+
+
+class NotFound(Exception):
+    """The task named by the request does not exist."""
+
+
+def _rpc(method: Method[RequestT, ResponseT]) -> Method[RequestT, ResponseT]:
+    @functools.wraps(method)
+    async def handle(
+        self: FeederServicer, request: RequestT, context: grpc.aio.ServicerContext
+    ) -> ResponseT:
+        try:
+            return await method(self, request, context)
+        except ValidationError as exc:
+            code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except NotFound as exc:
+            code, details = grpc.StatusCode.NOT_FOUND, str(exc)
+        except QueueFull as exc:
+            code, details = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+        except StoreUnavailable as exc:
+            log.warning("%s: store unavailable: %s", method.__name__, exc)
+            code, details = grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}"
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            code, details = grpc.StatusCode.INTERNAL, "internal error (see the feeder's log)"
+        await context.abort(code, details)
+        raise AssertionError("context.abort returned")  # it raises; this tells mypy
+
+    return handle
+
+
+class FeederServicer(feeder_pb2_grpc.FeederServicer):
+    """feedwork.v1.Feeder over a `TaskService`."""
+
+    def __init__(
+        self,
+        service: TaskService,
+        *,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._service = service
+        self._limits = limits or Limits()
+        # Turns Submit's relative delays into times and ages the oldest ready task in
+        # GetStats; the same clock the service runs on.
+        self._clock = clock
+
+    @_rpc
+    async def Submit(
+        self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitResponse:
+        specs = validate.submit_specs(request, limits=self._limits, now=self._clock())
+        submitted = await self._service.submit(specs)
+        return pb.SubmitResponse(results=[convert.submit_result_pb(s) for s in submitted])
+
+    @_rpc
+    async def Lease(
+        self, request: pb.LeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LeaseResponse:
+        query = validate.lease_query(request)
+        grants = await self._service.lease(
+            query.queue,
+            max_tasks=query.max_tasks,
+            lease_duration=query.lease_duration,
+            wait=query.wait,
+            worker_id=query.worker_id,
+        )
+        return pb.LeaseResponse(tasks=[convert.leased_task_pb(g) for g in grants])
+
+    @_rpc
+    async def Ack(
+        self, request: pb.AckRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AckResponse:
+        results = await self._service.ack(validate.ack_items(request, limits=self._limits))
+        return pb.AckResponse(results=[convert.ack_result_pb(r) for r in results])
+
+    @_rpc
+    async def Nack(
+        self, request: pb.NackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.NackResponse:
+        results = await self._service.nack(validate.nack_items(request))
+        return pb.NackResponse(results=[convert.nack_result_pb(r) for r in results])
+
+    @_rpc
+    async def Extend(
+        self, request: pb.ExtendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExtendResponse:
+        results = await self._service.extend(validate.extend_items(request))
+        return pb.ExtendResponse(results=[convert.extend_result_pb(r) for r in results])
+
+    @_rpc
+    async def GetTask(
+        self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTaskResponse:
+        task_id = validate.task_id(request.task_id)
+        task = await self._service.get_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found")
+        return pb.GetTaskResponse(task=convert.task_pb(task))
+
+    @_rpc
+    async def CancelTask(
+        self, request: pb.CancelTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelTaskResponse:
+        task_id = validate.task_id(request.task_id)
+        cancelled = await self._service.cancel(task_id)
+        if cancelled is None:
+            raise NotFound(f"task {task_id} not found")
+        outcome, state = cancelled
+        return pb.CancelTaskResponse(outcome=convert.enum_pb(outcome), state=convert.enum_pb(state))
+
+    @_rpc
+    async def ListDeadTasks(
+        self, request: pb.ListDeadTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDeadTasksResponse:
+        listing = validate.dead_listing(request)
+        page = await self._service.list_dead(
+            listing.queue, page_size=listing.page_size, after_id=listing.after_id
+        )
+        return pb.ListDeadTasksResponse(
+            tasks=[convert.task_pb(t) for t in page.tasks],
+            next_page_token=validate.page_token(page.next_after_id),
+        )
+
+    @_rpc
+    async def RedriveDeadTasks(
+        self, request: pb.RedriveDeadTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RedriveDeadTasksResponse:
+        selection = validate.dead_selection(request.selector)
+        redriven = await self._service.redrive(
+            selection.queue, task_ids=selection.task_ids, limit=selection.limit
+        )
+        return pb.RedriveDeadTasksResponse(redriven=redriven)
+
+    @_rpc
+    async def PurgeDeadTasks(
+        self, request: pb.PurgeDeadTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PurgeDeadTasksResponse:
+        selection = validate.dead_selection(request.selector)
+        purged = await self._service.purge_dead(
+            selection.queue, task_ids=selection.task_ids, limit=selection.limit
+        )
+        return pb.PurgeDeadTasksResponse(purged=purged)
+
+    @_rpc
+    async def GetStats(
+        self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatsResponse:
+        counts = await self._service.stats(validate.stats_queues(request))
+        return convert.stats_response_pb(counts, now=self._clock())

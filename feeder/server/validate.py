@@ -1,0 +1,386 @@
+"""Request validation: protobuf requests in, domain values out, or a `ValidationError`.
+
+Every bound documented in `protos/feedwork/v1/feeder.proto` is checked here, once, so the
+service below never sees a malformed value. Errors name the offending field as the client
+wrote it, with the item index for batches (`tasks[3].queue`), because the whole request
+fails with INVALID_ARGUMENT and the client must be able to find what to fix.
+
+Pure functions: the only outside input is `now`, to turn a relative `delay` into a time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from feeder.core.model import TaskSpec
+from feeder.service.tasks import AckItem, ExtendItem, NackItem
+from feedwork.v1 import feeder_pb2 as pb
+
+DAY = 86400.0
+KiB = 1024
+MiB = 1024 * KiB
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+QUEUE_NAME_RULE = "must be 1-128 characters of [A-Za-z0-9._-]"
+MAX_HEADER_KEY_CHARS = 128
+MAX_HEADERS_BYTES = 16 * KiB
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+MAX_DELAY = 365 * DAY
+MAX_ATTEMPTS = 1000
+MIN_LEASE_DURATION, MAX_LEASE_DURATION = 1.0, 12 * 3600.0
+MAX_IDEMPOTENCY_KEY_CHARS = 256
+MAX_BATCH = 1000
+MAX_LEASE_TASKS = 1000
+MAX_WAIT = 60.0
+MAX_WORKER_ID_CHARS = 256
+MAX_LEASE_TOKEN_CHARS = 512
+MAX_ERROR_BYTES = 4 * KiB
+MAX_RETRY_AFTER = 365 * DAY
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+DEFAULT_SELECTOR_LIMIT, MAX_SELECTOR_LIMIT = 1000, 100_000
+# Task ids are SQLite INTEGERs (signed 64-bit); a larger number cannot name a task.
+MAX_TASK_ID = 2**63 - 1
+# protobuf's Timestamp range ends at 9999-12-31T23:59:59Z.
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+_NANOS = 1_000_000_000
+_DECIMAL = re.compile(r"[0-9]{1,19}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """The bounds an operator may change (see `feeder.config.Settings`)."""
+
+    max_payload_bytes: int = 1 * MiB
+    max_result_bytes: int = 1 * MiB
+
+
+class ValidationError(ValueError):
+    """A request field is malformed. `str()` is "field: message", ready for the client."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseQuery:
+    queue: str
+    max_tasks: int
+    lease_duration: float | None
+    wait: float
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadListing:
+    queue: str
+    page_size: int
+    after_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadSelection:
+    queue: str
+    task_ids: list[int] | None
+    limit: int
+
+
+# -- requests ---------------------------------------------------------------------------
+
+
+def submit_specs(request: pb.SubmitRequest, *, limits: Limits, now: float) -> list[TaskSpec]:
+    _batch_size(request.tasks, "tasks", MAX_BATCH)
+    return [
+        task_spec(spec, f"tasks[{i}]", limits=limits, now=now)
+        for i, spec in enumerate(request.tasks)
+    ]
+
+
+def task_spec(spec: pb.TaskSpec, field: str, *, limits: Limits, now: float) -> TaskSpec:
+    queue = queue_name(spec.queue, f"{field}.queue")
+    _max_bytes(spec.payload, f"{field}.payload", limits.max_payload_bytes)
+    headers = _headers(spec.headers, f"{field}.headers")
+    _int_range(spec.priority, f"{field}.priority", MIN_PRIORITY, MAX_PRIORITY)
+    if spec.max_attempts != 0:
+        _int_range(
+            spec.max_attempts,
+            f"{field}.max_attempts",
+            1,
+            MAX_ATTEMPTS,
+            rule=f"must be 0 (the queue's default) or 1 to {MAX_ATTEMPTS}",
+        )
+    _max_chars(spec.idempotency_key, f"{field}.idempotency_key", MAX_IDEMPOTENCY_KEY_CHARS)
+    return TaskSpec(
+        queue=queue,
+        payload=spec.payload,
+        headers=headers,
+        priority=spec.priority,
+        not_before=_not_before(spec, field, now),
+        max_attempts=spec.max_attempts or None,
+        lease_duration=_lease_duration(spec, f"{field}.lease_duration"),
+        idempotency_key=spec.idempotency_key or None,
+    )
+
+
+def lease_query(request: pb.LeaseRequest) -> LeaseQuery:
+    _int_range(request.max_tasks, "max_tasks", 1, MAX_LEASE_TASKS)
+    _max_chars(request.worker_id, "worker_id", MAX_WORKER_ID_CHARS)
+    wait = 0.0
+    if request.HasField("wait"):
+        wait = duration(request.wait, "wait", 0.0, MAX_WAIT, rule="must be between 0s and 60s")
+    return LeaseQuery(
+        queue=queue_name(request.queue, "queue"),
+        max_tasks=request.max_tasks,
+        lease_duration=_lease_duration(request, "lease_duration"),
+        wait=wait,
+        worker_id=request.worker_id,
+    )
+
+
+def ack_items(request: pb.AckRequest, *, limits: Limits) -> list[AckItem]:
+    _batch_size(request.items, "items", MAX_BATCH)
+    items = []
+    for i, item in enumerate(request.items):
+        token = lease_token(item.lease_token, f"items[{i}].lease_token")
+        _max_bytes(item.result, f"items[{i}].result", limits.max_result_bytes)
+        items.append(AckItem(lease_token=token, result=item.result))
+    return items
+
+
+def nack_items(request: pb.NackRequest) -> list[NackItem]:
+    _batch_size(request.items, "items", MAX_BATCH)
+    items = []
+    for i, item in enumerate(request.items):
+        field = f"items[{i}]"
+        token = lease_token(item.lease_token, f"{field}.lease_token")
+        if item.terminal and item.release:
+            raise ValidationError(f"{field}.release", "cannot be combined with terminal")
+        retry_after = None
+        if item.HasField("retry_after"):
+            retry_after = duration(
+                item.retry_after,
+                f"{field}.retry_after",
+                0.0,
+                MAX_RETRY_AFTER,
+                rule="must be between 0s and 365 days",
+            )
+        items.append(
+            NackItem(
+                lease_token=token,
+                error=truncate_utf8(item.error, MAX_ERROR_BYTES),
+                retry_after=retry_after,
+                terminal=item.terminal,
+                release=item.release,
+            )
+        )
+    return items
+
+
+def extend_items(request: pb.ExtendRequest) -> list[ExtendItem]:
+    _batch_size(request.items, "items", MAX_BATCH)
+    return [
+        ExtendItem(
+            lease_token=lease_token(item.lease_token, f"items[{i}].lease_token"),
+            lease_duration=_lease_duration(item, f"items[{i}].lease_duration"),
+        )
+        for i, item in enumerate(request.items)
+    ]
+
+
+def dead_listing(request: pb.ListDeadTasksRequest) -> DeadListing:
+    queue = queue_name(request.queue, "queue")
+    _int_range(
+        request.page_size,
+        "page_size",
+        0,
+        MAX_PAGE_SIZE,
+        rule=f"must be 1 to {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})",
+    )
+    after_id = None
+    if request.page_token:
+        after_id = _decimal_id(request.page_token)
+        if after_id is None:
+            raise ValidationError("page_token", "is not a token from ListDeadTasks")
+    return DeadListing(
+        queue=queue, page_size=request.page_size or DEFAULT_PAGE_SIZE, after_id=after_id
+    )
+
+
+def page_token(next_after_id: int | None) -> str:
+    """The token `dead_listing` accepts to continue after `next_after_id`."""
+    return "" if next_after_id is None else str(next_after_id)
+
+
+def dead_selection(selector: pb.DeadTaskSelector) -> DeadSelection:
+    queue = queue_name(selector.queue, "selector.queue")
+    _int_range(
+        selector.limit,
+        "selector.limit",
+        0,
+        MAX_SELECTOR_LIMIT,
+        rule=f"must be 1 to {MAX_SELECTOR_LIMIT} (0 means {DEFAULT_SELECTOR_LIMIT})",
+    )
+    if len(selector.task_ids) > MAX_SELECTOR_LIMIT:
+        raise ValidationError(
+            "selector.task_ids",
+            f"must hold at most {MAX_SELECTOR_LIMIT} ids (got {len(selector.task_ids)})",
+        )
+    task_ids = [task_id(t, f"selector.task_ids[{i}]") for i, t in enumerate(selector.task_ids)]
+    return DeadSelection(
+        queue=queue, task_ids=task_ids or None, limit=selector.limit or DEFAULT_SELECTOR_LIMIT
+    )
+
+
+def stats_queues(request: pb.GetStatsRequest) -> list[str] | None:
+    if len(request.queues) > MAX_BATCH:
+        raise ValidationError(
+            "queues", f"must hold at most {MAX_BATCH} names (got {len(request.queues)})"
+        )
+    names = [queue_name(q, f"queues[{i}]") for i, q in enumerate(request.queues)]
+    return names or None
+
+
+# -- fields -----------------------------------------------------------------------------
+
+
+def queue_name(value: str, field: str) -> str:
+    if not QUEUE_NAME.fullmatch(value):
+        raise ValidationError(field, QUEUE_NAME_RULE)
+    return value
+
+
+def task_id(value: str, field: str = "task_id") -> int:
+    parsed = _decimal_id(value)
+    if parsed is None:
+        raise ValidationError(field, f"must be a task id (a decimal number), got {_show(value)}")
+    return parsed
+
+
+def lease_token(value: str, field: str) -> str:
+    if not value:
+        raise ValidationError(field, "is required")
+    _max_chars(value, field, MAX_LEASE_TOKEN_CHARS)
+    return value
+
+
+def duration(
+    value: duration_pb2.Duration, field: str, low: float, high: float, *, rule: str | None = None
+) -> float:
+    """A google.protobuf.Duration in seconds, within [low, high]."""
+    seconds, nanos = value.seconds, value.nanos
+    if seconds < 0 or nanos < 0:
+        raise ValidationError(field, "must not be negative")
+    if nanos >= _NANOS:
+        raise ValidationError(field, f"has invalid nanos {nanos} (must be below 1e9)")
+    result = seconds + nanos / _NANOS
+    # Compared in whole nanoseconds: as a float, 365 days + 1 ns rounds to 365 days.
+    total = seconds * _NANOS + nanos
+    if not round(low * _NANOS) <= total <= round(high * _NANOS):
+        raise ValidationError(field, f"{rule or f'must be {low}s to {high}s'} (got {result:g}s)")
+    return float(result)
+
+
+def timestamp(value: timestamp_pb2.Timestamp, field: str) -> float:
+    """A google.protobuf.Timestamp in epoch seconds; times before 1970 are rejected."""
+    seconds, nanos = value.seconds, value.nanos
+    if seconds < 0 or nanos < 0:
+        raise ValidationError(field, "must not be before 1970-01-01T00:00:00Z")
+    if nanos >= _NANOS:
+        raise ValidationError(field, f"has invalid nanos {nanos} (must be below 1e9)")
+    if seconds > MAX_TIMESTAMP_SECONDS:
+        raise ValidationError(field, "must not be after 9999-12-31T23:59:59Z")
+    return float(seconds + nanos / _NANOS)
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8, never in the middle of a character."""
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode(errors="ignore")
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _not_before(spec: pb.TaskSpec, field: str, now: float) -> float | None:
+    has_not_before, has_delay = spec.HasField("not_before"), spec.HasField("delay")
+    if has_not_before and has_delay:
+        raise ValidationError(f"{field}.delay", "cannot be combined with not_before")
+    if has_not_before:
+        return timestamp(spec.not_before, f"{field}.not_before")
+    if has_delay:
+        delay = duration(
+            spec.delay, f"{field}.delay", 0.0, MAX_DELAY, rule="must be between 0s and 365 days"
+        )
+        return now + delay if delay > 0 else None
+    return None
+
+
+def _lease_duration(
+    message: pb.TaskSpec | pb.LeaseRequest | pb.ExtendItem, field: str
+) -> float | None:
+    """Unset means "the default" (the task's, else the queue's), not zero."""
+    if not message.HasField("lease_duration"):
+        return None
+    return duration(
+        message.lease_duration,
+        field,
+        MIN_LEASE_DURATION,
+        MAX_LEASE_DURATION,
+        rule="must be between 1s and 12h",
+    )
+
+
+def _headers(headers: Mapping[str, str], field: str) -> dict[str, str]:
+    total = 0
+    for key, value in headers.items():
+        if not 1 <= len(key) <= MAX_HEADER_KEY_CHARS:
+            raise ValidationError(
+                field,
+                f"keys must be 1-{MAX_HEADER_KEY_CHARS} characters (got one of {len(key)})",
+            )
+        total += len(key.encode()) + len(value.encode())
+    if total > MAX_HEADERS_BYTES:
+        raise ValidationError(
+            field,
+            f"keys and values together must be at most {MAX_HEADERS_BYTES} bytes (got {total})",
+        )
+    return dict(headers)
+
+
+def _decimal_id(value: str) -> int | None:
+    # Not int(value): it would also take " 12", "+12", "1_2" and non-ASCII digits.
+    if not _DECIMAL.fullmatch(value):
+        return None
+    parsed = int(value)
+    return parsed if parsed <= MAX_TASK_ID else None
+
+
+def _batch_size(items: Sequence[object], field: str, most: int) -> None:
+    if not 1 <= len(items) <= most:
+        raise ValidationError(field, f"must hold 1 to {most} items (got {len(items)})")
+
+
+def _int_range(value: int, field: str, low: int, high: int, *, rule: str | None = None) -> None:
+    if not low <= value <= high:
+        raise ValidationError(field, f"{rule or f'must be between {low} and {high}'} (got {value})")
+
+
+def _max_chars(value: str, field: str, most: int) -> None:
+    if len(value) > most:
+        raise ValidationError(field, f"must be at most {most} characters (got {len(value)})")
+
+
+def _max_bytes(value: bytes, field: str, most: int) -> None:
+    if len(value) > most:
+        raise ValidationError(field, f"must be at most {most} bytes (got {len(value)})")
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "...")
