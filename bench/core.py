@@ -1,0 +1,465 @@
+"""The common workload API: cases, consumers, and the runner that times a drain.
+
+A *case* is one queue system (or one configuration of one). For every workload the runner
+asks it for a fresh queue (``setup``), fills it with N tasks (``preload``), opens one
+*consumer* per concurrent worker, and then times only the drain: every consumer loops
+``lease()`` then ``ack()`` until N tasks have been leased, and the clock stops once all N
+are acked and every consumer's ``finish()`` (e.g. a flush of fire-and-forget acks) has
+returned. ``teardown`` always runs, and every phase is bounded by a timeout.
+
+To add a case: subclass :class:`Case` and :class:`Consumer` in a module under
+``bench/cases/`` and list that module in ``bench/cases/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+PAYLOAD_SIZE = 64
+CONSUMERS = 4
+# Bounds every phase (preload, drain) of one workload; teardown gets its own bound.
+PHASE_TIMEOUT = 60.0
+TEARDOWN_TIMEOUT = 15.0
+# After an empty lease (the tail of the drain, when other consumers hold the last tasks).
+EMPTY_LEASE_PAUSE = 0.001
+
+
+class Skip(Exception):
+    """Raised by a case whose peer server is unavailable; the runner reports SKIPPED."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    batch: int
+    consumers: int = CONSUMERS
+    payload_size: int = PAYLOAD_SIZE
+
+    @classmethod
+    def drain(cls, batch: int, consumers: int = CONSUMERS) -> Workload:
+        return cls(name=f"drain-b{batch}", batch=batch, consumers=consumers)
+
+
+DEFAULT_WORKLOADS: tuple[Workload, ...] = (Workload.drain(1), Workload.drain(64))
+
+
+def make_payload(size: int = PAYLOAD_SIZE) -> bytes:
+    """A fixed, non-compressible-looking payload of `size` bytes."""
+    pattern = b"feedwork-bench-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+class Consumer(ABC):
+    """One concurrent worker of a drain, with its own connection."""
+
+    @abstractmethod
+    async def lease(self) -> Sequence[Any]:
+        """Leases up to the workload's batch size; returns opaque items (empty if none)."""
+
+    @abstractmethod
+    async def ack(self, items: Sequence[Any]) -> None:
+        """Acknowledges items returned by :meth:`lease`."""
+
+    async def finish(self) -> None:  # noqa: B027 - optional hook
+        """Called once after the last ack, inside the timed window (e.g. flush)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Releases the connection; outside the timed window."""
+
+
+class Case(ABC):
+    """One system under test. A new instance is made per run; state may live on it."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+
+    async def check(self) -> None:  # noqa: B027 - optional hook
+        """Raises :class:`Skip` (quickly) if the system is not reachable."""
+
+    async def info(self) -> dict[str, Any]:
+        """Server version and durability settings, recorded with the results."""
+        return {}
+
+    @abstractmethod
+    async def setup(self, n: int, workload: Workload) -> None:
+        """Creates a fresh, empty queue for one workload (or starts a server)."""
+
+    @abstractmethod
+    async def preload(self, n: int, payload: bytes) -> None:
+        """Puts n tasks with this payload into the queue."""
+
+    @abstractmethod
+    async def open_consumer(self, index: int, workload: Workload) -> Consumer:
+        """Opens (and connects) one consumer; called before the clock starts."""
+
+    async def verify(self, n: int) -> dict[str, Any]:
+        """After the drain, outside the timed window: what is left (should be nothing)."""
+        return {}
+
+    def server_pids(self) -> Sequence[int]:
+        """Server processes whose CPU time the drain should record (ours, e.g. a feeder)."""
+        return ()
+
+    @abstractmethod
+    async def teardown(self) -> None:
+        """Deletes what setup created / stops servers. Must be safe after a partial setup."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Once after all workloads (and after a skip): releases what check() opened."""
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class _DrainState:
+    n: int
+    leased: int = 0
+    acked: int = 0
+    leases: int = 0
+    empty_leases: int = 0
+    lease_lat: list[float] = field(default_factory=list)
+    ack_lat: list[float] = field(default_factory=list)
+    all_acked: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile of an ascending sequence (None if empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), int(-(-q * len(sorted_values) // 100))))
+    return sorted_values[rank - 1]
+
+
+def _latency_summary(seconds: list[float]) -> dict[str, float | None]:
+    ms = sorted(s * 1000.0 for s in seconds)
+    return {
+        "p50": percentile(ms, 50),
+        "p99": percentile(ms, 99),
+        "max": ms[-1] if ms else None,
+        "count": len(ms),
+    }
+
+
+async def _consume(consumer: Consumer, state: _DrainState, start: asyncio.Event) -> None:
+    await start.wait()
+    clock = time.perf_counter
+    while state.leased < state.n:
+        t0 = clock()
+        items = await consumer.lease()
+        t1 = clock()
+        state.leases += 1
+        if not items:
+            state.empty_leases += 1
+            await asyncio.sleep(EMPTY_LEASE_PAUSE)
+            continue
+        state.leased += len(items)
+        await consumer.ack(items)
+        t2 = clock()
+        state.acked += len(items)
+        state.lease_lat.append(t1 - t0)
+        state.ack_lat.append(t2 - t1)
+        if state.acked >= state.n:
+            state.all_acked.set()
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=5.0)
+
+
+async def _drain(consumers: Sequence[Consumer], state: _DrainState) -> float:
+    """Runs the consumers until n tasks are acked; returns the drain time in seconds."""
+    start = asyncio.Event()
+    workers = [asyncio.create_task(_consume(c, state, start)) for c in consumers]
+    waiter = asyncio.create_task(state.all_acked.wait())
+    try:
+        await asyncio.sleep(0)  # let every worker reach start.wait()
+        t0 = time.perf_counter()
+        start.set()
+        pending: set[asyncio.Task[Any]] = {*workers, waiter}
+        while not waiter.done() and not all(w.done() for w in workers):
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not waiter and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        # Everything is acked. Consumers still inside lease() hold nothing (every task was
+        # leased), e.g. a long-poll at the tail: stop them rather than wait out the poll.
+        await _cancel_all([w for w in workers if not w.done()])
+        await asyncio.gather(*(c.finish() for c in consumers))
+        return time.perf_counter() - t0
+    finally:
+        await _cancel_all([*workers, waiter])
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User+system CPU time of a process (Linux /proc; None where unavailable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_snapshot(pids: Sequence[int]) -> tuple[float, dict[int, float | None]]:
+    return time.process_time(), {pid: process_cpu_seconds(pid) for pid in pids}
+
+
+def _cpu_usage(
+    before: tuple[float, dict[int, float | None]],
+    after: tuple[float, dict[int, float | None]],
+    seconds: float,
+) -> dict[str, Any]:
+    """CPU seconds used during the drain, and as a share of one core (1.0 = saturated)."""
+    client = after[0] - before[0]
+    usage: dict[str, Any] = {
+        "client_cpu_s": client,
+        "client_core_share": client / seconds if seconds > 0 else None,
+    }
+    server = 0.0
+    for pid, start in before[1].items():
+        end = after[1].get(pid)
+        if start is None or end is None:
+            return usage
+        server += end - start
+    if before[1]:
+        usage["server_cpu_s"] = server
+        usage["server_core_share"] = server / seconds if seconds > 0 else None
+    return usage
+
+
+def _base_result(case: type[Case], workload: Workload, n: int) -> dict[str, Any]:
+    return {
+        "case": case.name,
+        "workload": workload.name,
+        "batch": workload.batch,
+        "consumers": workload.consumers,
+        "payload_bytes": workload.payload_size,
+        "tasks": n,
+        "run": 1,
+        "status": "ok",
+        "reason": None,
+        "preload_seconds": None,
+        "seconds": None,
+        "tasks_per_s": None,
+        "leased": None,
+        "acked": None,
+        "leases": None,
+        "empty_leases": None,
+        "latency_ms": None,
+        "cpu": None,
+        "verify": None,
+        "info": None,
+    }
+
+
+async def _close_consumers(consumers: Sequence[Consumer]) -> None:
+    for consumer in consumers:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.close(), 5.0)
+
+
+async def run_workload(
+    case: Case, n: int, workload: Workload, phase_timeout: float = PHASE_TIMEOUT
+) -> dict[str, Any]:
+    """Runs one workload of one case; never raises except for Skip and cancellation."""
+    result = _base_result(type(case), workload, n)
+    consumers: list[Consumer] = []
+    state = _DrainState(n=n)
+    phase = "setup"
+    try:
+        async with asyncio.timeout(phase_timeout):
+            await case.setup(n, workload)
+            phase = "preload"
+            t0 = time.perf_counter()
+            await case.preload(n, make_payload(workload.payload_size))
+            result["preload_seconds"] = time.perf_counter() - t0
+            phase = "connect"
+            for i in range(workload.consumers):
+                consumers.append(await case.open_consumer(i, workload))
+        phase = "drain"
+        pids = case.server_pids()
+        cpu_before = _cpu_snapshot(pids)
+        async with asyncio.timeout(phase_timeout):
+            seconds = await _drain(consumers, state)
+        result["cpu"] = _cpu_usage(cpu_before, _cpu_snapshot(pids), seconds)
+        result["seconds"] = seconds
+        result["tasks_per_s"] = n / seconds if seconds > 0 else None
+        phase = "verify"
+        async with asyncio.timeout(phase_timeout):
+            result["verify"] = await case.verify(n)
+        if state.leased != n or state.acked != n:
+            result["status"] = "error"
+            result["reason"] = f"leased {state.leased}, acked {state.acked}, expected {n}"
+    except Skip:
+        raise
+    except TimeoutError:
+        result["status"] = "timeout"
+        result["reason"] = f"{phase} did not finish within {phase_timeout:g}s"
+    except Exception as exc:
+        result["status"] = "error"
+        result["reason"] = f"{phase}: {type(exc).__name__}: {exc}"
+    finally:
+        await _close_consumers(consumers)
+        try:
+            await asyncio.wait_for(case.teardown(), TEARDOWN_TIMEOUT)
+        except Exception as exc:
+            note = f"teardown: {type(exc).__name__}: {exc}"
+            result["reason"] = f"{result['reason']}; {note}" if result["reason"] else note
+    result["leased"] = state.leased
+    result["acked"] = state.acked
+    result["leases"] = state.leases
+    result["empty_leases"] = state.empty_leases
+    cycle = [a + b for a, b in zip(state.lease_lat, state.ack_lat, strict=True)]
+    result["latency_ms"] = {
+        "lease": _latency_summary(state.lease_lat),
+        "ack": _latency_summary(state.ack_lat),
+        "cycle": _latency_summary(cycle),
+    }
+    return result
+
+
+def skipped_result(case: type[Case], workload: Workload, n: int, reason: str) -> dict[str, Any]:
+    result = _base_result(case, workload, n)
+    result["status"] = "skipped"
+    result["reason"] = reason
+    return result
+
+
+async def run_case(
+    case_cls: type[Case],
+    n: int,
+    workloads: Sequence[Workload] = DEFAULT_WORKLOADS,
+    phase_timeout: float = PHASE_TIMEOUT,
+    repeat: int = 1,
+) -> list[dict[str, Any]]:
+    """Runs every workload of one case (a fresh instance) `repeat` times; one result each.
+
+    A case that raises :class:`Skip` (from check, info or setup) is reported with a loud
+    ``SKIPPED`` line and yields ``status: skipped`` results.
+    """
+    case = case_cls()
+    results: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(phase_timeout):
+            await case.check()
+            info = await case.info()
+        for workload in workloads:
+            for run in range(1, repeat + 1):
+                result = await run_workload(case, n, workload, phase_timeout)
+                result["run"] = run
+                result["info"] = info
+                results.append(result)
+    except (Skip, TimeoutError, OSError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            reason = f"not reachable within {phase_timeout:g}s"
+        print(f"!!! SKIPPED {case_cls.name}: {reason}", flush=True)
+        done = {r["workload"] for r in results}
+        results.extend(
+            skipped_result(case_cls, w, n, reason) for w in workloads if w.name not in done
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(case.close(), TEARDOWN_TIMEOUT)
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers for cases
+
+
+async def probe_tcp(host: str, port: int, what: str, connect_timeout: float = 2.0) -> None:
+    """Raises :class:`Skip` unless something accepts TCP connections at host:port."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), connect_timeout)
+    except (OSError, TimeoutError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise Skip(f"{what} at {host}:{port} is not reachable ({reason})") from exc
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a helper process: the repo root importable."""
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+class ServerProcess:
+    """A Python server started as ``python -m module ...`` in its own process.
+
+    The server must print one line ``READY {json}`` on stdout once it listens (the JSON
+    holds at least ``port``), and should exit when its stdin reaches EOF, so it cannot
+    outlive the benchmark. Its stderr is passed through.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, ready: dict[str, Any]) -> None:
+        self.proc = proc
+        self.ready = ready
+
+    @property
+    def port(self) -> int:
+        return int(self.ready["port"])
+
+    @classmethod
+    async def start(cls, module: str, *args: str, ready_timeout: float = 30.0) -> ServerProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            module,
+            *args,
+            cwd=REPO_ROOT,
+            env=subprocess_env(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        server = cls(proc, {})
+        try:
+            assert proc.stdout is not None
+            while True:
+                line = await asyncio.wait_for(proc.stdout.readline(), ready_timeout)
+                if not line:
+                    raise RuntimeError(f"{module} exited before READY (rc={await proc.wait()})")
+                text = line.decode().strip()
+                if text.startswith("READY "):
+                    server.ready = json.loads(text[len("READY ") :])
+                    return server
+        except BaseException:
+            await server.stop()
+            raise
+
+    async def stop(self, grace: float = 5.0) -> int | None:
+        proc = self.proc
+        if proc.returncode is None:
+            if proc.stdin is not None:
+                with contextlib.suppress(Exception):
+                    proc.stdin.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        return proc.returncode
