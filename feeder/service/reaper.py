@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Callable
 
 from feeder.core import machine
-from feeder.core.machine import Event
 from feeder.core.model import State
 from feeder.store.base import Change, Store
 
@@ -41,16 +39,13 @@ class Reaper:
         """Advances every task whose timer has passed (up to BATCH). Returns how many."""
         due = await self._store.due(now, BATCH)
         changes: list[Change] = []
-        events: Counter[tuple[str, Event]] = Counter()
         for task in due:
             decision = machine.advance(task, now)
             if decision.task is not None:
-                changes.append(Change(task, decision.task))
-                for event in decision.events:
-                    events[(task.queue, event)] += 1
+                changes.append(Change(task, decision.task, decision.events))
         if not changes:
             return 0
-        applied = await self._store.apply(changes, events)
+        applied = await self._store.apply(changes)
         for change, ok in zip(changes, applied, strict=True):
             if ok and change.after is not None and change.after.state is State.READY:
                 self._on_ready(change.after.queue)

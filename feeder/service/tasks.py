@@ -346,12 +346,14 @@ class TaskService:
                 continue
             decision = decide(task, ref, i)
             results[i] = (decision.outcome, ref.task_id, decision.task or task)
-            for event in decision.events:
-                events[(task.queue, event)] += 1
             if decision.task is not None:
-                changes.append(Change(task, decision.task))
+                changes.append(Change(task, decision.task, decision.events))
                 change_items.append(i)
                 latest[ref.task_id] = decision.task
+            else:
+                # Counted now: a decision that changes nothing cannot lose a race.
+                for event in decision.events:
+                    events[(task.queue, event)] += 1
         if not changes:
             if events:
                 await self._store.apply([], events)
@@ -396,10 +398,10 @@ class TaskService:
             decision = machine.cancel(current, now=now)
             if decision.task is None:
                 if caught_up.task is not None:
-                    await self._store.apply([Change(task, current)])
+                    await self._store.apply([Change(task, current, caught_up.events)])
                 return decision.outcome, current.state
-            events = Counter((task.queue, e) for e in (*caught_up.events, *decision.events))
-            if (await self._store.apply([Change(task, decision.task)], events))[0]:
+            change = Change(task, decision.task, (*caught_up.events, *decision.events))
+            if (await self._store.apply([change]))[0]:
                 return decision.outcome, decision.task.state
         raise StoreUnavailable("too many concurrent changes to this task; retry")
 

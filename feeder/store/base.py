@@ -32,10 +32,14 @@ class StoreUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """Replace `before` by `after` (None deletes), only if the store still holds `before`."""
+    """Replace `before` by `after` (None deletes), only if the store still holds `before`.
+
+    `events` are counted in the task's queue totals if, and only if, the change applies.
+    """
 
     before: Task
     after: Task | None
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +107,9 @@ class Store(Protocol):
     async def apply(
         self, changes: Sequence[Change], events: Mapping[tuple[str, Event], int] | None = None
     ) -> list[bool]:
-        """Applies each change whose `before` is still current, in order, plus the event
-        counts (per queue) in the same transaction. Returns, per change, whether it applied."""
+        """Applies each change whose `before` is still current, in order, in one transaction
+        with the events of the applied changes and `events` (counts per queue that belong to
+        no change, such as dropped duplicate acks). Returns, per change, whether it applied."""
         ...
 
     async def due(self, now: float, limit: int) -> list[Task]:

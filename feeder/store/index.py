@@ -17,7 +17,8 @@ from feeder.core.model import State, Task
 
 @dataclass(slots=True)
 class _ReadyQueue:
-    """READY tasks of one queue: one FIFO (by ready time) per priority, highest first."""
+    """READY tasks of one queue: one FIFO (by ready time, then id) per priority, highest
+    first."""
 
     by_priority: dict[int, OrderedDict[int, float]] = field(default_factory=dict)
     priorities: list[int] = field(default_factory=list)  # sorted, highest first
@@ -28,6 +29,24 @@ class _ReadyQueue:
             fifo = self.by_priority[task.priority] = OrderedDict()
             self.priorities.append(task.priority)
             self.priorities.sort(reverse=True)
+        key = (task.ready_at, task.id)
+        if fifo:
+            last_id = next(reversed(fifo))
+            if (fifo[last_id], last_id) > key:
+                # Arrived out of (ready_at, id) order: tasks made ready at one `now` in any
+                # order, or decisions taken at one time and applied a little later. Move the
+                # (usually short) tail that belongs after it.
+                tail: list[tuple[int, float]] = []
+                while fifo:
+                    last_id, last_at = fifo.popitem(last=True)
+                    if (last_at, last_id) < key:
+                        fifo[last_id] = last_at
+                        break
+                    tail.append((last_id, last_at))
+                fifo[task.id] = task.ready_at
+                for task_id, ready_at in reversed(tail):
+                    fifo[task_id] = ready_at
+                return
         fifo[task.id] = task.ready_at
 
     def remove(self, task: Task) -> None:

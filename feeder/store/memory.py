@@ -120,16 +120,12 @@ class IndexedStore:
 
     async def claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
         changes: list[Change] = []
-        events: Counter[tuple[str, Event]] = Counter()
         for task in self._index.pop_ready(queue, limit):
             decision = lease(task)
-            if decision.task is None:
-                continue
-            changes.append(Change(task, decision.task))
-            for event in decision.events:
-                events[(queue, event)] += 1
+            if decision.task is not None:
+                changes.append(Change(task, decision.task, decision.events))
         if changes:
-            await self.apply(changes, events)
+            await self.apply(changes)
         return [c.after for c in changes if c.after is not None and c.after.state is State.LEASED]
 
     async def apply(
@@ -138,9 +134,14 @@ class IndexedStore:
         index = self._index
         applied: list[bool] = []
         done: list[Change] = []
+        counted: Counter[tuple[str, Event]] = Counter(events or {})
+        missing = [c.before.id for c in changes if c.before.id not in index.tasks]
+        if missing:
+            # Records no longer held in memory (final tasks a subclass evicted) are read
+            # back; `get` keeps them in the index. Deleted tasks stay missing.
+            await self.get(missing)
         for change in changes:
-            # Records read from disk by `get` are cached in the index, so a change built on
-            # any current record finds it here; anything else was changed meanwhile.
+            # Every current record is in the index now; anything else was changed meanwhile.
             current = index.tasks.get(change.before.id)
             if current is None or current.version != change.before.version:
                 applied.append(False)
@@ -148,10 +149,12 @@ class IndexedStore:
             index.put(current, change.after)
             applied.append(True)
             done.append(change)
-        if events:
-            self._count(events)
-        if done or events:
-            await self._persist_changes(done, events or {})
+            for event in change.events:
+                counted[(current.queue, event)] += 1
+        if counted:
+            self._count(counted)
+        if done or counted:
+            await self._persist_changes(done, counted)
         return applied
 
     def _count(self, events: EventCounts) -> None:

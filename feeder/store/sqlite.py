@@ -82,6 +82,12 @@ UPDATE = (
     " WHERE id=?"
 )
 DELETE = "DELETE FROM tasks WHERE id=?"
+# The next task id, kept so ids of deleted tasks are never handed out again (a lease token
+# of an old task must not match a new one).
+SET_NEXT_ID = (
+    "INSERT INTO meta (key, value) VALUES ('next_id', ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)"
+)
 ADD_TOTAL = (
     "INSERT INTO totals (queue, event, value) VALUES (?, ?, ?)"
     " ON CONFLICT (queue, event) DO UPDATE SET value = value + excluded.value"
@@ -166,6 +172,15 @@ class _Batch:
         return bool(self.rows or self.totals or self.inserts or self.waiters)
 
 
+class _InsertFailed(Exception):
+    """A submit's insert failed and SQLite rolled back the whole transaction with it."""
+
+    def __init__(self, position: int, error: sqlite3.Error) -> None:
+        super().__init__(position, error)
+        self.position = position
+        self.error = error
+
+
 class SqliteStore(IndexedStore):
     """SQLite at `path`. Only one feeder process may open a database (a lock file says so)."""
 
@@ -179,6 +194,7 @@ class SqliteStore(IndexedStore):
         self._writer: sqlite3.Connection | None = None
         self._lock_file: Any = None
         self._batch = _Batch()
+        self._flushing: _Batch | None = None  # the batch the writer thread is committing
         self._writing = False
         self._kicked = False
         self._closed = False
@@ -214,6 +230,11 @@ class SqliteStore(IndexedStore):
             )
             row = self._reader.execute("SELECT value FROM meta WHERE key='token_secret'").fetchone()
         self._secret = bytes(row[0])
+        # Databases written before the next id was kept: start from the ids they hold.
+        self._writer.execute(
+            "INSERT OR IGNORE INTO meta (key, value)"
+            " SELECT 'next_id', COALESCE(MAX(id), 0) + 1 FROM tasks"
+        )
         self._load()
 
     def _load(self) -> None:
@@ -240,13 +261,18 @@ class SqliteStore(IndexedStore):
         for queue, event, value in reader.execute("SELECT queue, event, value FROM totals"):
             self._index.totals[queue][Event(event)] = value
         (max_id,) = reader.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()
-        self._next_id = max_id + 1
+        row = reader.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()
+        # Never below ids already handed out (stored, deleted, or reserved by a submit).
+        self._next_id = max(self._next_id, max_id + 1, int(row[0]) if row else 1)
 
     async def close(self) -> None:
         if self._closed:
             return
-        await self._barrier()
+        # New writes are refused from now on; those staged before (including any staged while
+        # an earlier batch commits) are committed before the connections close.
         self._closed = True
+        while self._batch or self._writing:
+            await self._barrier()
         for conn in (self._writer, self._reader):
             if conn is not None:
                 conn.close()
@@ -258,6 +284,10 @@ class SqliteStore(IndexedStore):
     def _stage(self) -> _Batch:
         if self._closed:
             raise StoreUnavailable("the store is closed")
+        return self._staged()
+
+    def _staged(self) -> _Batch:
+        """The batch the next commit takes (one is due to start, or follows the current)."""
         if not self._kicked and not self._writing:
             self._kicked = True
             # Deferred to the end of this loop turn, so every RPC handled in it joins.
@@ -287,11 +317,18 @@ class SqliteStore(IndexedStore):
         """Waits until everything staged so far is durable."""
         if self._batch or self._writing:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._stage().waiters.append(future)
+            self._staged().waiters.append(future)
             await future
+
+    def _unsynced(self, task_id: int) -> bool:
+        """Whether the task has a write that is not committed yet: its row on disk is stale
+        (the index holds its record, or the task was deleted)."""
+        flushing = self._flushing
+        return task_id in self._batch.rows or (flushing is not None and task_id in flushing.rows)
 
     async def _fetch(self, task_ids: Sequence[int]) -> dict[int, Task]:
         assert self._reader is not None
+        task_ids = [i for i in task_ids if not self._unsynced(i)]
         found: dict[int, Task] = {}
         for start in range(0, len(task_ids), 500):
             chunk = task_ids[start : start + 500]
@@ -312,13 +349,30 @@ class SqliteStore(IndexedStore):
         if self._writing or not self._batch:
             return
         batch, self._batch = self._batch, _Batch()
+        self._flushing = batch
         self._writing = True
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(None, self._commit, batch)
         fut.add_done_callback(lambda f: self._committed(batch, f))
 
     def _commit(self, batch: _Batch) -> None:
-        """Runs in a worker thread: one transaction for the whole batch."""
+        """Runs in a worker thread: one transaction for the whole batch.
+
+        A submit whose insert fails (the database is full) fails alone. SQLite rolls back
+        the whole transaction on some errors (SQLITE_FULL among them), not just the
+        statement; the transaction is then written again without that submit.
+        """
+        errors: dict[int, BaseException] = {}
+        while True:
+            try:
+                self._write(batch, errors)
+            except _InsertFailed as failed:
+                errors[failed.position] = failed.error
+                continue
+            batch.insert_errors = [errors.get(i) for i in range(len(batch.inserts))]
+            return
+
+    def _write(self, batch: _Batch, errors: dict[int, BaseException]) -> None:
         conn = self._writer
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
@@ -332,17 +386,25 @@ class SqliteStore(IndexedStore):
             if batch.totals:
                 conn.executemany(ADD_TOTAL, [(q, e, n) for (q, e), n in batch.totals.items()])
             # Each submit in its own savepoint: one that does not fit fails alone.
-            for tasks, totals, _future in batch.inserts:
+            next_id = 0
+            for position, (tasks, totals, _future) in enumerate(batch.inserts):
+                if position in errors:
+                    continue
                 conn.execute("SAVEPOINT submit")
                 try:
                     conn.executemany(INSERT, [_insert_row(t) for t in tasks])
                     conn.executemany(ADD_TOTAL, [(q, e, n) for (q, e), n in totals.items()])
-                    conn.execute("RELEASE submit")
-                    batch.insert_errors.append(None)
                 except sqlite3.Error as exc:
+                    if not conn.in_transaction:
+                        raise _InsertFailed(position, exc) from exc
                     conn.execute("ROLLBACK TO submit")
                     conn.execute("RELEASE submit")
-                    batch.insert_errors.append(exc)
+                    errors[position] = exc
+                    continue
+                conn.execute("RELEASE submit")
+                next_id = max([next_id, *(t.id + 1 for t in tasks)])
+            if next_id:
+                conn.execute(SET_NEXT_ID, (next_id,))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -351,6 +413,7 @@ class SqliteStore(IndexedStore):
 
     def _committed(self, batch: _Batch, outcome: asyncio.Future[None]) -> None:
         self._writing = False
+        self._flushing = None
         error = outcome.exception()
         if error is None:
             for (_tasks, _totals, future), insert_error in zip(
@@ -394,7 +457,8 @@ class SqliteStore(IndexedStore):
         while len(self._final) > FINAL_CACHE:
             old_id, _ = self._final.popitem(last=False)
             old = self._index.tasks.get(old_id)
-            if old is not None and not old.state.is_pending:
+            # A record with an uncommitted write stays (its commit remembers it again).
+            if old is not None and not old.state.is_pending and not self._unsynced(old_id):
                 self._index.evict(old)
 
     # -- reads that need the disk ---------------------------------------------------------
@@ -407,9 +471,19 @@ class SqliteStore(IndexedStore):
             " ORDER BY id LIMIT ?",
             (queue, after_id or 0, limit + 1),
         ).fetchall()
-        tasks = [self._index.tasks.get(row[0]) or _task_from_row(row) for row in rows[:limit]]
+        tasks: list[Task] = []
+        for row in rows[:limit]:
+            # Writes staged since the barrier are visible in the index before they commit.
+            task = self._index.tasks.get(row[0])
+            if task is None:
+                if self._unsynced(row[0]):
+                    continue  # deleted, not committed yet
+                task = _task_from_row(row)
+            if task.state is State.DEAD:
+                tasks.append(task)
         more = len(rows) > limit
-        return DeadPage(tasks, tasks[-1].id if more and tasks else None)
+        # The cursor is the last row looked at, even if it was left out.
+        return DeadPage(tasks, rows[limit - 1][0] if more and limit > 0 else None)
 
     async def purge_finished(self, *, finished_before: float, limit: int) -> int:
         await self._barrier()

@@ -1,0 +1,116 @@
+"""The background loops are one step each: run_once(now) is tested directly with a fake
+clock, no sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+
+from feeder.core.machine import Event
+from feeder.core.model import State, TaskSpec
+from feeder.core.policy import QueuePolicy
+from feeder.service import AckItem, TaskService
+from feeder.service.waiters import Waiters
+from feeder.store.memory import MemoryStore
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_service(clock: FakeClock, **policy: float) -> TaskService:
+    return TaskService(
+        store=MemoryStore(),
+        policies=lambda queue: QueuePolicy(**policy),  # type: ignore[arg-type]
+        clock=clock,
+        retention=3600.0,
+    )
+
+
+async def test_reaper_expires_exactly_the_leases_past_their_deadline() -> None:
+    clock = FakeClock()
+    service = make_service(clock, lease_duration=10.0, max_attempts=2)
+    await service.start(background=False)
+    await service.submit([TaskSpec(queue="q", payload=b"a"), TaskSpec(queue="q", payload=b"b")])
+    first = await service.lease("q", max_tasks=1, lease_duration=10.0, wait=0, worker_id="w")
+    clock.now += 5
+    second = await service.lease("q", max_tasks=1, lease_duration=10.0, wait=0, worker_id="w")
+
+    clock.now += 4.999  # neither deadline has passed
+    assert await service.reaper.run_once(clock.now) == 0
+    clock.now += 0.001  # the first deadline is exactly now
+    assert await service.reaper.run_once(clock.now) == 1
+    expired = await service.get_task(first[0].task.id)
+    held = await service.get_task(second[0].task.id)
+    assert expired is not None and expired.state is State.READY and expired.failures == 1
+    assert held is not None and held.state is State.LEASED
+    assert service._store.next_due() == second[0].task.lease_deadline
+
+    # Leased again and expired again: out of attempts, dead.
+    again = await service.lease("q", max_tasks=1, lease_duration=10.0, wait=0, worker_id="w")
+    assert again[0].task.id == first[0].task.id and again[0].task.attempt == 2
+    clock.now += 10
+    assert await service.reaper.run_once(clock.now) == 2
+    dead = await service.get_task(first[0].task.id)
+    assert dead is not None and dead.state is State.DEAD and dead.failures == 2
+    counts = (await service.stats(["q"]))[0]
+    assert counts.totals[Event.EXPIRED] == 3
+    await service.stop()
+
+
+async def test_reaper_promotes_scheduled_tasks_when_due() -> None:
+    clock = FakeClock()
+    service = make_service(clock)
+    await service.start(background=False)
+    [submitted] = await service.submit([TaskSpec(queue="q", not_before=clock.now + 30)])
+    assert submitted.task.state is State.SCHEDULED
+    assert await service.lease("q", max_tasks=1, lease_duration=None, wait=0, worker_id="w") == []
+    clock.now += 29.9
+    assert await service.reaper.run_once(clock.now) == 0
+    clock.now += 0.1
+    assert await service.reaper.run_once(clock.now) == 1
+    grants = await service.lease("q", max_tasks=1, lease_duration=None, wait=0, worker_id="w")
+    assert [g.task.id for g in grants] == [submitted.task.id]
+    await service.stop()
+
+
+async def test_janitor_purges_only_finished_tasks_past_retention() -> None:
+    clock = FakeClock()
+    service = make_service(clock)
+    await service.start(background=False)
+    await service.submit([TaskSpec(queue="q") for _ in range(3)])
+    grants = await service.lease("q", max_tasks=2, lease_duration=None, wait=0, worker_id="w")
+    await service.ack([AckItem(g.lease_token) for g in grants])
+    clock.now += 3599
+    assert await service.janitor.run_once(clock.now) == 0
+    clock.now += 2
+    assert await service.janitor.run_once(clock.now) == 2
+    for grant in grants:
+        assert await service.get_task(grant.task.id) is None
+    counts = (await service.stats(["q"]))[0]
+    assert counts.by_state[State.READY] == 1 and counts.by_state[State.COMPLETED] == 0
+    # A token of a purged task is NOT_FOUND, not an error.
+    [result] = await service.ack([AckItem(grants[0].lease_token)])
+    assert result.outcome.name == "NOT_FOUND"
+    await service.stop()
+
+
+async def test_waiters_are_woken_one_at_a_time_in_arrival_order() -> None:
+    waiters = Waiters()
+    first = waiters.enqueue("q")
+    second = waiters.enqueue("q")
+    third = waiters.enqueue("q", first=True)  # a woken waiter that found nothing goes back first
+    waiters.wake_first("q")
+    assert third.done() and not first.done() and not second.done()
+    waiters.wake_first("q")
+    assert first.done() and not second.done()
+    waiters.discard("q", second)
+    waiters.wake_first("q")  # nobody left: nothing happens
+    assert not second.done()
+    late = waiters.enqueue("q")
+    waiters.wake_all()
+    assert late.result() is False
+    await asyncio.sleep(0)

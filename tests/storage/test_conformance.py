@@ -1,0 +1,1021 @@
+"""The storage conformance suite: the contract of `feeder.store.base.Store`, which every
+backend must pass (see conftest.py for the backends).
+
+Records are only ever built by the state machine (`feeder.core.machine`), as the service
+builds them; the store is then asked to apply those decisions. Every test runs its coroutine
+with `run`, bounded by TIMEOUT seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+import feeder.store.sqlite
+from feeder.core import machine
+from feeder.core.machine import Decision, Event
+from feeder.core.model import Attempt, AttemptOutcome, State, Task, TaskSpec
+from feeder.core.policy import QueuePolicy
+from feeder.store import Change, QueueFull, Store, StoreUnavailable, Submitted
+from feeder.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.timeout(30)
+
+TIMEOUT = 10.0
+T0 = 1_700_000_000.0
+POLICY = QueuePolicy(max_attempts=3, lease_duration=30.0)
+R = TypeVar("R")
+StoreFactory = Callable[[], Store]
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def run(make_store: StoreFactory, body: Callable[[Store], Awaitable[R]]) -> R:
+    """Opens a store, runs `body` on it (bounded), closes it."""
+
+    async def main() -> R:
+        store = make_store()
+        await store.open()
+        try:
+            return await asyncio.wait_for(body(store), TIMEOUT)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def run_async(body: Callable[[], Awaitable[R]]) -> R:
+    async def main() -> R:
+        return await asyncio.wait_for(body(), TIMEOUT)
+
+    return asyncio.run(main())
+
+
+def spec(queue: str = "q", **fields: Any) -> TaskSpec:
+    return TaskSpec(queue=queue, **fields)
+
+
+async def submit(
+    store: Store, specs: Sequence[TaskSpec], *, now: float = T0, max_depth: int = 1000
+) -> list[Submitted]:
+    def create(s: TaskSpec, task_id: int) -> Decision[State]:
+        return machine.create(s, task_id=task_id, now=now, policy=POLICY)
+
+    return await store.submit(specs, create=create, max_depth=lambda _queue: max_depth)
+
+
+async def submit_tasks(store: Store, specs: Sequence[TaskSpec], *, now: float = T0) -> list[Task]:
+    results = await submit(store, specs, now=now)
+    assert [r.deduplicated for r in results] == [False] * len(specs)
+    return [r.task for r in results]
+
+
+def leaser(
+    now: float, worker: str = "w1", duration: float | None = None
+) -> Callable[[Task], Decision[bool]]:
+    def decide(task: Task) -> Decision[bool]:
+        return machine.lease(
+            task, now=now, worker_id=worker, lease_duration=duration, policy=POLICY
+        )
+
+    return decide
+
+
+async def claim(store: Store, queue: str = "q", limit: int = 100, *, now: float = T0) -> list[Task]:
+    return await store.claim(queue, limit, leaser(now))
+
+
+async def step(store: Store, task: Task, decision: Decision[Any]) -> Task:
+    """Applies one machine decision on `task` (which must be current); returns the new record."""
+    assert decision.task is not None
+    events = Counter((task.queue, e) for e in decision.events)
+    assert await store.apply([Change(task, decision.task)], events) == [True]
+    return decision.task
+
+
+def lease_d(task: Task, now: float, duration: float | None = None) -> Decision[bool]:
+    return machine.lease(task, now=now, worker_id="w1", lease_duration=duration, policy=POLICY)
+
+
+def ack_d(task: Task, now: float, result: bytes | None = b"ok") -> Decision[Any]:
+    return machine.ack(task, task.attempt, result=result, now=now)
+
+
+def nack_d(
+    task: Task,
+    now: float,
+    *,
+    terminal: bool = False,
+    release: bool = False,
+    retry_after: float | None = None,
+) -> Decision[Any]:
+    return machine.nack(
+        task,
+        task.attempt,
+        error="boom",
+        retry_after=retry_after,
+        terminal=terminal,
+        release=release,
+        now=now,
+        policy=POLICY,
+        rng=random.Random(7),
+    )
+
+
+async def complete(store: Store, task: Task, now: float, result: bytes | None = b"ok") -> Task:
+    leased = await step(store, task, lease_d(task, now))
+    return await step(store, leased, ack_d(leased, now, result))
+
+
+async def kill(store: Store, task: Task, now: float) -> Task:
+    leased = await step(store, task, lease_d(task, now))
+    dead = await step(store, leased, nack_d(leased, now, terminal=True))
+    assert dead.state is State.DEAD
+    return dead
+
+
+async def cancel(store: Store, task: Task, now: float) -> Task:
+    return await step(store, task, machine.cancel(task, now=now))
+
+
+async def current(store: Store, task_id: int) -> Task:
+    return (await store.get([task_id]))[task_id]
+
+
+async def counts(store: Store, queue: str = "q") -> dict[State, int]:
+    (found,) = await store.queue_counts([queue])
+    assert found.queue == queue
+    return {s: n for s, n in found.by_state.items() if n}
+
+
+async def totals(store: Store, queue: str = "q") -> dict[Event, int]:
+    (found,) = await store.queue_counts([queue])
+    return {e: n for e, n in found.totals.items() if n}
+
+
+# -- submit -------------------------------------------------------------------------------
+
+
+def test_submit_returns_records_with_increasing_ids_in_order(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        specs = [
+            spec(payload=b"a", headers={"k": "v"}, priority=3, max_attempts=7),
+            spec(payload=b"b", lease_duration=12.5),
+            spec("other", payload=b"c"),
+        ]
+        results = await submit(store, specs)
+        tasks = [r.task for r in results]
+        assert [r.deduplicated for r in results] == [False, False, False]
+        assert [t.payload for t in tasks] == [b"a", b"b", b"c"]
+        assert [t.queue for t in tasks] == ["q", "q", "other"]
+        ids = [t.id for t in tasks]
+        assert ids == sorted(set(ids))
+        first = tasks[0]
+        assert (first.headers, first.priority, first.max_attempts) == ({"k": "v"}, 3, 7)
+        assert (first.state, first.version, first.created_at, first.ready_at) == (
+            State.READY,
+            1,
+            T0,
+            T0,
+        )
+        assert tasks[1].max_attempts == POLICY.max_attempts
+        assert tasks[1].lease_duration == 12.5
+        assert await store.get(ids) == {t.id: t for t in tasks}
+
+        later = await submit_tasks(store, [spec(payload=b"d"), spec(payload=b"e")], now=T0 + 1)
+        assert later[0].id > ids[-1]
+        assert later[1].id > later[0].id
+        assert await counts(store) == {State.READY: 4}
+        assert await totals(store) == {Event.SUBMITTED: 4}
+        assert await totals(store, "other") == {Event.SUBMITTED: 1}
+
+    run(make_store, body)
+
+
+def test_submit_queue_full_stores_nothing(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        a1, a2 = await submit_tasks(store, [spec("a", idempotency_key="k1"), spec("a")])
+        with pytest.raises(QueueFull) as raised:
+            await submit(store, [spec("b"), spec("a"), spec("a")], max_depth=3)
+        assert (raised.value.queue, raised.value.depth, raised.value.max_depth) == ("a", 2, 3)
+        # All or nothing: the task for "b" was not stored either.
+        assert await counts(store, "a") == {State.READY: 2}
+        assert await counts(store, "b") == {}
+        assert await totals(store, "b") == {}
+        assert await claim(store, "b") == []
+        assert not store.has_ready("b")
+
+        # Scheduled and leased tasks count towards the depth...
+        leased = await step(store, a1, lease_d(a1, T0))
+        await submit_tasks(store, [spec("a", not_before=T0 + 100)])
+        with pytest.raises(QueueFull):
+            await submit(store, [spec("a")], max_depth=3)
+        # ...a deduplicated spec adds nothing, so it is accepted even when the queue is full...
+        (again,) = await submit(store, [spec("a", idempotency_key="k1")], max_depth=3)
+        assert (again.deduplicated, again.task) == (True, leased)
+        # ...and finished tasks do not count.
+        await step(store, leased, ack_d(leased, T0 + 1))
+        (fits,) = await submit(store, [spec("a")], max_depth=3)
+        assert not fits.deduplicated
+        assert fits.task.id > a2.id
+        assert await counts(store, "a") == {
+            State.READY: 2,
+            State.SCHEDULED: 1,
+            State.COMPLETED: 1,
+        }
+
+    run(make_store, body)
+
+
+def test_idempotency_key_within_a_batch(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        results = await submit(
+            store,
+            [
+                spec(payload=b"1", idempotency_key="k"),
+                spec(payload=b"2"),
+                spec(payload=b"3", idempotency_key="k"),
+            ],
+        )
+        assert [r.deduplicated for r in results] == [False, False, True]
+        assert results[2].task.id == results[0].task.id
+        assert results[2].task.payload == b"1"
+        assert results[1].task.id != results[0].task.id
+        assert await counts(store) == {State.READY: 2}
+        assert await totals(store) == {Event.SUBMITTED: 2}
+        assert len(await claim(store)) == 2
+
+    run(make_store, body)
+
+
+def test_idempotency_key_across_batches_returns_current_state(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        (task,) = await submit_tasks(store, [spec(payload=b"x", idempotency_key="k")])
+        (leased,) = await claim(store, now=T0 + 1)
+
+        (again,) = await submit(store, [spec(payload=b"different", idempotency_key="k")])
+        assert again.deduplicated
+        assert again.task == leased
+        assert (again.task.id, again.task.state, again.task.version) == (task.id, State.LEASED, 2)
+
+        done = await step(store, leased, ack_d(leased, T0 + 2, b"result"))
+        results = await submit(store, [spec(idempotency_key="k"), spec(idempotency_key="new")])
+        assert [r.deduplicated for r in results] == [True, False]
+        assert results[0].task == done
+        assert (results[0].task.state, results[0].task.result) == (State.COMPLETED, b"result")
+        assert results[1].task.id > task.id
+        assert await totals(store) == {Event.SUBMITTED: 2, Event.COMPLETED: 1}
+
+    run(make_store, body)
+
+
+def test_concurrent_submits_of_one_key_store_one_task(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        batches = await asyncio.gather(
+            *(submit(store, [spec(payload=bytes([i]), idempotency_key="k")]) for i in range(4))
+        )
+        results = [b[0] for b in batches]
+        assert sorted(r.deduplicated for r in results) == [False, True, True, True]
+        assert len({r.task.id for r in results}) == 1
+        assert await counts(store) == {State.READY: 1}
+
+    run(make_store, body)
+
+
+def test_idempotency_keys_are_per_queue(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        results = await submit(
+            store, [spec("a", idempotency_key="k"), spec("b", idempotency_key="k")]
+        )
+        assert [r.deduplicated for r in results] == [False, False]
+        assert results[0].task.id != results[1].task.id
+        (again,) = await submit(store, [spec("b", idempotency_key="k")])
+        assert (again.deduplicated, again.task.id, again.task.queue) == (
+            True,
+            results[1].task.id,
+            "b",
+        )
+
+    run(make_store, body)
+
+
+def test_scheduled_tasks_are_not_claimable(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        (task,) = await submit_tasks(store, [spec(not_before=T0 + 60)])
+        assert (task.state, task.not_before) == (State.SCHEDULED, T0 + 60)
+        # A not-before time already passed makes a ready task.
+        (past,) = await submit_tasks(store, [spec("p", not_before=T0 - 5)])
+        assert (past.state, past.not_before) == (State.READY, None)
+
+        assert await claim(store, now=T0 + 100) == []
+        assert not store.has_ready("q")
+        assert store.next_due() == T0 + 60
+        (found,) = await store.queue_counts(["q"])
+        assert found.oldest_ready_at is None
+        assert await counts(store) == {State.SCHEDULED: 1}
+
+    run(make_store, body)
+
+
+# -- claim --------------------------------------------------------------------------------
+
+
+def test_claim_orders_by_priority_then_id(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        tasks = await submit_tasks(
+            store, [spec(priority=p, payload=bytes([i])) for i, p in enumerate([0, 5, 0, 5, -1, 9])]
+        )
+        ids = [t.id for t in tasks]
+        first = await claim(store, limit=3)
+        assert [t.id for t in first] == [ids[5], ids[1], ids[3]]
+        rest = await claim(store, limit=10)
+        assert [t.id for t in rest] == [ids[0], ids[2], ids[4]]
+        assert await claim(store) == []
+
+    run(make_store, body)
+
+
+def test_claim_orders_by_ready_time_then_id(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        await submit_tasks(store, [spec(payload=bytes([i])) for i in range(4)])
+        leased = await claim(store)
+        t1, t2, t3, t4 = leased
+        # Released (made ready again) in the order t4, t3, t2, t1 but with ready times that
+        # order them t2 (T0+10, lower id), t3 (T0+10), t4 (T0+20), t1 (T0+25).
+        await step(store, t4, nack_d(t4, T0 + 20, release=True))
+        await step(store, t3, nack_d(t3, T0 + 10, release=True))
+        await step(store, t2, nack_d(t2, T0 + 10, release=True))
+        await step(store, t1, nack_d(t1, T0 + 25, release=True))
+        (found,) = await store.queue_counts(["q"])
+        assert found.oldest_ready_at == T0 + 10
+        again = await claim(store, now=T0 + 40)
+        assert [t.id for t in again] == [t2.id, t3.id, t4.id, t1.id]
+
+    run(make_store, body)
+
+
+def test_claim_takes_only_ready_tasks_of_its_queue(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        ready, _scheduled, _other, done = await submit_tasks(
+            store, [spec("a"), spec("a", not_before=T0 + 60), spec("b"), spec("a")]
+        )
+        await complete(store, done, T0)
+        assert store.has_ready("a")
+        (leased,) = await claim(store, "a", now=T0 + 1)
+        assert leased.id == ready.id
+        assert await claim(store, "a", now=T0 + 1) == []
+        assert not store.has_ready("a")
+        assert store.has_ready("b")
+        assert await claim(store, "nothing") == []
+        assert await counts(store, "a") == {
+            State.LEASED: 1,
+            State.SCHEDULED: 1,
+            State.COMPLETED: 1,
+        }
+
+    run(make_store, body)
+
+
+def test_claim_applies_the_lease_decider(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        (task,) = await submit_tasks(store, [spec(max_attempts=5)])
+        (leased,) = await store.claim("q", 1, leaser(T0 + 1, "worker-7", 45.0))
+        expected = machine.lease(
+            task, now=T0 + 1, worker_id="worker-7", lease_duration=45.0, policy=POLICY
+        )
+        assert leased == expected.task
+        assert (leased.state, leased.attempt, leased.version) == (State.LEASED, 1, 2)
+        assert leased.lease_deadline == T0 + 46
+        assert leased.history == (Attempt(1, "worker-7", T0 + 1),)
+        assert await current(store, task.id) == leased
+        assert await totals(store) == {Event.SUBMITTED: 1}
+
+        # Expired by time, leased again: the decider's events are counted.
+        expired = await step(store, leased, machine.advance(leased, T0 + 50))
+        assert expired.state is State.READY
+        (second,) = await store.claim("q", 1, leaser(T0 + 60, "worker-8"))
+        assert (second.attempt, second.version, second.failures) == (2, 4, 1)
+        assert second.history[0].outcome is AttemptOutcome.EXPIRED
+        assert second.history[1] == Attempt(2, "worker-8", T0 + 60)
+        assert await totals(store) == {
+            Event.SUBMITTED: 1,
+            Event.EXPIRED: 1,
+            Event.REDELIVERED: 1,
+        }
+        assert await counts(store) == {State.LEASED: 1}
+
+    run(make_store, body)
+
+
+def test_concurrent_claims_get_disjoint_tasks(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        tasks = await submit_tasks(store, [spec(payload=bytes([i])) for i in range(20)])
+        batches = await asyncio.gather(
+            *(store.claim("q", 6, leaser(T0 + 1, f"w{i}")) for i in range(5))
+        )
+        assert all(len(b) <= 6 for b in batches)
+        claimed = [t.id for b in batches for t in b]
+        assert sorted(claimed) == sorted(t.id for t in tasks)
+        assert all(t.state is State.LEASED and t.attempt == 1 for b in batches for t in b)
+        assert await claim(store) == []
+        assert await counts(store) == {State.LEASED: 20}
+
+    run(make_store, body)
+
+
+# -- apply --------------------------------------------------------------------------------
+
+
+def test_apply_with_a_stale_before_changes_nothing(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        (task,) = await submit_tasks(store, [spec()])
+        (leased,) = await claim(store, now=T0 + 1)
+
+        # A decision made from the record before the lease.
+        stale = machine.cancel(task, now=T0 + 2)
+        assert await store.apply([Change(task, stale.task)]) == [False]
+        assert await current(store, task.id) == leased
+        assert await counts(store) == {State.LEASED: 1}
+
+        done = machine.ack(leased, 1, result=b"r", now=T0 + 3).task
+        assert await store.apply([Change(leased, done)]) == [True]
+        # The same decision again: its `before` is gone.
+        again = machine.ack(leased, 1, result=b"other", now=T0 + 4).task
+        assert await store.apply([Change(leased, again)]) == [False]
+        assert await current(store, task.id) == done
+        assert (await current(store, task.id)).result == b"r"
+        # Nor can a stale change delete it.
+        assert await store.apply([Change(leased, None)]) == [False]
+        assert await current(store, task.id) == done
+        assert await counts(store) == {State.COMPLETED: 1}
+
+    run(make_store, body)
+
+
+def test_apply_chains_changes_of_one_task(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        first, second = await submit_tasks(store, [spec(), spec()])
+        leased = lease_d(first, T0 + 1).task
+        assert leased is not None
+        extended = machine.extend(leased, 1, lease_duration=100.0, now=T0 + 2).task
+        assert extended is not None
+        done = machine.ack(extended, 1, result=b"r", now=T0 + 3).task
+        assert done is not None
+        other = lease_d(second, T0 + 1).task
+        forked = machine.cancel(leased, now=T0 + 2).task
+        applied = await store.apply(
+            [
+                Change(first, leased),
+                Change(second, other),
+                Change(leased, extended),
+                Change(leased, forked),  # no longer current: `extended` replaced it
+                Change(extended, done),
+            ]
+        )
+        assert applied == [True, True, True, False, True]
+        assert await store.get([first.id, second.id]) == {first.id: done, second.id: other}
+        assert await counts(store) == {State.COMPLETED: 1, State.LEASED: 1}
+        assert store.next_due() == (other.lease_deadline if other else None)
+
+    run(make_store, body)
+
+
+def test_delete_removes_the_task_and_frees_its_key(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        task, keep = await submit_tasks(store, [spec(idempotency_key="k"), spec()])
+        done = await complete(store, task, T0 + 1)
+        assert await store.apply([Change(done, None)]) == [True]
+        assert await store.get([task.id, keep.id]) == {keep.id: keep}
+        assert await counts(store) == {State.READY: 1}
+        # Deleting it again does nothing.
+        assert await store.apply([Change(done, None)]) == [False]
+
+        (again,) = await submit(store, [spec(payload=b"new", idempotency_key="k")], now=T0 + 2)
+        assert not again.deduplicated
+        assert again.task.id not in (task.id, keep.id)
+        assert (again.task.payload, again.task.state) == (b"new", State.READY)
+
+        # A pending task can be deleted too (purge of a dead task, in the service).
+        assert await store.apply([Change(keep, None)]) == [True]
+        assert await store.get([keep.id]) == {}
+        assert [t.id for t in await claim(store)] == [again.task.id]
+
+    run(make_store, body)
+
+
+def test_event_counts_accumulate_into_totals(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        await submit_tasks(store, [spec("a"), spec("a"), spec("b")])
+        assert await store.apply([], {("a", Event.COMPLETED): 2, ("b", Event.FAILED): 1}) == []
+        assert await store.apply([], {("a", Event.COMPLETED): 3, ("a", Event.ADOPTED): 1}) == []
+        assert await totals(store, "a") == {
+            Event.SUBMITTED: 2,
+            Event.COMPLETED: 5,
+            Event.ADOPTED: 1,
+        }
+        assert await totals(store, "b") == {Event.SUBMITTED: 1, Event.FAILED: 1}
+        # Counts of a queue without tasks are kept too.
+        await store.apply([], {("c", Event.CANCELLED): 4})
+        assert await totals(store, "c") == {Event.CANCELLED: 4}
+
+    run(make_store, body)
+
+
+# -- timers -------------------------------------------------------------------------------
+
+
+def test_due_returns_passed_timers_earliest_first(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        late, early, r1, r2, _ready = await submit_tasks(
+            store,
+            [
+                spec(not_before=T0 + 50),
+                spec(not_before=T0 + 20),
+                spec(lease_duration=30.0),
+                spec(lease_duration=100.0),
+                spec(),
+            ],
+        )
+        assert store.next_due() == T0 + 20
+        l1 = await step(store, r1, lease_d(r1, T0))
+        l2 = await step(store, r2, lease_d(r2, T0))
+        assert (l1.lease_deadline, l2.lease_deadline) == (T0 + 30, T0 + 100)
+        assert store.next_due() == T0 + 20
+        assert await store.due(T0 + 19, 10) == []
+
+        due = await store.due(T0 + 60, 2)
+        assert due == [early, l1]
+        # Applied as the reaper applies them: promotion and expiry.
+        promoted = await step(store, early, machine.advance(early, T0 + 60))
+        expired = await step(store, l1, machine.advance(l1, T0 + 60))
+        assert (promoted.state, expired.state) == (State.READY, State.READY)
+        assert store.next_due() == T0 + 50
+
+        assert await store.due(T0 + 60, 10) == [late]
+        await step(store, late, machine.advance(late, T0 + 60))
+        assert store.next_due() == T0 + 100
+        assert await store.due(T0 + 60, 10) == []
+        done = await step(store, l2, ack_d(l2, T0 + 61))
+        assert done.state is State.COMPLETED
+        assert store.next_due() is None
+        assert await store.due(T0 + 10_000, 10) == []
+        assert await totals(store) == {
+            Event.SUBMITTED: 5,
+            Event.EXPIRED: 1,
+            Event.COMPLETED: 1,
+        }
+
+    run(make_store, body)
+
+
+def test_due_ignores_the_old_timer_of_a_changed_task(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        task, sched = await submit_tasks(store, [spec(), spec(not_before=T0 + 10)])
+        leased = await step(store, task, lease_d(task, T0, 30.0))
+        extended = await step(
+            store, leased, machine.extend(leased, 1, lease_duration=60.0, now=T0 + 5)
+        )
+        assert extended.lease_deadline == T0 + 65
+        # The scheduled task is cancelled before its time: its timer is dead.
+        await cancel(store, sched, T0 + 6)
+        assert store.next_due() == T0 + 65
+        assert await store.due(T0 + 40, 10) == []
+        assert await store.due(T0 + 70, 10) == [extended]
+
+    run(make_store, body)
+
+
+# -- reads --------------------------------------------------------------------------------
+
+
+def test_get_returns_current_records_and_leaves_out_missing_ids(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        a, b = await submit_tasks(store, [spec(), spec(headers={"h": "1"})])
+        leased = await step(store, a, lease_d(a, T0 + 1))
+        found = await store.get([a.id, 999_999, b.id, a.id])
+        assert found == {a.id: leased, b.id: b}
+        assert await store.get([]) == {}
+        assert await store.get([999_999]) == {}
+
+    run(make_store, body)
+
+
+def test_get_never_returns_a_task_deleted_concurrently(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        task, other = await submit_tasks(store, [spec(), spec()])
+        done = await complete(store, task, T0)
+        await complete(store, other, T0 + 5)
+        purged, found = await asyncio.gather(
+            store.purge_finished(finished_before=T0 + 1, limit=10), store.get([task.id])
+        )
+        assert purged == 1
+        # A get racing the delete may see the task as it was, but not once the delete is done.
+        assert found in ({}, {task.id: done})
+        assert await store.get([task.id]) == {}
+        assert await counts(store) == {State.COMPLETED: 1}
+        # Nor can the record it read be changed any more.
+        assert await store.apply([Change(done, None)]) == [False]
+        assert await store.get([task.id]) == {}
+        assert await counts(store) == {State.COMPLETED: 1}
+
+    run(make_store, body)
+
+
+def test_list_dead_pages_in_id_order(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        tasks = await submit_tasks(store, [spec(payload=bytes([i])) for i in range(7)])
+        other, done, *rest = await submit_tasks(store, [spec("other"), spec(), spec(), spec()])
+        dead = [await kill(store, t, T0 + 1) for t in reversed(tasks[:5])][::-1]
+        await kill(store, other, T0 + 1)
+        await complete(store, done, T0 + 1)
+        ids = [t.id for t in dead]
+
+        page = await store.list_dead("q", after_id=None, limit=2)
+        assert (page.tasks, page.next_after_id) == (dead[:2], ids[1])
+        page = await store.list_dead("q", after_id=page.next_after_id, limit=2)
+        assert (page.tasks, page.next_after_id) == (dead[2:4], ids[3])
+        page = await store.list_dead("q", after_id=page.next_after_id, limit=2)
+        assert (page.tasks, page.next_after_id) == (dead[4:], None)
+        page = await store.list_dead("q", after_id=ids[1], limit=3)
+        assert (page.tasks, page.next_after_id) == (dead[2:], None)
+        page = await store.list_dead("q", after_id=None, limit=100)
+        assert [t.id for t in page.tasks] == ids
+        assert all(t.state is State.DEAD and t.finished_at == T0 + 1 for t in page.tasks)
+        assert (await store.list_dead("nothing", after_id=None, limit=10)).tasks == []
+
+        # A redriven dead task leaves the list; the records listed can be applied.
+        redriven = await step(store, dead[0], machine.redrive(dead[0], now=T0 + 2))
+        assert redriven.state is State.READY
+        page = await store.list_dead("q", after_id=None, limit=100)
+        assert [t.id for t in page.tasks] == ids[1:]
+        assert await store.apply([Change(t, None) for t in page.tasks]) == [True] * 4
+        assert (await store.list_dead("q", after_id=None, limit=100)).tasks == []
+        assert len(rest) == 2
+        assert await counts(store) == {State.READY: 5, State.COMPLETED: 1}
+
+    run(make_store, body)
+
+
+def test_purge_finished_deletes_only_old_completed_and_cancelled(
+    make_store: StoreFactory,
+) -> None:
+    async def body(store: Store) -> None:
+        c10, c20, x15, d5, pending, x30 = await submit_tasks(
+            store, [spec(idempotency_key="c10"), spec(), spec(), spec(), spec(), spec()]
+        )
+        c10 = await complete(store, c10, T0 + 10)
+        c20 = await complete(store, c20, T0 + 20)
+        x15 = await cancel(store, x15, T0 + 15)
+        d5 = await kill(store, d5, T0 + 5)
+        x30 = await cancel(store, x30, T0 + 30)
+        pending = await step(store, pending, lease_d(pending, T0))
+
+        assert await store.purge_finished(finished_before=T0 + 15, limit=10) == 1  # not 15
+        assert await store.purge_finished(finished_before=T0 + 16, limit=10) == 1
+        left = await store.get([c10.id, c20.id, x15.id, d5.id, pending.id, x30.id])
+        assert left == {c20.id: c20, d5.id: d5, pending.id: pending, x30.id: x30}
+
+        assert await store.purge_finished(finished_before=T0 + 100, limit=1) == 1
+        left = await store.get([c20.id, x30.id])
+        assert len(left) == 1
+        assert await store.purge_finished(finished_before=T0 + 100, limit=10) == 1
+        assert await store.purge_finished(finished_before=T0 + 100, limit=10) == 0
+        assert await store.get([c20.id, x30.id, d5.id, pending.id]) == {
+            d5.id: d5,
+            pending.id: pending,
+        }
+        assert await counts(store) == {State.DEAD: 1, State.LEASED: 1}
+        # Their idempotency keys went with them.
+        (again,) = await submit(store, [spec(idempotency_key="c10")])
+        assert not again.deduplicated
+
+    run(make_store, body)
+
+
+def test_queue_counts(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        await submit_tasks(store, [spec("a"), spec("a", priority=5)], now=T0 + 10)
+        await submit_tasks(store, [spec("a", priority=1), spec("a")], now=T0 + 20)
+        await submit_tasks(store, [spec("a", not_before=T0 + 99), spec("b")], now=T0 + 30)
+        leased = await store.claim("a", 1, leaser(T0 + 40))  # the priority-5 task
+        assert [t.priority for t in leased] == [5]
+        done, dead = await store.claim("a", 2, leaser(T0 + 40))  # the priority-1 task, then T0+10
+        await step(store, done, ack_d(done, T0 + 41))
+        await step(store, dead, nack_d(dead, T0 + 41, terminal=True))
+
+        by_queue = {c.queue: c for c in await store.queue_counts(["a", "b", "empty"])}
+        assert set(by_queue) == {"a", "b", "empty"}
+        a = by_queue["a"]
+        assert {s: n for s, n in a.by_state.items() if n} == {
+            State.READY: 1,
+            State.SCHEDULED: 1,
+            State.LEASED: 1,
+            State.COMPLETED: 1,
+            State.DEAD: 1,
+        }
+        assert a.oldest_ready_at == T0 + 20
+        assert a.totals == {
+            Event.SUBMITTED: 5,
+            Event.COMPLETED: 1,
+            Event.FAILED: 1,
+            Event.DEAD_LETTERED: 1,
+        }
+        b = by_queue["b"]
+        assert {s: n for s, n in b.by_state.items() if n} == {State.READY: 1}
+        assert (b.oldest_ready_at, b.totals) == (T0 + 30, {Event.SUBMITTED: 1})
+        empty = by_queue["empty"]
+        assert (sum(empty.by_state.values()), empty.oldest_ready_at, empty.totals) == (
+            0,
+            None,
+            {},
+        )
+        everything = {c.queue for c in await store.queue_counts()}
+        assert {"a", "b"} <= everything
+
+    run(make_store, body)
+
+
+# -- durability ---------------------------------------------------------------------------
+
+
+def test_everything_survives_close_and_reopen(make_durable_store: StoreFactory) -> None:
+    async def body() -> None:
+        store = make_durable_store()
+        await store.open()
+        secret = store.token_secret
+        ready, sched, leased, done, dead, cancelled, redone = await submit_tasks(
+            store,
+            [
+                spec(idempotency_key="k-ready", headers={"a": "1"}, priority=2),
+                spec(not_before=T0 + 500, idempotency_key="k-sched"),
+                spec(payload=b"\x00\xffleased", lease_duration=40.0),
+                spec(idempotency_key="k-done", headers={"h": "v", "ü": "ß"}),
+                spec("dlq"),
+                spec(),
+                spec(),
+            ],
+        )
+        leased = await step(store, leased, lease_d(leased, T0 + 1))
+        done = await complete(store, done, T0 + 2, result=b"\x00result")
+        dead = await kill(store, dead, T0 + 3)
+        cancelled = await cancel(store, cancelled, T0 + 4)
+        first = await step(store, redone, lease_d(redone, T0 + 5))
+        expired = await step(store, first, machine.advance(first, T0 + 200))
+        redone = await step(store, expired, lease_d(expired, T0 + 201))
+        await store.apply([], {("q", Event.DUPLICATE_ACK): 3})
+        records = [ready, sched, leased, done, dead, cancelled, redone]
+        before_counts = await store.queue_counts(["q", "dlq"])
+        next_due = store.next_due()
+        await store.close()
+
+        store = make_durable_store()
+        await store.open()
+        try:
+            assert store.token_secret == secret
+            assert await store.get([t.id for t in records]) == {t.id: t for t in records}
+            assert await store.queue_counts(["q", "dlq"]) == before_counts
+            assert before_counts[0].totals[Event.DUPLICATE_ACK] == 3
+            assert store.next_due() == next_due == T0 + 41
+            got = await store.get([leased.id])
+            assert (got[leased.id].state, got[leased.id].lease_deadline) == (
+                State.LEASED,
+                T0 + 41,
+            )
+            keys = await submit(
+                store, [spec(idempotency_key=k) for k in ("k-ready", "k-sched", "k-done", "k-new")]
+            )
+            assert [r.deduplicated for r in keys] == [True, True, True, False]
+            assert [r.task for r in keys[:3]] == [ready, sched, done]
+            assert keys[3].task.id > max(t.id for t in records)
+            assert [t.id for t in await claim(store, now=T0 + 300)] == [ready.id, keys[3].task.id]
+            assert await store.due(T0 + 300, 10) == [leased, redone]
+            page = await store.list_dead("dlq", after_id=None, limit=10)
+            assert page.tasks == [dead]
+        finally:
+            await store.close()
+
+    run_async(body)
+
+
+def test_ids_are_not_reused_after_reopen(make_durable_store: StoreFactory) -> None:
+    async def body() -> None:
+        store = make_durable_store()
+        await store.open()
+        tasks = await submit_tasks(store, [spec(), spec(), spec()])
+        # The newest tasks finish and are purged: their ids must still never come back (a
+        # lease token for an old task would be accepted for a new one with the same id).
+        for t in tasks[1:]:
+            await complete(store, t, T0 + 1)
+        assert await store.purge_finished(finished_before=T0 + 2, limit=10) == 2
+        await store.close()
+
+        store = make_durable_store()
+        await store.open()
+        try:
+            (new,) = await submit_tasks(store, [spec()])
+            assert new.id > tasks[-1].id
+        finally:
+            await store.close()
+
+    run_async(body)
+
+
+# -- SQLite specifics ---------------------------------------------------------------------
+
+
+class TestSqlite:
+    def test_a_second_store_on_the_same_path_fails(self, tmp_path: Path) -> None:
+        async def body() -> None:
+            first = SqliteStore(tmp_path / "f.db")
+            await first.open()
+            try:
+                second = SqliteStore(tmp_path / "f.db")
+                with pytest.raises(RuntimeError, match="in use by another feeder"):
+                    await second.open()
+                await second.close()
+                # The first one is unaffected.
+                (task,) = await submit_tasks(first, [spec()])
+                assert await first.get([task.id]) == {task.id: task}
+            finally:
+                await first.close()
+            third = SqliteStore(tmp_path / "f.db")
+            await third.open()
+            try:
+                assert (await third.get([task.id]))[task.id] == task
+            finally:
+                await third.close()
+
+        run_async(body)
+
+    def test_final_records_evicted_from_memory_come_back_identical(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(feeder.store.sqlite, "FINAL_CACHE", 2)
+
+        async def body(store: Store) -> None:
+            assert isinstance(store, SqliteStore)
+            done, dead, cancelled, redone, empty, *fillers = await submit_tasks(
+                store,
+                [
+                    spec(payload=b"\x00p", headers={"x": "1", "y": "ü"}, idempotency_key="k"),
+                    spec(lease_duration=15.0, priority=-3),
+                    spec(),
+                    spec(max_attempts=4),
+                    spec(payload=b""),
+                    *(spec() for _ in range(4)),
+                ],
+            )
+            done = await complete(store, done, T0 + 1, result=b"\x01res")
+            dead = await kill(store, dead, T0 + 2)
+            cancelled = await cancel(store, cancelled, T0 + 3)
+            first = await step(store, redone, lease_d(redone, T0 + 4))
+            failed = await step(store, first, nack_d(first, T0 + 5, retry_after=0))
+            second = await step(store, failed, lease_d(failed, T0 + 6))
+            redone = await step(store, second, ack_d(second, T0 + 7, None))
+            empty = await complete(store, empty, T0 + 8, result=b"")
+            for f in fillers:
+                await complete(store, f, T0 + 9)
+            records = [done, dead, cancelled, redone, empty]
+            assert len(redone.history) == 2
+            assert all(t.id not in store._index.tasks for t in records)  # evicted
+
+            assert await store.get([t.id for t in records]) == {t.id: t for t in records}
+            for t in records:  # one by one, each evicting others again
+                assert await store.get([t.id]) == {t.id: t}
+            (again,) = await submit(store, [spec(idempotency_key="k")])
+            assert (again.deduplicated, again.task) == (True, done)
+            assert await counts(store) == {State.COMPLETED: 7, State.DEAD: 1, State.CANCELLED: 1}
+
+            # Records of evicted tasks can still be changed, by a decision on any record the
+            # store returned (here: from the dead-letter list).
+            for f in fillers:
+                await store.get([f.id])
+            (listed,) = (await store.list_dead("q", after_id=None, limit=10)).tasks
+            assert listed == dead
+            redriven = machine.redrive(listed, now=T0 + 20).task
+            assert await store.apply([Change(listed, redriven)]) == [True]
+            assert await store.get([dead.id]) == {dead.id: redriven}
+            assert [t.id for t in await claim(store, now=T0 + 21)] == [dead.id]
+
+        run(lambda: SqliteStore(tmp_path / "f.db"), body)
+
+    def test_a_full_database_fails_submits_but_not_updates(self, tmp_path: Path) -> None:
+        async def body(store: Store) -> None:
+            assert isinstance(store, SqliteStore)
+            tasks = await submit_tasks(store, [spec(payload=bytes([i])) for i in range(4)])
+            (leased,) = await claim(store, limit=1, now=T0 + 1)
+            before = await store.queue_counts(["q"])
+            writer = store._writer
+            assert writer is not None
+            (pages,) = writer.execute("PRAGMA page_count").fetchone()
+            assert writer.execute(f"PRAGMA max_page_count={pages}").fetchone() == (pages,)
+
+            big = spec(payload=b"x" * 200_000)
+            with pytest.raises(StoreUnavailable, match="full"):
+                await submit(store, [spec(payload=b"small"), big])
+            assert await store.queue_counts(["q"]) == before
+            probe = [t.id for t in tasks] + [tasks[-1].id + i for i in range(1, 5)]
+            assert await store.get(probe) == {t.id: t for t in tasks[1:]} | {leased.id: leased}
+
+            # Updates of stored tasks go on: claim, ack, and both at once with a failing submit.
+            (second,) = await claim(store, limit=1, now=T0 + 2)
+            done = await step(store, leased, ack_d(leased, T0 + 3))
+            third = lease_d(tasks[2], T0 + 4).task
+            failed, applied = await asyncio.gather(
+                submit(store, [big]),
+                store.apply([Change(tasks[2], third)]),
+                return_exceptions=True,
+            )
+            assert isinstance(failed, StoreUnavailable)
+            assert "full" in str(failed)
+            assert applied == [True]
+            assert await store.get([t.id for t in tasks]) == {
+                tasks[0].id: done,
+                tasks[1].id: second,
+                tasks[2].id: third,
+                tasks[3].id: tasks[3],
+            }
+            assert await counts(store) == {State.COMPLETED: 1, State.LEASED: 2, State.READY: 1}
+
+            # The disk holds exactly that.
+            check = sqlite3.connect(tmp_path / "f.db")
+            try:
+                rows = check.execute("SELECT id, state FROM tasks ORDER BY id").fetchall()
+            finally:
+                check.close()
+            assert rows == [
+                (tasks[0].id, State.COMPLETED),
+                (tasks[1].id, State.LEASED),
+                (tasks[2].id, State.LEASED),
+                (tasks[3].id, State.READY),
+            ]
+
+            writer.execute("PRAGMA max_page_count=1073741823")
+            (new,) = await submit_tasks(store, [big])
+            assert new.id > tasks[-1].id
+            assert await store.get([new.id]) == {new.id: new}
+
+        run(lambda: SqliteStore(tmp_path / "f.db"), body)
+
+    def test_close_waits_for_writes_staged_while_closing(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Commits take a while, so writes are staged while close waits for the last one.
+        commit = SqliteStore._commit
+
+        def slow_commit(store: SqliteStore, batch: Any) -> None:
+            time.sleep(0.02)
+            commit(store, batch)
+
+        monkeypatch.setattr(SqliteStore, "_commit", slow_commit)
+
+        async def body() -> None:
+            loop_errors: list[dict[str, Any]] = []
+            asyncio.get_running_loop().set_exception_handler(
+                lambda _loop, context: loop_errors.append(context)
+            )
+            store = SqliteStore(tmp_path / "f.db")
+            await store.open()
+            (task,) = await submit_tasks(store, [spec()])
+            last = await step(store, task, lease_d(task, T0))
+            applied = 0
+
+            async def writer() -> None:
+                nonlocal last, applied
+                for i in range(1, 100):
+                    decision = machine.extend(last, 1, lease_duration=30.0 + i, now=T0 + i)
+                    assert decision.task is not None
+                    try:
+                        ok = await store.apply([Change(last, decision.task)])
+                    except StoreUnavailable as exc:
+                        assert str(exc) == "the store is closed"  # refused, not failed
+                        return
+                    assert ok == [True]
+                    last = decision.task
+                    applied += 1
+
+            running = asyncio.create_task(writer())
+            while applied < 2:
+                await asyncio.sleep(0.001)
+            await store.close()
+            await running
+            assert loop_errors == []
+            assert 2 <= applied < 99
+
+            store = SqliteStore(tmp_path / "f.db")
+            await store.open()
+            try:
+                assert await store.get([task.id]) == {task.id: last}
+            finally:
+                await store.close()
+
+        run_async(body)
