@@ -1,0 +1,62 @@
+"""feedwork: a durable work queue over gRPC. Producers submit, workers lease and ack.
+
+The producer and admin API lives here (`FeederClient`, `AsyncFeederClient`, their
+records and errors); the worker SDK is the `worker` package, the server `feeder`.
+"""
+
+from feedwork.client import DEFAULT_TARGET, AsyncFeederClient, FeederClient
+from feedwork.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FeedworkError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    WaitTimeout,
+)
+from feedwork.types import (
+    AttemptInfo,
+    AttemptOutcome,
+    CancelOutcome,
+    CancelResult,
+    DeadPage,
+    QueueStats,
+    Stats,
+    SubmitResult,
+    TaskInfo,
+    TaskSpec,
+    TaskState,
+    Totals,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "AlreadyExists",
+    "AsyncFeederClient",
+    "AttemptInfo",
+    "AttemptOutcome",
+    "CancelOutcome",
+    "CancelResult",
+    "DeadPage",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "FeederClient",
+    "FeedworkError",
+    "InvalidArgument",
+    "NotFound",
+    "QueueStats",
+    "ResourceExhausted",
+    "Stats",
+    "SubmitResult",
+    "TaskInfo",
+    "TaskSpec",
+    "TaskState",
+    "Totals",
+    "Unavailable",
+    "WaitTimeout",
+    "__version__",
+]

@@ -1,0 +1,59 @@
+# feedwork: `make help` lists the targets. Each target's `## comment` is its help line.
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+PROTO    := protos/feedwork/v1/feeder.proto
+GEN      := feedwork/v1/feeder_pb2.py feedwork/v1/feeder_pb2.pyi feedwork/v1/feeder_pb2_grpc.py
+PROTOC    = $(BIN)/python -m grpc_tools.protoc -I protos
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test lint proto proto-check pytest services bench chaos clean
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+venv: $(STAMP) ## create .venv and install feedwork with its dev and bench extras
+
+# Reinstalls only when pyproject.toml is newer than the stamp.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+run: venv ## run the demo: a feeder, 16 workers, 1000 tasks, each completed exactly once
+	$(BIN)/feedwork demo --iterations 1000 --workers 16
+
+test: venv lint proto-check services pytest ## lint, check generated code, run every test
+
+pytest: venv services ## run the test suite only
+	$(BIN)/python -m pytest
+
+lint: venv ## ruff check and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+proto: venv ## regenerate feedwork/v1 from protos/
+	$(PROTOC) --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
+
+proto-check: venv ## fail if the committed generated code differs from a fresh `make proto`
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PROTOC) --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTO) && \
+	for f in $(GEN); do \
+		diff -u "$$f" "$$tmp/$$f" || { echo "$$f is stale: run 'make proto'" >&2; exit 1; }; \
+	done && echo "generated code is up to date"
+
+services: ## start the local services the tests need (PostgreSQL), if they are not up
+	@scripts/ensure-services.sh
+
+bench: venv services ## run the benchmarks
+	$(BIN)/python -m bench
+
+chaos: venv services ## run the fault-injection suite at full size
+	FEEDWORK_CHAOS=1 $(BIN)/python -m pytest tests/faults -m chaos
+
+clean: ## remove caches and build output (keeps .venv)
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,218 @@
+"""Conversion between `feedwork.types` records and `feedwork.v1` protobuf messages.
+
+Shared by the sync and async clients so that both build the same requests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from feedwork.types import (
+    AttemptInfo,
+    AttemptOutcome,
+    CancelOutcome,
+    CancelResult,
+    DeadPage,
+    QueueStats,
+    Seconds,
+    Stats,
+    SubmitResult,
+    TaskInfo,
+    TaskSpec,
+    TaskState,
+    Totals,
+)
+from feedwork.v1 import feeder_pb2 as pb
+
+# The feeder accepts at most this many tasks in one Submit.
+SUBMIT_BATCH_LIMIT = 1000
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for a task whose producer gave none (see `prepare_specs`)."""
+    return f"auto-{uuid.uuid4().hex}"
+
+
+def prepare_specs(specs: Iterable[TaskSpec]) -> tuple[list[pb.TaskSpec], set[int]]:
+    """Protobuf specs with an idempotency key on every task, and the indexes whose key
+    was generated here.
+
+    The keys are fixed before the first try, so a Submit retried after a lost reply
+    finds the tasks of the earlier try instead of creating them again.
+    """
+    messages: list[pb.TaskSpec] = []
+    generated: set[int] = set()
+    for index, spec in enumerate(specs):
+        key = spec.idempotency_key
+        if not key:
+            key = new_idempotency_key()
+            generated.add(index)
+        messages.append(task_spec_to_pb(spec, idempotency_key=key))
+    return messages, generated
+
+
+def task_spec_to_pb(spec: TaskSpec, *, idempotency_key: str) -> pb.TaskSpec:
+    payload = spec.payload.encode() if isinstance(spec.payload, str) else spec.payload
+    message = pb.TaskSpec(
+        queue=spec.queue,
+        payload=payload,
+        headers=dict(spec.headers or {}),
+        priority=spec.priority,
+        max_attempts=spec.max_attempts or 0,
+        idempotency_key=idempotency_key,
+    )
+    if spec.delay is not None:
+        message.delay.CopyFrom(duration_to_pb(spec.delay))
+    if spec.not_before is not None:
+        message.not_before.CopyFrom(timestamp_to_pb(spec.not_before))
+    if spec.lease_duration is not None:
+        message.lease_duration.CopyFrom(duration_to_pb(spec.lease_duration))
+    return message
+
+
+def submit_results(
+    response: pb.SubmitResponse, generated_keys: set[int], offset: int = 0
+) -> list[SubmitResult]:
+    """Results of one Submit. A task whose key we generated cannot collide with anyone
+    else's, so "deduplicated" there only means an earlier try of ours got through."""
+    return [
+        SubmitResult(
+            task_id=result.task_id,
+            state=task_state(result.state),
+            deduplicated=result.deduplicated and (offset + index) not in generated_keys,
+        )
+        for index, result in enumerate(response.results)
+    ]
+
+
+def chunks(messages: Sequence[pb.TaskSpec]) -> Iterable[tuple[int, Sequence[pb.TaskSpec]]]:
+    """(offset, batch) pairs of at most SUBMIT_BATCH_LIMIT tasks each."""
+    for offset in range(0, len(messages), SUBMIT_BATCH_LIMIT):
+        yield offset, messages[offset : offset + SUBMIT_BATCH_LIMIT]
+
+
+def dead_selector(queue: str, task_ids: Iterable[str] | None, limit: int) -> pb.DeadTaskSelector:
+    return pb.DeadTaskSelector(queue=queue, task_ids=list(task_ids or ()), limit=limit)
+
+
+# ---------------------------------------------------------------------------------------
+# Responses
+
+
+def task_state(value: int) -> TaskState:
+    return TaskState(pb.TaskState.Name(value).removeprefix("TASK_STATE_"))
+
+
+def task_info(task: pb.Task) -> TaskInfo:
+    return TaskInfo(
+        task_id=task.task_id,
+        queue=task.queue,
+        state=task_state(task.state),
+        payload=task.payload,
+        headers=dict(task.headers),
+        priority=task.priority,
+        attempts=task.attempts,
+        failures=task.failures,
+        max_attempts=task.max_attempts,
+        result=task.result,
+        idempotency_key=task.idempotency_key,
+        created_at=_timestamp(task, "created_at"),
+        finished_at=_timestamp(task, "finished_at"),
+        not_before=_timestamp(task, "not_before"),
+        lease_deadline=_timestamp(task, "lease_deadline"),
+        lease_duration=(
+            task.lease_duration.ToTimedelta() if task.HasField("lease_duration") else None
+        ),
+        history=tuple(_attempt(attempt) for attempt in task.history),
+    )
+
+
+def cancel_result(response: pb.CancelTaskResponse) -> CancelResult:
+    name = pb.CancelOutcome.Name(response.outcome).removeprefix("CANCEL_OUTCOME_")
+    return CancelResult(outcome=CancelOutcome(name), state=task_state(response.state))
+
+
+def dead_page(response: pb.ListDeadTasksResponse) -> DeadPage:
+    return DeadPage(
+        tasks=tuple(task_info(task) for task in response.tasks),
+        next_page_token=response.next_page_token,
+    )
+
+
+def stats(response: pb.GetStatsResponse) -> Stats:
+    return Stats(
+        queues=tuple(_queue_stats(queue) for queue in response.queues),
+        totals=_totals(response.totals),
+    )
+
+
+def _queue_stats(queue: pb.QueueStats) -> QueueStats:
+    return QueueStats(
+        queue=queue.queue,
+        scheduled=queue.scheduled,
+        ready=queue.ready,
+        leased=queue.leased,
+        completed=queue.completed,
+        dead=queue.dead,
+        cancelled=queue.cancelled,
+        oldest_ready_age=queue.oldest_ready_age.ToTimedelta(),
+        totals=_totals(queue.totals),
+    )
+
+
+def _totals(totals: pb.Totals) -> Totals:
+    return Totals(
+        submitted=totals.submitted,
+        completed=totals.completed,
+        expired=totals.expired,
+        redelivered=totals.redelivered,
+        duplicate_acks=totals.duplicate_acks,
+        dead_lettered=totals.dead_lettered,
+        adopted=totals.adopted,
+        failed=totals.failed,
+        cancelled=totals.cancelled,
+    )
+
+
+def _attempt(attempt: pb.Attempt) -> AttemptInfo:
+    outcome = pb.AttemptOutcome.Name(attempt.outcome).removeprefix("ATTEMPT_OUTCOME_")
+    return AttemptInfo(
+        attempt=attempt.attempt,
+        worker_id=attempt.worker_id,
+        leased_at=_timestamp(attempt, "leased_at"),
+        ended_at=_timestamp(attempt, "ended_at"),
+        outcome=AttemptOutcome(outcome),
+        error=attempt.error,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Well-known types
+
+
+def duration_to_pb(value: Seconds) -> duration_pb2.Duration:
+    if not isinstance(value, timedelta):
+        value = timedelta(seconds=value)
+    message = duration_pb2.Duration()
+    message.FromTimedelta(value)
+    return message
+
+
+def timestamp_to_pb(value: datetime) -> timestamp_pb2.Timestamp:
+    if value.tzinfo is None:
+        raise ValueError("not_before must be timezone-aware (e.g. datetime.now(UTC))")
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(value.astimezone(UTC))
+    return message
+
+
+def _timestamp(message: pb.Task | pb.Attempt, name: str) -> datetime | None:
+    if not message.HasField(name):
+        return None
+    value: timestamp_pb2.Timestamp = getattr(message, name)
+    moment: datetime = value.ToDatetime(tzinfo=UTC)
+    return moment

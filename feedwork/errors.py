@@ -1,0 +1,79 @@
+"""Errors raised by the feedwork clients.
+
+Every failed RPC surfaces as a `FeedworkError` subclass chosen by its gRPC status code,
+carrying that code and the feeder's message (which names the offending field for
+INVALID_ARGUMENT, e.g. "tasks[3].queue").
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class FeedworkError(Exception):
+    """A request the feeder refused, or could not be reached for."""
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        if self.code is None:
+            return self.message
+        return f"{self.code.name}: {self.message}"
+
+
+class InvalidArgument(FeedworkError):
+    """The request was malformed; the message names the field."""
+
+
+class NotFound(FeedworkError):
+    """No such task (never existed, or purged after its retention period)."""
+
+
+class AlreadyExists(FeedworkError):
+    """The feeder reported a conflict with an existing record."""
+
+
+class ResourceExhausted(FeedworkError):
+    """A limit was hit, e.g. a queue at its maximum depth."""
+
+
+class FailedPrecondition(FeedworkError):
+    """The request does not fit the task's current state."""
+
+
+class Unavailable(FeedworkError):
+    """The feeder could not be reached, even after retrying."""
+
+
+class DeadlineExceeded(FeedworkError):
+    """The feeder did not answer in time, even after retrying."""
+
+
+class WaitTimeout(FeedworkError, TimeoutError):
+    """`wait` gave up before the task settled. Also a builtin `TimeoutError`."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[FeedworkError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+def error_from_rpc(exc: grpc.RpcError) -> FeedworkError:
+    """The `FeedworkError` for a failed call (sync `grpc.RpcError` or `grpc.aio.AioRpcError`)."""
+    code_of = getattr(exc, "code", None)
+    details_of = getattr(exc, "details", None)
+    code = code_of() if callable(code_of) else None
+    message = (details_of() if callable(details_of) else None) or str(exc)
+    if not isinstance(code, grpc.StatusCode):
+        return FeedworkError(message)
+    return _BY_CODE.get(code, FeedworkError)(message, code=code)

@@ -1,0 +1,183 @@
+"""How the CLI shows records: JSON-ready dicts for `--json`, rich tables for people."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timedelta
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from feedwork.types import (
+    CancelResult,
+    QueueStats,
+    Stats,
+    SubmitResult,
+    TaskInfo,
+    Totals,
+)
+
+# Columns of the stats tables: (field, title).
+_COUNT_COLUMNS = (
+    ("scheduled", "scheduled"),
+    ("ready", "ready"),
+    ("leased", "leased"),
+    ("completed", "completed"),
+    ("dead", "dead"),
+    ("cancelled", "cancelled"),
+)
+_TOTAL_COLUMNS = (
+    ("submitted", "submitted"),
+    ("completed", "completed"),
+    ("expired", "expired"),
+    ("redelivered", "redelivered"),
+    ("duplicate_acks", "dup acks"),
+    ("adopted", "adopted"),
+    ("failed", "failed"),
+    ("dead_lettered", "dead-lettered"),
+)
+
+
+def submit_json(result: SubmitResult) -> dict[str, Any]:
+    return {"task_id": result.task_id, "state": result.state, "deduplicated": result.deduplicated}
+
+
+def cancel_json(task_id: str, result: CancelResult) -> dict[str, Any]:
+    return {"task_id": task_id, "outcome": result.outcome, "state": result.state}
+
+
+def task_json(task: TaskInfo) -> dict[str, Any]:
+    """The task as JSON: bytes as text when they are UTF-8, else as `<name>_b64`."""
+    record: dict[str, Any] = {
+        "task_id": task.task_id,
+        "queue": task.queue,
+        "state": task.state,
+        "priority": task.priority,
+        "attempts": task.attempts,
+        "failures": task.failures,
+        "max_attempts": task.max_attempts,
+        "headers": dict(task.headers),
+        "idempotency_key": task.idempotency_key,
+        "created_at": _time(task.created_at),
+        "finished_at": _time(task.finished_at),
+        "not_before": _time(task.not_before),
+        "lease_deadline": _time(task.lease_deadline),
+        "lease_duration": _seconds(task.lease_duration),
+    }
+    record.update(_bytes("payload", task.payload))
+    record.update(_bytes("result", task.result))
+    record["history"] = [
+        {
+            "attempt": attempt.attempt,
+            "worker_id": attempt.worker_id,
+            "leased_at": _time(attempt.leased_at),
+            "ended_at": _time(attempt.ended_at),
+            "outcome": attempt.outcome,
+            "error": attempt.error,
+        }
+        for attempt in task.history
+    ]
+    return record
+
+
+def stats_json(stats: Stats) -> dict[str, Any]:
+    return {
+        "queues": [_queue_json(queue) for queue in stats.queues],
+        "totals": _totals_json(stats.totals),
+    }
+
+
+def task_tables(task: TaskInfo) -> tuple[Table, Table | None]:
+    """A field table of the task, and a table of its attempts (None when it has none)."""
+    fields = Table.grid(padding=(0, 2))
+    fields.add_column(style="bold")
+    fields.add_column()
+    for name, value in task_json(task).items():
+        if name != "history" and value not in (None, "", {}):
+            fields.add_row(name, str(value))
+    if not task.history:
+        return fields, None
+    attempts = Table(title="history")
+    for column in ("attempt", "worker", "leased at", "ended at", "outcome", "error"):
+        attempts.add_column(column)
+    for attempt in task.history:
+        attempts.add_row(
+            str(attempt.attempt),
+            attempt.worker_id,
+            _time(attempt.leased_at) or "",
+            _time(attempt.ended_at) or "",
+            attempt.outcome,
+            attempt.error,
+        )
+    return fields, attempts
+
+
+def stats_tables(stats: Stats) -> tuple[Table, Table]:
+    """Two tables, to fit a terminal: tasks per state now, and totals since the start."""
+    counts = Table(title="tasks now", title_justify="left", box=box.SIMPLE_HEAD)
+    totals = Table(title="totals since the start", title_justify="left", box=box.SIMPLE_HEAD)
+    for table, columns in ((counts, _COUNT_COLUMNS), (totals, _TOTAL_COLUMNS)):
+        table.add_column("queue")
+        for _, title in columns:
+            table.add_column(title, justify="right")
+    counts.add_column("oldest ready", justify="right")
+    for queue in stats.queues:
+        counts.add_row(
+            queue.queue,
+            *(str(getattr(queue, name)) for name, _ in _COUNT_COLUMNS),
+            f"{queue.oldest_ready_age.total_seconds():.1f}s",
+        )
+        totals.add_row(queue.queue, *(str(getattr(queue.totals, n)) for n, _ in _TOTAL_COLUMNS))
+    if len(stats.queues) != 1:
+        sums = (sum(getattr(queue, name) for queue in stats.queues) for name, _ in _COUNT_COLUMNS)
+        counts.add_section()
+        counts.add_row("all", *map(str, sums), "", style="bold")
+        totals.add_section()
+        totals.add_row(
+            "all", *(str(getattr(stats.totals, n)) for n, _ in _TOTAL_COLUMNS), style="bold"
+        )
+    return counts, totals
+
+
+def _queue_json(queue: QueueStats) -> dict[str, Any]:
+    return {
+        "queue": queue.queue,
+        "scheduled": queue.scheduled,
+        "ready": queue.ready,
+        "leased": queue.leased,
+        "completed": queue.completed,
+        "dead": queue.dead,
+        "cancelled": queue.cancelled,
+        "oldest_ready_age": queue.oldest_ready_age.total_seconds(),
+        "totals": _totals_json(queue.totals),
+    }
+
+
+def _totals_json(totals: Totals) -> dict[str, int]:
+    return {
+        "submitted": totals.submitted,
+        "completed": totals.completed,
+        "expired": totals.expired,
+        "redelivered": totals.redelivered,
+        "duplicate_acks": totals.duplicate_acks,
+        "dead_lettered": totals.dead_lettered,
+        "adopted": totals.adopted,
+        "failed": totals.failed,
+        "cancelled": totals.cancelled,
+    }
+
+
+def _bytes(name: str, value: bytes) -> dict[str, str]:
+    try:
+        return {name: value.decode()}
+    except UnicodeDecodeError:
+        return {f"{name}_b64": base64.b64encode(value).decode()}
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else value.total_seconds()
