@@ -352,11 +352,23 @@ class SqliteStore(IndexedStore):
         self._flushing = batch
         self._writing = True
         loop = asyncio.get_running_loop()
+        if self._sync == "normal":
+            # Without fsync a commit takes microseconds: running it here is cheaper than a
+            # hand-off to a thread and back (measured ~15% more drain throughput).
+            done: asyncio.Future[None] = loop.create_future()
+            try:
+                self._commit(batch)
+                done.set_result(None)
+            except Exception as exc:
+                done.set_exception(exc)
+            self._committed(batch, done)
+            return
+        # With fsync (sync=full) the commit waits for the disk: keep the loop serving.
         fut = loop.run_in_executor(None, self._commit, batch)
         fut.add_done_callback(lambda f: self._committed(batch, f))
 
     def _commit(self, batch: _Batch) -> None:
-        """Runs in a worker thread: one transaction for the whole batch.
+        """One transaction for the whole batch (in a worker thread when sync=full).
 
         A submit whose insert fails (the database is full) fails alone. SQLite rolls back
         the whole transaction on some errors (SQLITE_FULL among them), not just the

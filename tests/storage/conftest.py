@@ -16,8 +16,9 @@ from feeder.store.base import Store
 from feeder.store.memory import MemoryStore
 from feeder.store.sqlite import SqliteStore
 
-BACKENDS = ["memory", "sqlite"]
-DURABLE_BACKENDS = ["sqlite"]
+# "sqlite-full" fsyncs every commit from a writer thread; "sqlite" commits on the loop.
+BACKENDS = ["memory", "sqlite", "sqlite-full"]
+DURABLE_BACKENDS = ["sqlite", "sqlite-full"]
 
 StoreFactory = Callable[[], Store]
 
@@ -27,6 +28,8 @@ def _make(backend: str, tmp_path: Path) -> Store:
         return MemoryStore()
     if backend == "sqlite":
         return SqliteStore(tmp_path / "f.db")
+    if backend == "sqlite-full":
+        return SqliteStore(tmp_path / "f.db", sync="full")
     raise AssertionError(f"unknown backend {backend!r}")
 
 
