@@ -1,0 +1,214 @@
+"""`python -m worker` as a real process against a real `python -m feeder` process:
+options and environment variables, `--processes`, and what signals do."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from feedwork.v1 import feeder_pb2 as pb
+from feedwork.v1 import feeder_pb2_grpc
+from worker.config import parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+QUEUE = "cli"
+
+HANDLERS = """
+import os
+import threading
+import time
+
+def report_pid(task):
+    time.sleep(0.1)
+    return str(os.getpid())
+
+def hang(task):
+    open(os.environ["STARTED_FILE"], "w").close()
+    threading.Event().wait(60)  # ignores task.cancelled on purpose
+"""
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    path = os.pathsep.join([str(tmp_path), str(ROOT)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDWORK_")}
+    return {**env, "PYTHONPATH": path, **extra}
+
+
+def _wait_for(condition: Callable[[], object], within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def feeder_target(tmp_path: Path) -> Iterator[str]:
+    port_file = tmp_path / "port"
+    command = [
+        sys.executable, "-m", "feeder", "--listen", "127.0.0.1:0", "--db",
+        str(tmp_path / "feeder.db"), "--port-file", str(port_file), "--log-level", "warning",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path))
+    try:
+        _wait_for(lambda: port_file.exists() and port_file.read_text().strip())
+        yield f"127.0.0.1:{port_file.read_text().strip()}"
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+@pytest.fixture
+def stub(feeder_target: str) -> Iterator[feeder_pb2_grpc.FeederStub]:
+    with grpc.insecure_channel(feeder_target) as channel:
+        yield feeder_pb2_grpc.FeederStub(channel)
+
+
+@pytest.fixture
+def handlers(tmp_path: Path) -> str:
+    (tmp_path / "cli_handlers.py").write_text(textwrap.dedent(HANDLERS))
+    return "cli_handlers"
+
+
+def start_worker(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    with (tmp_path / "worker.log").open("wb") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", *args],
+            cwd=tmp_path,
+            env=_env(tmp_path, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def worker_log(tmp_path: Path) -> str:
+    return (tmp_path / "worker.log").read_text()
+
+
+def submit(stub: feeder_pb2_grpc.FeederStub, count: int) -> list[str]:
+    tasks = [pb.TaskSpec(queue=QUEUE, payload=b"x") for _ in range(count)]
+    return [result.task_id for result in stub.Submit(pb.SubmitRequest(tasks=tasks)).results]
+
+
+def states(stub: feeder_pb2_grpc.FeederStub, task_ids: list[str]) -> list[pb.Task]:
+    return [stub.GetTask(pb.GetTaskRequest(task_id=task_id)).task for task_id in task_ids]
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_help_documents_every_option_with_its_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    help_text = " ".join(result.stdout.split())
+    for option in (
+        "target", "queue", "handler", "concurrency", "processes", "lease-duration",
+        "task-timeout", "grace", "worker-id", "log-level",
+    ):  # fmt: skip
+        assert f"--{option}" in help_text
+        assert "FEEDWORK_" + option.upper().replace("-", "_") in help_text
+
+
+def test_flags_beat_environment_beats_defaults() -> None:
+    environ = {
+        "FEEDWORK_QUEUE": "from-env",
+        "FEEDWORK_HANDLER": "m:f",
+        "FEEDWORK_GRACE": "7",
+        # Durations as the feeder writes them, so one environment can serve both.
+        "FEEDWORK_LEASE_DURATION": "2m",
+        "FEEDWORK_ACK_FLUSH_INTERVAL": "10ms",
+    }
+    config = parse_config(["--queue", "from-flag", "--concurrency", "4"], environ)
+    assert (config.queue, config.handler, config.concurrency) == ("from-flag", "m:f", 4)
+    assert (config.grace, config.target, config.task_timeout) == (7.0, "localhost:50051", None)
+    assert (config.lease_duration, config.ack_flush_interval) == (120.0, 0.01)
+
+
+def test_missing_or_invalid_options_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as missing:
+        parse_config(["--queue", "q"], {})
+    assert missing.value.code == 2
+    with pytest.raises(SystemExit):
+        parse_config(["--queue", "q", "--handler", "m:f"], {"FEEDWORK_CONCURRENCY": "0"})
+    assert "FEEDWORK_CONCURRENCY" in capsys.readouterr().err
+
+
+def test_processes_share_the_work_and_stop_on_sigterm(
+    tmp_path: Path, feeder_target: str, stub: feeder_pb2_grpc.FeederStub, handlers: str
+) -> None:
+    task_ids = submit(stub, 30)
+    worker = start_worker(
+        tmp_path, "--target", feeder_target, "--queue", QUEUE, "--processes", "2",
+        "--handler", f"{handlers}:report_pid", "--wait", "1",
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: all(t.state == pb.TASK_STATE_COMPLETED for t in states(stub, task_ids)))
+        pids = {task.result for task in states(stub, task_ids)}
+        assert len(pids) == 2 and str(worker.pid).encode() not in pids
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+    log = worker_log(tmp_path)
+    assert "started 2 worker processes" in log
+    assert log.count("stopped: {") == 2
+
+
+def test_second_signal_exits_at_once(
+    tmp_path: Path, feeder_target: str, stub: feeder_pb2_grpc.FeederStub, handlers: str
+) -> None:
+    [task_id] = submit(stub, 1)
+    started = tmp_path / "started"
+    worker = start_worker(
+        tmp_path, "--target", feeder_target, "--queue", QUEUE, "--grace", "60",
+        "--handler", f"{handlers}:hang", STARTED_FILE=str(started),
+    )  # fmt: skip
+    try:
+        _wait_for(started.exists)
+        worker.send_signal(signal.SIGTERM)
+        _wait_for(lambda: "shutting down" in worker_log(tmp_path))
+        began = time.monotonic()
+        worker.send_signal(signal.SIGINT)
+        assert worker.wait(10) == 130
+        assert time.monotonic() - began < 5
+    finally:
+        worker.kill()
+    assert "second signal" in worker_log(tmp_path)
+    # Nothing was reported: the task is still leased, and comes back when its lease expires.
+    assert states(stub, [task_id])[0].state == pb.TASK_STATE_LEASED
+
+
+def test_grace_runs_out_then_tasks_are_released_and_the_process_exits(
+    tmp_path: Path, feeder_target: str, stub: feeder_pb2_grpc.FeederStub, handlers: str
+) -> None:
+    [task_id] = submit(stub, 1)
+    started = tmp_path / "started"
+    worker = start_worker(
+        tmp_path, "--target", feeder_target, "--queue", QUEUE, "--grace", "0.5",
+        "--handler", f"{handlers}:hang", STARTED_FILE=str(started),
+    )  # fmt: skip
+    try:
+        _wait_for(started.exists)
+        worker.send_signal(signal.SIGINT)
+        # The handler thread never returns; the process exits anyway.
+        assert worker.wait(20) == 0
+    finally:
+        worker.kill()
+    [task] = states(stub, [task_id])
+    assert task.state == pb.TASK_STATE_READY
+    assert task.history[-1].outcome == pb.ATTEMPT_OUTCOME_RELEASED

@@ -1,0 +1,217 @@
+"""The worker's options: command line flags, each with a FEEDWORK_* environment variable
+as its default, and loading the handler named by "module:function".
+
+Precedence is flag, then environment variable, then built-in default, so a container can
+set everything through its environment and a developer can still override one option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from worker.handlers import Handler
+
+ENV_PREFIX = "FEEDWORK_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerConfig:
+    """Everything `python -m worker` needs to start. Picklable, for spawned processes."""
+
+    target: str
+    queue: str
+    handler: str
+    concurrency: int = 1
+    processes: int = 1
+    lease_duration: float | None = None
+    task_timeout: float | None = None
+    grace: float = 30.0
+    worker_id: str | None = None
+    wait: float = 30.0
+    ack_batch_size: int = 64
+    ack_flush_interval: float = 0.005
+    log_level: str = "INFO"
+
+    def worker_options(self) -> dict[str, Any]:
+        """Keyword arguments for `Worker` (all but the handler and process options)."""
+        return {
+            "target": self.target,
+            "queue": self.queue,
+            "concurrency": self.concurrency,
+            "lease_duration": self.lease_duration,
+            "task_timeout": self.task_timeout,
+            "grace": self.grace,
+            "worker_id": self.worker_id,
+            "wait": self.wait,
+            "ack_batch_size": self.ack_batch_size,
+            "ack_flush_interval": self.ack_flush_interval,
+        }
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def load_handler(spec: str) -> Handler:
+    """The callable named by "package.module:function" (or "module:Class.method")."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"handler must look like 'module:function', got {spec!r}")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"handler {spec!r} is not callable")
+    handler: Handler = target
+    return handler
+
+
+def parse_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> WorkerConfig:
+    """Parses flags over environment variables; exits with a usage message on bad input."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
+    for name in ("queue", "handler"):
+        if not getattr(args, name):
+            parser.error(f"--{name} is required (or set {_env_name(name)})")
+    return WorkerConfig(**vars(args))
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker",
+        description="Run a feedwork worker: lease tasks from a feeder queue, run the handler "
+        "on each, and ack or nack the result. SIGTERM or SIGINT stops it gracefully (in-flight "
+        "tasks get --grace seconds to finish, the rest are given back); a second signal "
+        "exits at once (status 130).",
+        epilog="Every option can also be set with the environment variable shown for it; a "
+        "flag on the command line wins.",
+    )
+    for option in _OPTIONS:
+        option.add_to(parser, environ)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """Seconds from "30", "2.5", or with a unit as the feeder takes them: "500ms", "30s",
+    "2m", "1h" (so one FEEDWORK_* environment can serve both)."""
+    text = text.strip().lower()
+    for unit, factor in _UNITS:
+        if text.endswith(unit):
+            return float(text.removesuffix(unit)) * factor
+    return float(text)
+
+
+_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+
+
+def _positive_seconds(text: str) -> float:
+    value = seconds(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    value = seconds(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def _poll_seconds(text: str) -> float:
+    value = _non_negative_seconds(text)
+    if value > 60:
+        raise argparse.ArgumentTypeError(f"must be at most 60 s, got {text}")
+    return value
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper().replace("-", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    name: str
+    kind: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    def add_to(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+        env = _env_name(self.name)
+        default = self.default
+        raw = environ.get(env)
+        if raw:
+            try:
+                default = self.kind(raw)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{env}={raw!r}: {exc}")
+            if self.choices is not None and default not in self.choices:
+                parser.error(f"{env}={raw!r}: choose from {', '.join(self.choices)}")
+        shown = "none" if default is None else default
+        parser.add_argument(
+            f"--{self.name}",
+            type=self.kind,
+            default=default,
+            choices=self.choices,
+            help=f"{self.help} [env {env}; now: {shown}]",
+        )
+
+
+_OPTIONS = (
+    _Option("target", str, "localhost:50051", "feeder address, host:port"),
+    _Option("queue", str, None, "queue to take tasks from (required)"),
+    _Option("handler", str, None, "handler to run, as 'package.module:function' (required)"),
+    _Option("concurrency", _positive_int, 1, "tasks run at once per process"),
+    _Option("processes", _positive_int, 1, "worker processes, each with its own event loop"),
+    _Option(
+        "lease-duration",
+        _positive_seconds,
+        None,
+        "seconds (or 30s, 2m...) per lease and per extension (default: the task's or queue's own)",
+    ),
+    _Option(
+        "task-timeout",
+        _positive_seconds,
+        None,
+        "seconds a task may run before it is failed (default: no limit)",
+    ),
+    _Option(
+        "grace",
+        _non_negative_seconds,
+        30.0,
+        "seconds in-flight tasks get to finish on shutdown before they are released",
+    ),
+    _Option("worker-id", str, None, "name recorded in each attempt (default: hostname-pid)"),
+    _Option(
+        "wait",
+        _poll_seconds,
+        30.0,
+        "seconds one Lease call waits on the feeder when no task is ready (0 to 60)",
+    ),
+    _Option("ack-batch-size", _positive_int, 64, "acks or nacks sent together at most (1-1000)"),
+    _Option(
+        "ack-flush-interval",
+        _non_negative_seconds,
+        0.005,
+        "seconds a report may wait for others to share its batch (e.g. 5ms)",
+    ),
+    _Option("log-level", str.upper, "INFO", "logging level", LOG_LEVELS),
+)

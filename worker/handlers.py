@@ -1,0 +1,174 @@
+"""Calling the user's handler: sync handlers in a thread pool, async handlers on the event
+loop, both under the per-task time limit, and turning whatever happens into an `Outcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from worker.task import Fail, Retry, Task
+
+log = logging.getLogger("feedwork.worker")
+
+Handler: TypeAlias = Callable[[Task], Any]
+
+# The feeder keeps at most 4 KiB of an error; cutting here keeps nack batches small.
+MAX_ERROR_CHARS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    result: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: str
+    retry_after: float | None = None
+    terminal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Abandoned:
+    """The worker cancelled the handler (lease lost, shutdown): there is nothing to report."""
+
+    reason: str
+
+
+Outcome: TypeAlias = Succeeded | Failed | Abandoned
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """How one handler call ended. `straggler` is set when the outcome was decided before the
+    handler returned (time limit): the handler's thread or task is still running, and its
+    worker slot stays busy until `straggler` completes."""
+
+    outcome: Outcome
+    straggler: asyncio.Future[Any] | None = None
+
+
+def is_async_handler(handler: Handler) -> bool:
+    """True for coroutine functions, including callable objects with an `async def __call__`."""
+    call = getattr(type(handler), "__call__", None)  # noqa: B004 - the method, not callable()
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+
+
+class Invoker:
+    """Runs one handler for many tasks, `concurrency` at a time at most."""
+
+    def __init__(self, *, handler: Handler, concurrency: int, task_timeout: float | None) -> None:
+        self._handler = handler
+        self._task_timeout = task_timeout
+        self.is_async = is_async_handler(handler)
+        # Sync calls not yet returned, including those past their time limit.
+        self._threads_running = 0
+        self._threads_lock = threading.Lock()
+        # Exactly one thread per slot: the leaser never holds more tasks than slots, so a
+        # task never waits in the pool's queue while its lease runs down.
+        self._executor: ThreadPoolExecutor | None = None
+        if not self.is_async:
+            self._executor = ThreadPoolExecutor(
+                max_workers=concurrency, thread_name_prefix="feedwork-handler"
+            )
+
+    async def invoke(self, task: Task) -> Invocation:
+        """Calls the handler for `task` and waits for it, or for its time limit."""
+        if self.is_async:
+            running: asyncio.Future[Any] = asyncio.ensure_future(self._call_async(task))
+            task._on_cancel = running.cancel
+        else:
+            loop = asyncio.get_running_loop()
+            running = loop.run_in_executor(self._executor, self._call_sync, task)
+        # A straggler that nobody awaits must not log "exception was never retrieved".
+        running.add_done_callback(_retrieve)
+        try:
+            done, _ = await asyncio.wait({running}, timeout=self._task_timeout)
+        except asyncio.CancelledError:
+            running.cancel()  # the worker is going away; an async handler goes with it
+            raise
+        if not done:
+            task.cancel("timed out")
+            error = f"TimeoutError: task exceeded its time limit of {self._task_timeout:g} s"
+            return Invocation(Failed(error), straggler=running)
+        return Invocation(outcome_of(task, running))
+
+    @property
+    def threads_running(self) -> int:
+        """Sync handler calls that have not returned yet (some may be past their limit)."""
+        return self._threads_running
+
+    def shutdown(self) -> None:
+        """Frees the pool without waiting: handlers still running are abandoned."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _call_async(self, task: Task) -> Any:
+        result: Awaitable[Any] = self._handler(task)
+        return await result
+
+    def _call_sync(self, task: Task) -> Any:
+        with self._threads_lock:
+            self._threads_running += 1
+        try:
+            result = self._handler(task)
+        finally:
+            with self._threads_lock:
+                self._threads_running -= 1
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited; close it so Python does not warn
+            raise TypeError("handler returned an awaitable; declare it with `async def`")
+        return result
+
+
+def outcome_of(task: Task, finished: asyncio.Future[Any]) -> Outcome:
+    """The outcome of a handler call that has finished."""
+    if finished.cancelled():
+        return Abandoned(task.cancel_reason or "cancelled")
+    exc = finished.exception()
+    if exc is None:
+        return _success(finished.result())
+    return failure(task, exc)
+
+
+def failure(task: Task, exc: BaseException) -> Failed:
+    if isinstance(exc, Retry):
+        log.info("task %s (attempt %d) asked for a retry: %s", task.id, task.attempt, exc)
+        return Failed(describe(exc), retry_after=exc.after)
+    if isinstance(exc, Fail):
+        log.info("task %s (attempt %d) failed for good: %s", task.id, task.attempt, exc)
+        return Failed(describe(exc), terminal=True)
+    log.warning("task %s (attempt %d) failed", task.id, task.attempt, exc_info=exc)
+    return Failed(describe(exc))
+
+
+def describe(exc: BaseException) -> str:
+    """ "ExcType: message", with the cause of a `Retry` or `Fail` appended."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    cause = exc.__cause__
+    if isinstance(exc, Retry | Fail) and cause is not None:
+        text += f" (caused by {describe(cause)})"
+    return text[:MAX_ERROR_CHARS]
+
+
+def _success(value: object) -> Outcome:
+    if value is None:
+        return Succeeded(b"")
+    if isinstance(value, str):
+        return Succeeded(value.encode("utf-8"))
+    if isinstance(value, bytes | bytearray | memoryview):
+        return Succeeded(bytes(value))
+    return Failed(f"TypeError: handler returned {type(value).__name__}; return bytes, str or None")
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
