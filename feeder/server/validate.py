@@ -242,7 +242,8 @@ def stats_queues(request: pb.GetStatsRequest) -> list[str] | None:
             "queues", f"must hold at most {MAX_BATCH} names (got {len(request.queues)})"
         )
     names = [queue_name(q, f"queues[{i}]") for i, q in enumerate(request.queues)]
-    return names or None
+    # A queue named twice is reported, and summed into the totals, once.
+    return list(dict.fromkeys(names)) or None
 
 
 # -- fields -----------------------------------------------------------------------------

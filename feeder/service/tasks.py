@@ -206,6 +206,10 @@ class TaskService:
                 first = await asyncio.wait_for(asyncio.shield(turn), remaining)
             except TimeoutError:
                 self._waiters.discard(queue, turn)
+                # Woken while the timeout was being processed: pass the turn on, or the
+                # ready task would wait for the next leaser while others are waiting.
+                if turn.done() and turn.result():
+                    self._waiters.wake_first(queue)
                 return []
             except asyncio.CancelledError:
                 self._waiters.discard(queue, turn)

@@ -214,12 +214,14 @@ class IndexedStore:
     async def queue_counts(self, queues: Sequence[str] | None = None) -> list[QueueCounts]:
         index = self._index
         names = list(queues) if queues else index.queues()
+        # .get, not [name]: asking about a queue must not make the feeder know it.
+        none: Counter[State] = Counter()
         return [
             QueueCounts(
                 queue=name,
-                by_state={s: index.counts[name][s] for s in State},
+                by_state={s: index.counts.get(name, none)[s] for s in State},
                 oldest_ready_at=index.oldest_ready_at(name),
-                totals=dict(index.totals[name]),
+                totals=dict(index.totals.get(name, {})),
             )
             for name in names
         ]
