@@ -81,8 +81,8 @@ def create(spec: TaskSpec, *, task_id: int, now: float, policy: QueuePolicy) -> 
 def advance(task: Task, now: float) -> Decision[None]:
     """Applies the transitions that time alone causes: promotion and lease expiry."""
     if task.state is State.SCHEDULED and task.not_before is not None and task.not_before <= now:
-        promoted = replace(
-            task, state=State.READY, not_before=None, ready_at=now, version=task.version + 1
+        promoted = task.evolve(
+            state=State.READY, not_before=None, ready_at=now, version=task.version + 1
         )
         return Decision(None, promoted)
     if (
@@ -98,8 +98,7 @@ def _expire(task: Task, now: float) -> Decision[None]:
     failures = task.failures + 1
     history = _end_current(task, now, AttemptOutcome.EXPIRED, "lease expired")
     if failures >= task.max_attempts:
-        dead = replace(
-            task,
+        dead = task.evolve(
             state=State.DEAD,
             failures=failures,
             lease_deadline=None,
@@ -108,8 +107,7 @@ def _expire(task: Task, now: float) -> Decision[None]:
             version=task.version + 1,
         )
         return Decision(None, dead, (Event.EXPIRED, Event.DEAD_LETTERED))
-    ready = replace(
-        task,
+    ready = task.evolve(
         state=State.READY,
         failures=failures,
         lease_deadline=None,
@@ -138,8 +136,7 @@ def lease(
     history = _trim(
         (*current.history, Attempt(attempt=attempt, worker_id=worker_id, leased_at=now))
     )
-    leased = replace(
-        current,
+    leased = current.evolve(
         state=State.LEASED,
         attempt=attempt,
         lease_deadline=now + duration,
@@ -178,8 +175,7 @@ def ack(task: Task, attempt: int, *, result: bytes | None, now: float) -> Decisi
                 outcome=AttemptOutcome.REVOKED,
                 error=f"revoked: attempt {attempt} completed the task first",
             )
-    completed = replace(
-        current,
+    completed = current.evolve(
         state=State.COMPLETED,
         result=result,
         lease_deadline=None,
@@ -220,8 +216,7 @@ def nack(
     if not (current.state is State.LEASED and current.attempt == attempt):
         return _stale_nack(current, attempt, error, caught_up)
     if release:
-        released = replace(
-            current,
+        released = current.evolve(
             state=State.READY,
             lease_deadline=None,
             ready_at=now,
@@ -232,8 +227,7 @@ def nack(
     failures = current.failures + 1
     history = _end_current(current, now, AttemptOutcome.FAILED, error)
     if terminal or failures >= current.max_attempts:
-        dead = replace(
-            current,
+        dead = current.evolve(
             state=State.DEAD,
             failures=failures,
             lease_deadline=None,
@@ -243,8 +237,7 @@ def nack(
         )
         return Decision(NackOutcome.DEAD, dead, (Event.FAILED, Event.DEAD_LETTERED))
     delay = retry_after if retry_after is not None else policy.backoff(failures, rng)
-    retry = replace(
-        current,
+    retry = current.evolve(
         state=State.SCHEDULED if delay > 0 else State.READY,
         failures=failures,
         lease_deadline=None,
@@ -267,7 +260,7 @@ def _stale_nack(
     history = tuple(
         replace(r, error=f"{r.error}; {note}") if r is record else r for r in task.history
     )
-    noted = replace(task, history=history, version=task.version + 1)
+    noted = task.evolve(history=history, version=task.version + 1)
     return Decision(NackOutcome.STALE, noted, caught_up.events)
 
 
@@ -286,7 +279,7 @@ def extend(
     if not (current.state is State.LEASED and current.attempt == attempt):
         return Decision(ExtendOutcome.LEASE_LOST, caught_up.task, caught_up.events)
     duration = lease_duration or current.lease_granted or 0.0
-    extended = replace(current, lease_deadline=now + duration, version=current.version + 1)
+    extended = current.evolve(lease_deadline=now + duration, version=current.version + 1)
     return Decision(ExtendOutcome.EXTENDED, extended, caught_up.events)
 
 
@@ -305,8 +298,7 @@ def cancel(task: Task, *, now: float) -> Decision[CancelOutcome]:
     history = current.history
     if current.state is State.LEASED:
         history = _end_current(current, now, AttemptOutcome.REVOKED, "revoked: task cancelled")
-    cancelled = replace(
-        current,
+    cancelled = current.evolve(
         state=State.CANCELLED,
         lease_deadline=None,
         not_before=None,
@@ -321,8 +313,7 @@ def redrive(task: Task, *, now: float) -> Decision[bool]:
     """Puts a dead task back to ready with a fresh failure budget (attempt numbers go on)."""
     if task.state is not State.DEAD:
         return Decision(False)
-    ready = replace(
-        task,
+    ready = task.evolve(
         state=State.READY,
         failures=0,
         ready_at=now,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
+from typing import Any
 
 EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
 
@@ -133,6 +134,37 @@ class Task:
     history: tuple[Attempt, ...] = field(default=())
     version: int = 1
 
+    def evolve(self, **changes: Any) -> Task:
+        """A copy with `changes` applied, like dataclasses.replace but about 3x faster: the
+        state machine makes one per transition, so it is on every RPC's path."""
+        if not changes.keys() <= _TASK_FIELDS:
+            raise TypeError(f"unknown Task fields: {sorted(changes.keys() - _TASK_FIELDS)}")
+        new = _new(Task)
+        get = changes.get
+        # Spelled out (no loop over fields()): this is the hot path. A unit test checks
+        # that it covers every field.
+        _set(new, "id", get("id", self.id))
+        _set(new, "queue", get("queue", self.queue))
+        _set(new, "payload", get("payload", self.payload))
+        _set(new, "headers", get("headers", self.headers))
+        _set(new, "priority", get("priority", self.priority))
+        _set(new, "state", get("state", self.state))
+        _set(new, "max_attempts", get("max_attempts", self.max_attempts))
+        _set(new, "created_at", get("created_at", self.created_at))
+        _set(new, "ready_at", get("ready_at", self.ready_at))
+        _set(new, "attempt", get("attempt", self.attempt))
+        _set(new, "failures", get("failures", self.failures))
+        _set(new, "not_before", get("not_before", self.not_before))
+        _set(new, "lease_deadline", get("lease_deadline", self.lease_deadline))
+        _set(new, "lease_duration", get("lease_duration", self.lease_duration))
+        _set(new, "lease_granted", get("lease_granted", self.lease_granted))
+        _set(new, "idempotency_key", get("idempotency_key", self.idempotency_key))
+        _set(new, "result", get("result", self.result))
+        _set(new, "finished_at", get("finished_at", self.finished_at))
+        _set(new, "history", get("history", self.history))
+        _set(new, "version", get("version", self.version))
+        return new
+
     def current_attempt(self) -> Attempt | None:
         """The record of attempt number `self.attempt`, if the task was ever leased."""
         if self.history and self.history[-1].attempt == self.attempt:
@@ -144,3 +176,8 @@ class Task:
             if record.attempt == attempt:
                 return record
         return None
+
+
+_new = object.__new__
+_set = object.__setattr__  # how a frozen dataclass sets its own fields
+_TASK_FIELDS = frozenset(f.name for f in fields(Task))

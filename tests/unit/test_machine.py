@@ -1002,3 +1002,20 @@ def test_current_attempt_is_none_once_the_task_moved_past_its_record() -> None:
     assert replace(task, attempt=2).current_attempt() is None
     assert task.attempt_record(1) == task.history[0]
     assert task.attempt_record(2) is None
+
+
+def test_evolve_covers_every_field_and_matches_dataclasses_replace() -> None:
+    import dataclasses
+
+    task = new_task()
+    for spec in dataclasses.fields(task):
+        changed = object()
+        evolved = task.evolve(**{spec.name: changed})
+        assert getattr(evolved, spec.name) is changed, spec.name
+        others = [f.name for f in dataclasses.fields(task) if f.name != spec.name]
+        assert all(getattr(evolved, n) is getattr(task, n) for n in others), spec.name
+    assert task.evolve(attempt=3, version=9) == replace(task, attempt=3, version=9)
+    with pytest.raises(TypeError):
+        task.evolve(no_such_field=1)
+    with pytest.raises(FrozenInstanceError):
+        task.evolve(attempt=1).attempt = 2  # type: ignore[misc]
