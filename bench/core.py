@@ -17,10 +17,11 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,17 +43,26 @@ class Skip(Exception):
 
 @dataclass(frozen=True)
 class Workload:
+    """`drain`: preload N, then N lease+ack with `consumers` consumers (only the drain is
+    timed). `submit`: N tasks put in by `consumers` concurrent producers, `batch` a call."""
+
     name: str
     batch: int
     consumers: int = CONSUMERS
     payload_size: int = PAYLOAD_SIZE
+    kind: str = "drain"
 
     @classmethod
     def drain(cls, batch: int, consumers: int = CONSUMERS) -> Workload:
         return cls(name=f"drain-b{batch}", batch=batch, consumers=consumers)
 
+    @classmethod
+    def submit(cls, batch: int, producers: int = CONSUMERS) -> Workload:
+        return cls(name=f"submit-b{batch}", batch=batch, consumers=producers, kind="submit")
+
 
 DEFAULT_WORKLOADS: tuple[Workload, ...] = (Workload.drain(1), Workload.drain(64))
+SUBMIT_BATCH = 100
 
 
 def make_payload(size: int = PAYLOAD_SIZE) -> bytes:
@@ -79,11 +89,26 @@ class Consumer(ABC):
         """Releases the connection; outside the timed window."""
 
 
+class Producer(ABC):
+    """One concurrent producer of a submit workload, with its own connection."""
+
+    @abstractmethod
+    async def submit(self, payloads: Sequence[bytes]) -> None:
+        """Puts one batch of tasks in (one call / one pipeline / one transaction); returns
+        once the system has accepted them (as durably as it is configured to)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Releases the connection; outside the timed window."""
+
+
 class Case(ABC):
     """One system under test. A new instance is made per run; state may live on it."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    # A case that times its own drain (e.g. through a worker SDK rather than consumers
+    # the runner drives) sets this and implements `drain`.
+    drives_drain: ClassVar[bool] = False
 
     async def check(self) -> None:  # noqa: B027 - optional hook
         """Raises :class:`Skip` (quickly) if the system is not reachable."""
@@ -108,8 +133,32 @@ class Case(ABC):
         """After the drain, outside the timed window: what is left (should be nothing)."""
         return {}
 
+    async def drain(self, n: int, workload: Workload, state: DrainState) -> float:
+        """Only for `drives_drain` cases: drains the n preloaded tasks, fills `state`
+        (leased, acked, ...) and returns the timed seconds."""
+        raise NotImplementedError
+
+    async def open_producer(self, index: int, workload: Workload) -> Producer:
+        """For submit workloads: one connected producer. Cases without it skip them."""
+        raise NotImplementedError
+
+    @classmethod
+    def supports(cls, workload: Workload) -> bool:
+        if workload.kind == "submit":
+            return cls.open_producer is not Case.open_producer
+        return True
+
+    async def verify_submitted(self, n: int) -> dict[str, Any]:
+        """After a submit workload, outside the timed window: what was stored (n)."""
+        return {}
+
     def server_pids(self) -> Sequence[int]:
         """Server processes whose CPU time the drain should record (ours, e.g. a feeder)."""
+        return ()
+
+    def client_pids(self) -> Sequence[int]:
+        """Client processes other than this one (e.g. worker processes), whose CPU time is
+        the client CPU of the drain. Empty: the client is this benchmark process."""
         return ()
 
     @abstractmethod
@@ -125,7 +174,7 @@ class Case(ABC):
 
 
 @dataclass
-class _DrainState:
+class DrainState:
     n: int
     leased: int = 0
     acked: int = 0
@@ -154,7 +203,7 @@ def _latency_summary(seconds: list[float]) -> dict[str, float | None]:
     }
 
 
-async def _consume(consumer: Consumer, state: _DrainState, start: asyncio.Event) -> None:
+async def _consume(consumer: Consumer, state: DrainState, start: asyncio.Event) -> None:
     await start.wait()
     clock = time.perf_counter
     while state.leased < state.n:
@@ -183,7 +232,7 @@ async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
         await asyncio.wait(tasks, timeout=5.0)
 
 
-async def _drain(consumers: Sequence[Consumer], state: _DrainState) -> float:
+async def _drain(consumers: Sequence[Consumer], state: DrainState) -> float:
     """Runs the consumers until n tasks are acked; returns the drain time in seconds."""
     start = asyncio.Event()
     workers = [asyncio.create_task(_consume(c, state, start)) for c in consumers]
@@ -217,21 +266,28 @@ def process_cpu_seconds(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_snapshot(pids: Sequence[int]) -> tuple[float, dict[int, float | None]]:
-    return time.process_time(), {pid: process_cpu_seconds(pid) for pid in pids}
+def _cpu_snapshot(
+    server_pids: Sequence[int], client_pids: Sequence[int] = ()
+) -> tuple[float | None, dict[int, float | None]]:
+    if client_pids:
+        times = [process_cpu_seconds(pid) for pid in client_pids]
+        client = None if None in times else sum(t for t in times if t is not None)
+    else:
+        client = time.process_time()
+    return client, {pid: process_cpu_seconds(pid) for pid in server_pids}
 
 
 def _cpu_usage(
-    before: tuple[float, dict[int, float | None]],
-    after: tuple[float, dict[int, float | None]],
+    before: tuple[float | None, dict[int, float | None]],
+    after: tuple[float | None, dict[int, float | None]],
     seconds: float,
 ) -> dict[str, Any]:
     """CPU seconds used during the drain, and as a share of one core (1.0 = saturated)."""
-    client = after[0] - before[0]
-    usage: dict[str, Any] = {
-        "client_cpu_s": client,
-        "client_core_share": client / seconds if seconds > 0 else None,
-    }
+    usage: dict[str, Any] = {}
+    if before[0] is not None and after[0] is not None:
+        client = after[0] - before[0]
+        usage["client_cpu_s"] = client
+        usage["client_core_share"] = client / seconds if seconds > 0 else None
     server = 0.0
     for pid, start in before[1].items():
         end = after[1].get(pid)
@@ -242,6 +298,14 @@ def _cpu_usage(
         usage["server_cpu_s"] = server
         usage["server_core_share"] = server / seconds if seconds > 0 else None
     return usage
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (the machine is shared: record them)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _base_result(case: type[Case], workload: Workload, n: int) -> dict[str, Any]:
@@ -266,45 +330,141 @@ def _base_result(case: type[Case], workload: Workload, n: int) -> dict[str, Any]
         "cpu": None,
         "verify": None,
         "info": None,
+        "kind": workload.kind,
+        "load_avg": load_average(),
     }
 
 
-async def _close_consumers(consumers: Sequence[Consumer]) -> None:
+async def _close_consumers(consumers: Sequence[Consumer | Producer]) -> None:
     for consumer in consumers:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.close(), 5.0)
 
 
+class PhaseProfiler(ABC):
+    """Samples processes during a timed phase (py-spy: bench.profiling.PySpyProfiler)."""
+
+    @abstractmethod
+    async def start(self, label: str, pid: int) -> Any:
+        """Starts sampling `pid` into a profile named `label`; returns a handle."""
+
+    @abstractmethod
+    async def stop(self, handle: Any) -> None:
+        """Stops a recording and writes it."""
+
+    @contextlib.asynccontextmanager
+    async def record(self, label: str, pids: Mapping[str, Sequence[int]]) -> AsyncIterator[None]:
+        """Samples every pid (role -> processes) while the block runs."""
+        handles = []
+        for role, role_pids in pids.items():
+            for i, pid in enumerate(role_pids):
+                name = f"{label}.{role}" if len(role_pids) == 1 else f"{label}.{role}-{i}"
+                handles.append(await self.start(name, pid))
+        await asyncio.sleep(0.05)  # let the samplers attach
+        try:
+            yield
+        finally:
+            for handle in handles:
+                await self.stop(handle)
+
+
+def _profile_roles(case: Case) -> dict[str, Sequence[int]]:
+    return {
+        "server": tuple(case.server_pids()),
+        "client": tuple(case.client_pids()) or (os.getpid(),),
+    }
+
+
+async def _timed_phase(
+    case: Case,
+    label: str,
+    profiler: PhaseProfiler | None,
+    body: Any,
+) -> tuple[float, dict[str, Any]]:
+    """Runs `body()` (returns seconds) with CPU accounting and the optional profiler."""
+    pids = case.server_pids()
+    clients = case.client_pids()
+    cpu_before = _cpu_snapshot(pids, clients)
+    if profiler is None:
+        seconds = await body()
+    else:
+        async with profiler.record(label, _profile_roles(case)):
+            seconds = await body()
+    return seconds, _cpu_usage(cpu_before, _cpu_snapshot(pids, clients), seconds)
+
+
+async def _submit_all(
+    producers: Sequence[Producer], n: int, batch: int, payload: bytes, latencies: list[float]
+) -> float:
+    """Every producer submits batches until n tasks are in; returns the seconds taken."""
+    left = [n]
+
+    async def produce(producer: Producer) -> None:
+        clock = time.perf_counter
+        while left[0] > 0:
+            k = min(batch, left[0])
+            left[0] -= k
+            t0 = clock()
+            await producer.submit([payload] * k)
+            latencies.append(clock() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(produce(p) for p in producers))
+    return time.perf_counter() - t0
+
+
 async def run_workload(
-    case: Case, n: int, workload: Workload, phase_timeout: float = PHASE_TIMEOUT
+    case: Case,
+    n: int,
+    workload: Workload,
+    phase_timeout: float = PHASE_TIMEOUT,
+    profiler: PhaseProfiler | None = None,
 ) -> dict[str, Any]:
     """Runs one workload of one case; never raises except for Skip and cancellation."""
     result = _base_result(type(case), workload, n)
     consumers: list[Consumer] = []
-    state = _DrainState(n=n)
+    producers: list[Producer] = []
+    submit_lat: list[float] = []
+    state = DrainState(n=n)
     phase = "setup"
+    label = f"{case.name}.{workload.name}"
     try:
         async with asyncio.timeout(phase_timeout):
             await case.setup(n, workload)
-            phase = "preload"
-            t0 = time.perf_counter()
-            await case.preload(n, make_payload(workload.payload_size))
-            result["preload_seconds"] = time.perf_counter() - t0
-            phase = "connect"
-            for i in range(workload.consumers):
-                consumers.append(await case.open_consumer(i, workload))
-        phase = "drain"
-        pids = case.server_pids()
-        cpu_before = _cpu_snapshot(pids)
-        async with asyncio.timeout(phase_timeout):
-            seconds = await _drain(consumers, state)
-        result["cpu"] = _cpu_usage(cpu_before, _cpu_snapshot(pids), seconds)
+            if workload.kind == "submit":
+                phase = "connect"
+                for i in range(workload.consumers):
+                    producers.append(await case.open_producer(i, workload))
+            else:
+                phase = "preload"
+                t0 = time.perf_counter()
+                await case.preload(n, make_payload(workload.payload_size))
+                result["preload_seconds"] = time.perf_counter() - t0
+                phase = "connect"
+                if not case.drives_drain:
+                    for i in range(workload.consumers):
+                        consumers.append(await case.open_consumer(i, workload))
+
+        async def timed() -> float:
+            async with asyncio.timeout(phase_timeout):
+                if workload.kind == "submit":
+                    payload = make_payload(workload.payload_size)
+                    return await _submit_all(producers, n, workload.batch, payload, submit_lat)
+                if case.drives_drain:
+                    return await case.drain(n, workload, state)
+                return await _drain(consumers, state)
+
+        phase = "submit" if workload.kind == "submit" else "drain"
+        seconds, result["cpu"] = await _timed_phase(case, label, profiler, timed)
         result["seconds"] = seconds
         result["tasks_per_s"] = n / seconds if seconds > 0 else None
         phase = "verify"
         async with asyncio.timeout(phase_timeout):
-            result["verify"] = await case.verify(n)
-        if state.leased != n or state.acked != n:
+            if workload.kind == "submit":
+                result["verify"] = await case.verify_submitted(n)
+            else:
+                result["verify"] = await case.verify(n)
+        if workload.kind != "submit" and (state.leased != n or state.acked != n):
             result["status"] = "error"
             result["reason"] = f"leased {state.leased}, acked {state.acked}, expected {n}"
     except Skip:
@@ -316,12 +476,15 @@ async def run_workload(
         result["status"] = "error"
         result["reason"] = f"{phase}: {type(exc).__name__}: {exc}"
     finally:
-        await _close_consumers(consumers)
+        await _close_consumers([*consumers, *producers])
         try:
             await asyncio.wait_for(case.teardown(), TEARDOWN_TIMEOUT)
         except Exception as exc:
             note = f"teardown: {type(exc).__name__}: {exc}"
             result["reason"] = f"{result['reason']}; {note}" if result["reason"] else note
+    if workload.kind == "submit":
+        result["latency_ms"] = {"submit": _latency_summary(submit_lat)}
+        return result
     result["leased"] = state.leased
     result["acked"] = state.acked
     result["leases"] = state.leases
@@ -348,6 +511,7 @@ async def run_case(
     workloads: Sequence[Workload] = DEFAULT_WORKLOADS,
     phase_timeout: float = PHASE_TIMEOUT,
     repeat: int = 1,
+    profiler: PhaseProfiler | None = None,
 ) -> list[dict[str, Any]]:
     """Runs every workload of one case (a fresh instance) `repeat` times; one result each.
 
@@ -355,6 +519,7 @@ async def run_case(
     ``SKIPPED`` line and yields ``status: skipped`` results.
     """
     case = case_cls()
+    workloads = [w for w in workloads if case_cls.supports(w)]
     results: list[dict[str, Any]] = []
     try:
         async with asyncio.timeout(phase_timeout):
@@ -362,7 +527,7 @@ async def run_case(
             info = await case.info()
         for workload in workloads:
             for run in range(1, repeat + 1):
-                result = await run_workload(case, n, workload, phase_timeout)
+                result = await run_workload(case, n, workload, phase_timeout, profiler)
                 result["run"] = run
                 result["info"] = info
                 results.append(result)
@@ -405,6 +570,16 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def die_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv` prefixed so that the helper gets SIGKILL when the benchmark process dies
+    (PR_SET_PDEATHSIG through util-linux `setpriv`, which then execs it): nothing outlives
+    a killed benchmark. (A preexec_fn would force a fork of a process with gRPC threads.)"""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not sys.platform.startswith("linux"):
+        return list(argv)
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
+
+
 class ServerProcess:
     """A Python server started as ``python -m module ...`` in its own process.
 
@@ -424,10 +599,7 @@ class ServerProcess:
     @classmethod
     async def start(cls, module: str, *args: str, ready_timeout: float = 30.0) -> ServerProcess:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            module,
-            *args,
+            *die_with_parent([sys.executable, "-m", module, *args]),
             cwd=REPO_ROOT,
             env=subprocess_env(),
             stdin=asyncio.subprocess.PIPE,
@@ -448,14 +620,16 @@ class ServerProcess:
             await server.stop()
             raise
 
-    async def stop(self, grace: float = 5.0) -> int | None:
+    async def stop(self, grace: float = 5.0, *, terminate: bool = True) -> int | None:
+        """Closes stdin and (with `terminate`) sends SIGTERM; SIGKILL after `grace`."""
         proc = self.proc
         if proc.returncode is None:
             if proc.stdin is not None:
                 with contextlib.suppress(Exception):
                     proc.stdin.close()
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+            if terminate:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), grace)
             except TimeoutError:

@@ -12,14 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.core import REPO_ROOT
+from bench.core import REPO_ROOT, load_average
 
 COLUMNS = (
     ("case", "<"),
     ("workload", "<"),
     ("tasks", ">"),
     ("preload s", ">"),
-    ("drain s", ">"),
+    ("timed s", ">"),
     ("tasks/s", ">"),
     ("p50 ms", ">"),
     ("p99 ms", ">"),
@@ -58,7 +58,8 @@ def summarise(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _row(result: dict[str, Any]) -> list[str]:
-    cycle = (result.get("latency_ms") or {}).get("cycle") or {}
+    latency = result.get("latency_ms") or {}
+    cycle = latency.get("cycle") or latency.get("submit") or {}
     cpu = result.get("cpu") or {}
     status = result["status"]
     return [
@@ -77,6 +78,8 @@ def _row(result: dict[str, Any]) -> list[str]:
 
 
 def table(all_results: Sequence[dict[str, Any]]) -> str:
+    """The drain and submit workloads (experiments: see `experiments_table`)."""
+    all_results = [r for r in all_results if r.get("kind") != "experiment"]
     results = summarise(all_results)
     repeated = any(r["runs"] > 1 for r in results)
     columns = list(COLUMNS)
@@ -99,10 +102,15 @@ def table(all_results: Sequence[dict[str, Any]]) -> str:
     rule = "  ".join("-" * w for w in widths)
     out = [line(rows[0]), rule, *(line(r) for r in rows[1:])]
     out.append("")
-    out.append("drain s, tasks/s: the drain phase only (consumers start .. every task acked).")
+    out.append(
+        "timed s, tasks/s: drain-*: the drain only (consumers start .. every task acked); "
+        "submit-*: 4 producers, first call .. last reply."
+    )
     if repeated:
         out.append("Repeated runs: each row is the median run by tasks/s (see the JSON for all).")
-    out.append("p50/p99 ms: one lease+ack cycle of one consumer (one batch).")
+    out.append(
+        "p50/p99 ms: drain: one lease+ack cycle of one consumer (one batch); submit: one call."
+    )
     out.append("cli/srv cpu: CPU time during the drain / drain time (1.00 = one core busy).")
     notes: list[str] = []
     for r in all_results:
@@ -130,6 +138,80 @@ def table(all_results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:,.0f} MB"
+
+
+def describe(result: dict[str, Any]) -> str:
+    """The figures of one experiment result, in one line."""
+    m = result.get("metrics") or {}
+    w = result["workload"]
+    if result["status"] != "ok" or not m:
+        return result.get("reason") or "-"
+    if w == "dispatch":
+        lat, sub = m["latency_ms"], m["submit_call_ms"]
+        return (
+            f"submit->receive p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, max "
+            f"{lat['max']:.1f} ms (n={lat['count']}); Submit call p50 {sub['p50']:.2f} ms"
+        )
+    if w == "expiry-storm":
+        probe = m["probe_lease_ms"]
+        return (
+            f"all READY {m['requeue_seconds']:.2f} s after the deadline (spread "
+            f"{m['deadline_spread_ms']:.0f} ms); probe Lease p50 {probe['p50']:.1f} ms, "
+            f"p99 {probe['p99']:.1f} ms, max {probe['max']:.1f} ms (n={probe['count']}); "
+            f"leasing took {m['leasing_seconds']:.1f} s"
+        )
+    if w.startswith("cost-"):
+        return (
+            f"{m['per_task_us']:.1f} us/task wall, {m['feeder_cpu_per_task_us']:.1f} us/task "
+            f"feeder CPU ({m['drained']:,} drained, {m['queued']:,} queued)"
+        )
+    if w.startswith("preload-"):
+        return f"{m['seconds']:.1f} s = {m['tasks_per_s']:,.0f} tasks/s ({m['how']})"
+    if w.startswith("memory-"):
+        per = m.get("bytes_per_task")
+        return (
+            f"RSS empty {_mb(m['rss_empty_bytes'])}, {m['queued']:,} queued "
+            f"{_mb(m['rss_queued_bytes'])} ({'-' if per is None else f'{per:,.0f}'} B/task), "
+            f"after restart {_mb(m.get('rss_after_recovery_bytes'))}; database "
+            f"{_mb(m['db_bytes'])}"
+        )
+    if w.startswith("recovery-"):
+        return (
+            f"port file {m['port_file_seconds']:.2f} s, first Lease "
+            f"{m['first_lease_seconds']:.2f} s after spawn (graceful stop took "
+            f"{m['graceful_stop_seconds']:.2f} s)"
+        )
+    return ", ".join(f"{k}={v}" for k, v in m.items() if not isinstance(v, dict))
+
+
+def experiments_table(all_results: Sequence[dict[str, Any]]) -> str:
+    rows = [r for r in all_results if r.get("kind") == "experiment"]
+    if not rows:
+        return ""
+    head = ("case", "workload", "load", "status", "figures")
+    body = [
+        (
+            r["case"],
+            r["workload"],
+            "-" if not r.get("load_avg") else f"{r['load_avg'][0]:.2f}",
+            r["status"] if r["status"] == "ok" else r["status"].upper(),
+            describe(r),
+        )
+        for r in rows
+    ]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(4)]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [f"{c:<{w}}" for c, w in zip(row[:4], widths, strict=True)]
+        return "  ".join([*cells, row[4]]).rstrip()
+
+    out = [line(head), "  ".join("-" * w for w in [*widths, 7]), *(line(b) for b in body)]
+    out.append("load: the 1-minute load average when the workload started (2 cores).")
+    return "\n".join(out)
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -154,6 +236,7 @@ def metadata(args: dict[str, Any], started: datetime, finished: datetime) -> dic
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "load_avg_end": load_average(),
         "git_commit": _git_commit(),
         "args": args,
     }
@@ -163,8 +246,14 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def write_json(path: Path, meta: dict[str, Any], results: Sequence[dict[str, Any]]) -> None:
+def write_json(
+    path: Path,
+    meta: dict[str, Any],
+    results: Sequence[dict[str, Any]],
+    targets: Sequence[dict[str, Any]] | None = None,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "results": list(results)}, indent=2) + "\n")
+    document = {"meta": meta, "results": list(results), "targets": list(targets or [])}
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
     tmp.replace(path)

@@ -18,6 +18,7 @@ MODULES: tuple[str, ...] = (
     "redis_streams",
     "nats_jetstream",
     "postgres_skip_locked",
+    "feedwork",
 )
 
 

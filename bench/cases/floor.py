@@ -7,8 +7,27 @@ from typing import Any
 
 import grpc
 
-from bench.core import Case, Consumer, ServerProcess, Workload
-from bench.grpc_client import FeederConsumer
+from bench.core import Case, Consumer, Producer, ServerProcess, Workload
+from bench.grpc_client import FeederConsumer, channel_options
+from feedwork.v1 import feeder_pb2 as pb
+from feedwork.v1 import feeder_pb2_grpc as pb_grpc
+
+
+class FloorProducer(Producer):
+    """Submit(tasks=[TaskSpec(queue, payload)] * b) on a channel of its own."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self.stub = pb_grpc.FeederStub(self.channel)
+        self.submitted = 0
+
+    async def submit(self, payloads: Sequence[bytes]) -> None:
+        request = pb.SubmitRequest(tasks=[pb.TaskSpec(queue="bench", payload=p) for p in payloads])
+        reply = await self.stub.Submit(request, timeout=30)
+        self.submitted += len(reply.results)
+
+    async def close(self) -> None:
+        await self.channel.close(grace=None)
 
 
 class FloorCase(Case):
@@ -32,6 +51,21 @@ class FloorCase(Case):
         self.n = n
         self.payload_size = workload.payload_size
         self.consumers = []
+        self.producers: list[FloorProducer] = []
+        if workload.kind == "submit":
+            self.server = await ServerProcess.start(
+                "bench.cases.floor_server", "--tasks", "0", "--watch-stdin"
+            )
+
+    async def open_producer(self, index: int, workload: Workload) -> Producer:
+        assert self.server is not None
+        producer = FloorProducer(f"127.0.0.1:{self.server.port}")
+        await producer.channel.channel_ready()
+        self.producers.append(producer)
+        return producer
+
+    async def verify_submitted(self, n: int) -> dict[str, Any]:
+        return {"replied": sum(p.submitted for p in self.producers)}
 
     async def preload(self, n: int, payload: bytes) -> None:
         # There is no Submit: the server builds its N tasks at startup, so "preload" is the

@@ -7,7 +7,9 @@ builds N LeasedTask messages up front, listens on 127.0.0.1 (ephemeral port), pr
 
 Lease pops up to max_tasks prebuilt messages from a deque (an empty reply when it is
 empty; `wait` is ignored). Ack answers ACKED for every item without looking at it (the
-real feeder also sets AckResult.task_id, a few more bytes per item).
+real feeder also sets AckResult.task_id, a few more bytes per item). Submit stores
+nothing and answers one SubmitResult (a fresh task id, READY) per task: the floor of a
+Submit call, parsing and replying only.
 """
 
 from __future__ import annotations
@@ -55,6 +57,17 @@ def build_tasks(n: int, payload: bytes, queue: str) -> collections.deque[pb.Leas
 class FloorFeeder(pb_grpc.FeederServicer):
     def __init__(self, tasks: collections.deque[pb.LeasedTask]) -> None:
         self.tasks = tasks
+        self.next_id = 1
+
+    async def Submit(self, request: pb.SubmitRequest, context: object) -> pb.SubmitResponse:
+        first, self.next_id = self.next_id, self.next_id + len(request.tasks)
+        ready = pb.TASK_STATE_READY
+        return pb.SubmitResponse(
+            results=[
+                pb.SubmitResult(task_id=str(first + i), state=ready)
+                for i in range(len(request.tasks))
+            ]
+        )
 
     async def Lease(self, request: pb.LeaseRequest, context: object) -> pb.LeaseResponse:
         tasks = self.tasks

@@ -21,7 +21,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from bench.core import Case, Consumer, Skip, Workload, probe_tcp
+from bench.core import Case, Consumer, Producer, Skip, Workload, probe_tcp
 
 HOST, PORT = "127.0.0.1", 4222
 URL = f"nats://{HOST}:{PORT}"
@@ -32,6 +32,7 @@ DURABLE = "feedwork-bench"
 # matters at the tail, where the runner cancels fetches once every task is acked.
 FETCH_TIMEOUT = 2.0
 ACK_WAIT = 60.0
+MAX_PENDING = 4000
 
 
 async def _quiet(exc: Exception) -> None:
@@ -70,6 +71,21 @@ class NatsConsumer(Consumer):
 
     async def finish(self) -> None:
         await self.nc.flush(timeout=10)
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+
+class NatsProducer(Producer):
+    """b `publish_async` calls, then all their PubAcks awaited: one batch in flight."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(publish_async_max_pending=MAX_PENDING)
+
+    async def submit(self, payloads: Sequence[bytes]) -> None:
+        futures = [await self.js.publish_async(SUBJECT, p) for p in payloads]
+        await asyncio.gather(*futures)
 
     async def close(self) -> None:
         await self.nc.close()
@@ -138,6 +154,16 @@ class NatsJetStreamCase(Case):
         stored = (await js.stream_info(STREAM)).state.messages
         if stored != n:
             raise RuntimeError(f"stream holds {stored} messages after preloading {n}")
+
+    async def open_producer(self, index: int, workload: Workload) -> Producer:
+        return NatsProducer(await _connect())
+
+    async def verify_submitted(self, n: int) -> dict[str, Any]:
+        assert self.nc is not None
+        stored = (await self.nc.jetstream().stream_info(STREAM)).state.messages
+        if stored != n:
+            raise RuntimeError(f"stream holds {stored} messages, not {n}")
+        return {"stream_messages": stored}
 
     async def open_consumer(self, index: int, workload: Workload) -> Consumer:
         nc = await _connect()

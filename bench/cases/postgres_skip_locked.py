@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.core import Case, Consumer, Skip, Workload, probe_tcp
+from bench.core import Case, Consumer, Producer, Skip, Workload, probe_tcp
 
 HOST, PORT = "127.0.0.1", 5432
 DSN = f"postgresql://postgres@{HOST}:{PORT}/postgres"
@@ -79,6 +79,22 @@ class PostgresConsumer(Consumer):
         await self.conn.close(timeout=5)
 
 
+INSERT = f"INSERT INTO {TABLE} (payload) VALUES ($1)"
+
+
+class PostgresProducer(Producer):
+    """executemany of b INSERTs: one transaction (one commit) per batch."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def submit(self, payloads: Sequence[bytes]) -> None:
+        await self.conn.executemany(INSERT, [(p,) for p in payloads])
+
+    async def close(self) -> None:
+        await self.conn.close(timeout=5)
+
+
 class PostgresSkipLockedCase(Case):
     name = "postgres-skip-locked"
     summary = "asyncpg: lease UPDATE..SKIP LOCKED..RETURNING, then ack UPDATE (2 commits)"
@@ -120,6 +136,16 @@ class PostgresSkipLockedCase(Case):
             "jobs", schema_name=SCHEMA, columns=["payload"], records=[(payload,)] * n
         )
         await self.admin.execute(f"ANALYZE {TABLE}")
+
+    async def open_producer(self, index: int, workload: Workload) -> Producer:
+        return PostgresProducer(await _connect())
+
+    async def verify_submitted(self, n: int) -> dict[str, Any]:
+        assert self.admin is not None
+        count = await self.admin.fetchval(f"SELECT count(*) FROM {TABLE} WHERE state = 'ready'")
+        if count != n:
+            raise RuntimeError(f"table holds {count} ready rows, not {n}")
+        return {"ready_rows": count}
 
     async def open_consumer(self, index: int, workload: Workload) -> Consumer:
         consumer = PostgresConsumer(await _connect(), workload.batch)

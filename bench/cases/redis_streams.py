@@ -8,7 +8,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from bench.core import Case, Consumer, Skip, Workload, probe_tcp
+from bench.core import Case, Consumer, Producer, Skip, Workload, probe_tcp
 
 HOST, PORT = "127.0.0.1", 6379
 KEY = "feedwork-bench:tasks"
@@ -38,6 +38,22 @@ class RedisConsumer(Consumer):
 
     async def ack(self, items: Sequence[bytes]) -> None:
         await self.client.xack(KEY, GROUP, *items)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class RedisProducer(Producer):
+    """One pipeline (no transaction) of b XADDs: one round trip per batch."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    async def submit(self, payloads: Sequence[bytes]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for payload in payloads:
+                pipe.xadd(KEY, {"p": payload})
+            await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -91,6 +107,18 @@ class RedisStreamsCase(Case):
                 for _ in range(min(PIPELINE_CHUNK, n - start)):
                     pipe.xadd(KEY, fields)
                 await pipe.execute()
+
+    async def open_producer(self, index: int, workload: Workload) -> Producer:
+        client = _client()
+        await client.ping()
+        return RedisProducer(client)
+
+    async def verify_submitted(self, n: int) -> dict[str, Any]:
+        assert self.admin is not None
+        length = await self.admin.xlen(KEY)
+        if length != n:
+            raise RuntimeError(f"stream holds {length} entries, not {n}")
+        return {"stream_length": length}
 
     async def open_consumer(self, index: int, workload: Workload) -> Consumer:
         client = _client()
