@@ -24,13 +24,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from feeder.config import Settings
-from feeder.server.servicer import FeederServicer
+from feeder.server.servicer import FeederServicer, add_to_server
 from feeder.server.validate import Limits
 from feeder.service.tasks import TaskService
 from feeder.store.base import Store
 from feeder.store.memory import MemoryStore
 from feeder.store.sqlite import SqliteStore
-from feedwork.v1 import feeder_pb2, feeder_pb2_grpc
+from feedwork.v1 import feeder_pb2
 
 log = logging.getLogger("feedwork.feeder")
 
@@ -99,7 +99,7 @@ class FeederServer:
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
             ]
         )
-        feeder_pb2_grpc.add_FeederServicer_to_server(self._servicer, server)
+        add_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (FEEDER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -10,9 +10,11 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from feeder.server import convert, validate
 from feeder.server.validate import Limits, ValidationError
@@ -32,12 +34,23 @@ class NotFound(Exception):
     """The task named by the request does not exist."""
 
 
+@dataclass(frozen=True, slots=True)
+class MalformedRequest:
+    """What a request body that does not parse as the method's request message becomes
+    (see `add_to_server`), so that `_rpc` answers INVALID_ARGUMENT like for any other
+    malformed request. (gRPC alone would answer UNKNOWN and log a traceback per call.)"""
+
+    type_name: str
+
+
 def _rpc(method: Method[RequestT, ResponseT]) -> Method[RequestT, ResponseT]:
     @functools.wraps(method)
     async def handle(
         self: FeederServicer, request: RequestT, context: grpc.aio.ServicerContext
     ) -> ResponseT:
         try:
+            if isinstance(request, MalformedRequest):
+                raise ValidationError("request", f"is not a valid {request.type_name} message")
             return await method(self, request, context)
         except ValidationError as exc:
             code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
@@ -178,3 +191,33 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
     ) -> pb.GetStatsResponse:
         counts = await self._service.stats(validate.stats_queues(request))
         return convert.stats_response_pb(counts, now=self._clock())
+
+
+def add_to_server(servicer: FeederServicer, server: grpc.aio.Server) -> None:
+    """Registers `servicer` as the generated `add_FeederServicer_to_server` does, except that
+    each request is parsed by `_lenient`: undecodable bytes reach the servicer as a
+    `MalformedRequest` instead of failing inside gRPC."""
+    service = pb.DESCRIPTOR.services_by_name["Feeder"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
+    server.add_generic_rpc_handlers((generic,))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _lenient(message_type: Any) -> Callable[[bytes], Any]:
+    name = message_type.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return MalformedRequest(name)
+
+    return parse

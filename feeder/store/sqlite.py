@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -94,6 +95,14 @@ ADD_TOTAL = (
 )
 # Final tasks kept in memory after their last write, so duplicate acks stay cheap.
 FINAL_CACHE = 10_000
+# A test and operations knob: caps the database file at this many pages (PRAGMA
+# max_page_count on the writer). Submits fail with "the database is full" once only the
+# reserve below is left, so that leases and acks of the stored tasks still find room and
+# the queue can drain; deleting tasks (dead purge, retention) makes room again. The fault
+# tests use it to fill a database without filling a disk. Unset: SQLite's own cap.
+MAX_PAGES_ENV = "FEEDWORK_SQLITE_MAX_PAGES"
+# Under the cap, submits stop while 1/10 of the pages (at least 16) are still free.
+RESERVE_FRACTION, RESERVE_MIN_PAGES = 10, 16
 
 
 def _history_json(history: tuple[Attempt, ...]) -> str | None:
@@ -201,6 +210,8 @@ class SqliteStore(IndexedStore):
         self._final: OrderedDict[int, None] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = threading.Event()
+        # With a page cap (MAX_PAGES_ENV): free pages a submit must leave for updates.
+        self._reserve_pages = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -222,6 +233,7 @@ class SqliteStore(IndexedStore):
             raise RuntimeError(f"database {self._path} is in use by another feeder") from exc
         self._writer = self._connect()
         self._writer.executescript(SCHEMA)
+        self._reserve_pages = _cap_pages(self._writer)
         self._reader = self._connect()
         row = self._reader.execute("SELECT value FROM meta WHERE key='token_secret'").fetchone()
         if row is None:
@@ -238,7 +250,17 @@ class SqliteStore(IndexedStore):
         self._load()
 
     def _load(self) -> None:
-        """Rebuilds the index from disk: pending tasks in memory, counts of the rest."""
+        """Rebuilds the index from disk, with the cyclic garbage collector paused: a million
+        new records would trigger dozens of full collections that find nothing (they hold
+        no cycles), ~20% of the load time."""
+        gc.disable()
+        try:
+            self._load_index()
+        finally:
+            gc.enable()
+
+    def _load_index(self) -> None:
+        """Pending tasks in memory, counts of the rest."""
         assert self._reader is not None
         self._index = type(self._index)()
         self._final.clear()
@@ -406,6 +428,7 @@ class SqliteStore(IndexedStore):
                 try:
                     conn.executemany(INSERT, [_insert_row(t) for t in tasks])
                     conn.executemany(ADD_TOTAL, [(q, e, n) for (q, e), n in totals.items()])
+                    self._keep_reserve(conn)
                 except sqlite3.Error as exc:
                     if not conn.in_transaction:
                         raise _InsertFailed(position, exc) from exc
@@ -422,6 +445,21 @@ class SqliteStore(IndexedStore):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _keep_reserve(self, conn: sqlite3.Connection) -> None:
+        """Fails a submit that would leave fewer than the reserved free pages under the cap:
+        leases and acks of stored tasks grow their rows, and must not find the database
+        full, or the queue could not drain."""
+        if not self._reserve_pages:
+            return
+        (cap,) = conn.execute("PRAGMA max_page_count").fetchone()
+        (used,) = conn.execute("PRAGMA page_count").fetchone()
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        if cap - used + free < self._reserve_pages:
+            raise sqlite3.OperationalError(
+                f"database or disk is full ({self._reserve_pages} pages are kept for the "
+                "leases and acks of stored tasks)"
+            )
 
     def _committed(self, batch: _Batch, outcome: asyncio.Future[None]) -> None:
         self._writing = False
@@ -510,6 +548,22 @@ class SqliteStore(IndexedStore):
         tasks = await self.get(ids)
         applied = await self.apply([Change(t, None) for t in tasks.values()])
         return sum(applied)
+
+
+def _cap_pages(conn: sqlite3.Connection) -> int:
+    """Applies MAX_PAGES_ENV, if set; returns the pages to keep free for updates (0: none)."""
+    value = os.environ.get(MAX_PAGES_ENV, "").strip()
+    if not value:
+        return 0
+    try:
+        pages = int(value)
+    except ValueError:
+        pages = 0
+    if pages < 1:
+        raise RuntimeError(f"{MAX_PAGES_ENV} must be a positive number of pages, not {value!r}")
+    # SQLite never sets the cap below the pages the database already has.
+    conn.execute(f"PRAGMA max_page_count={pages}")
+    return max(RESERVE_MIN_PAGES, pages // RESERVE_FRACTION)
 
 
 def _unavailable(error: BaseException) -> StoreUnavailable:
