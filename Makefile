@@ -51,8 +51,9 @@ services: ## start the local services the tests need (PostgreSQL), if they are n
 bench: venv services ## run the benchmarks
 	$(BIN)/python -m bench
 
-chaos: venv services ## run the fault-injection suite at full size
-	FEEDWORK_CHAOS=1 $(BIN)/python -m pytest tests/faults -m chaos
+chaos: venv services ## run the fault-injection suite at full size, then render docs/RELIABILITY.md
+	FEEDWORK_CHAOS=1 $(BIN)/python -m pytest tests/faults -m chaos; status=$$?; \
+	$(BIN)/python tests/faults/report.py; exit $$status
 
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
