@@ -229,10 +229,7 @@ class TaskService:
                 task, now=now, worker_id=worker_id, lease_duration=lease_duration, policy=policy
             )
 
-        try:
-            leased = await self._store.claim(queue, max_tasks, decide)
-        except asyncio.CancelledError:
-            raise
+        leased = await self._store.claim(queue, max_tasks, decide)
         if not leased:
             return []
         earliest = min(t.lease_deadline or now for t in leased)

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -208,8 +207,6 @@ class SqliteStore(IndexedStore):
         self._kicked = False
         self._closed = False
         self._final: OrderedDict[int, None] = OrderedDict()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle = threading.Event()
         # With a page cap (MAX_PAGES_ENV): free pages a submit must leave for updates.
         self._reserve_pages = 0
 
@@ -223,7 +220,6 @@ class SqliteStore(IndexedStore):
         return conn
 
     async def open(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(f"{self._path}.lock", "w")  # noqa: SIM115 - held until close
         try:
