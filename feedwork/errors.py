@@ -77,3 +77,11 @@ def error_from_rpc(exc: grpc.RpcError) -> FeedworkError:
     if not isinstance(code, grpc.StatusCode):
         return FeedworkError(message)
     return _BY_CODE.get(code, FeedworkError)(message, code=code)
+
+
+def error_from_status(code_value: int, message: str) -> FeedworkError:
+    """The `FeedworkError` for a status sent as a number (a Consume report's `error_code`)."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == code_value), None)
+    if code is None:
+        return FeedworkError(f"status {code_value}: {message}")
+    return _BY_CODE.get(code, FeedworkError)(message, code=code)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from feeder.server import convert, validate
+from feeder.server.consume import ConsumeStream, StreamClosed
 from feeder.server.validate import Limits, ValidationError
 from feeder.service.tasks import TaskService
 from feeder.store.base import QueueFull, StoreUnavailable
@@ -43,6 +44,23 @@ class MalformedRequest:
     type_name: str
 
 
+def status_of(exc: BaseException, *, method: str = "Consume") -> tuple[grpc.StatusCode, str]:
+    """The status a domain error is answered with (the one place errors are mapped)."""
+    if isinstance(exc, ValidationError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, QueueFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, StreamClosed):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, StoreUnavailable):
+        log.warning("%s: store unavailable: %s", method, exc)
+        return grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}"
+    log.error("%s failed", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error (see the feeder's log)"
+
+
 def _rpc(method: Method[RequestT, ResponseT]) -> Method[RequestT, ResponseT]:
     @functools.wraps(method)
     async def handle(
@@ -52,20 +70,10 @@ def _rpc(method: Method[RequestT, ResponseT]) -> Method[RequestT, ResponseT]:
             if isinstance(request, MalformedRequest):
                 raise ValidationError("request", f"is not a valid {request.type_name} message")
             return await method(self, request, context)
-        except ValidationError as exc:
-            code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        except NotFound as exc:
-            code, details = grpc.StatusCode.NOT_FOUND, str(exc)
-        except QueueFull as exc:
-            code, details = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-        except StoreUnavailable as exc:
-            log.warning("%s: store unavailable: %s", method.__name__, exc)
-            code, details = grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}"
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            code, details = grpc.StatusCode.INTERNAL, "internal error (see the feeder's log)"
+        except Exception as exc:
+            code, details = status_of(exc, method=method.__name__)
         await context.abort(code, details)
         raise AssertionError("context.abort returned")  # it raises; this tells mypy
 
@@ -109,6 +117,20 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
             worker_id=query.worker_id,
         )
         return pb.LeaseResponse(tasks=[convert.leased_task_pb(g) for g in grants])
+
+    async def Consume(
+        self, requests: AsyncIterator[pb.ConsumeRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        stream = ConsumeStream(
+            service=self._service, limits=self._limits, context=context, status_of=status_of
+        )
+        try:
+            await stream.run(requests)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, details = status_of(exc, method="Consume")
+            await context.abort(code, details)
 
     @_rpc
     async def Ack(
@@ -198,14 +220,18 @@ def add_to_server(servicer: FeederServicer, server: grpc.aio.Server) -> None:
     each request is parsed by `_lenient`: undecodable bytes reach the servicer as a
     `MalformedRequest` instead of failing inside gRPC."""
     service = pb.DESCRIPTOR.services_by_name["Feeder"]
-    handlers = {
-        method.name: grpc.unary_unary_rpc_method_handler(
+    handlers = {}
+    for method in service.methods:
+        make_handler = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make_handler(
             getattr(servicer, method.name),
             request_deserializer=_lenient(getattr(pb, method.input_type.name)),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
-        for method in service.methods
-    }
     generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
     server.add_generic_rpc_handlers((generic,))
     server.add_registered_method_handlers(service.full_name, handlers)

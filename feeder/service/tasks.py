@@ -129,6 +129,11 @@ class TaskService:
                 asyncio.create_task(self._janitor.run(), name="feedwork-janitor"),
             ]
 
+    @property
+    def draining(self) -> bool:
+        """Shutdown has begun: leases are no longer handed out."""
+        return self._draining
+
     def drain(self) -> None:
         """Shutdown begins: no more leases; waiting leasers return empty-handed."""
         self._draining = True

@@ -368,6 +368,50 @@ class ExtendResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[ExtendResult]
     def __init__(self, results: _Optional[_Iterable[_Union[ExtendResult, _Mapping]]] = ...) -> None: ...
 
+class ConsumeStart(_message.Message):
+    __slots__ = ("queue", "lease_duration", "worker_id")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    lease_duration: _duration_pb2.Duration
+    worker_id: str
+    def __init__(self, queue: _Optional[str] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class ConsumeRequest(_message.Message):
+    __slots__ = ("start", "credits", "report_id", "acks", "nacks", "extends")
+    START_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    NACKS_FIELD_NUMBER: _ClassVar[int]
+    EXTENDS_FIELD_NUMBER: _ClassVar[int]
+    start: ConsumeStart
+    credits: int
+    report_id: int
+    acks: _containers.RepeatedCompositeFieldContainer[AckItem]
+    nacks: _containers.RepeatedCompositeFieldContainer[NackItem]
+    extends: _containers.RepeatedCompositeFieldContainer[ExtendItem]
+    def __init__(self, start: _Optional[_Union[ConsumeStart, _Mapping]] = ..., credits: _Optional[int] = ..., report_id: _Optional[int] = ..., acks: _Optional[_Iterable[_Union[AckItem, _Mapping]]] = ..., nacks: _Optional[_Iterable[_Union[NackItem, _Mapping]]] = ..., extends: _Optional[_Iterable[_Union[ExtendItem, _Mapping]]] = ...) -> None: ...
+
+class ConsumeResponse(_message.Message):
+    __slots__ = ("tasks", "report_id", "ack_results", "nack_results", "extend_results", "error_code", "error_message")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACK_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    NACK_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    EXTEND_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[LeasedTask]
+    report_id: int
+    ack_results: _containers.RepeatedCompositeFieldContainer[AckResult]
+    nack_results: _containers.RepeatedCompositeFieldContainer[NackResult]
+    extend_results: _containers.RepeatedCompositeFieldContainer[ExtendResult]
+    error_code: int
+    error_message: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., report_id: _Optional[int] = ..., ack_results: _Optional[_Iterable[_Union[AckResult, _Mapping]]] = ..., nack_results: _Optional[_Iterable[_Union[NackResult, _Mapping]]] = ..., extend_results: _Optional[_Iterable[_Union[ExtendResult, _Mapping]]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
 class GetTaskRequest(_message.Message):
     __slots__ = ("task_id",)
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

@@ -45,6 +45,11 @@ class FeederStub:
                 request_serializer=feedwork_dot_v1_dot_feeder__pb2.LeaseRequest.SerializeToString,
                 response_deserializer=feedwork_dot_v1_dot_feeder__pb2.LeaseResponse.FromString,
                 _registered_method=True)
+        self.Consume = channel.stream_stream(
+                '/feedwork.v1.Feeder/Consume',
+                request_serializer=feedwork_dot_v1_dot_feeder__pb2.ConsumeRequest.SerializeToString,
+                response_deserializer=feedwork_dot_v1_dot_feeder__pb2.ConsumeResponse.FromString,
+                _registered_method=True)
         self.Ack = channel.unary_unary(
                 '/feedwork.v1.Feeder/Ack',
                 request_serializer=feedwork_dot_v1_dot_feeder__pb2.AckRequest.SerializeToString,
@@ -109,6 +114,18 @@ class FeederServicer:
         """Leases up to max_tasks ready tasks of one queue. Waits up to `wait` for the first task
         when none is ready (long poll) and replies as soon as at least one is leased. Waiting
         callers are served in arrival order. Replies with zero tasks when the wait ends empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Consume(self, request_iterator, context):
+        """The streaming path for workers (like Pub/Sub's StreamingPull): one long-lived call
+        carries credits and reports (acks, nacks, extends) up and leased tasks and report
+        results down. Leases and tokens are the same as Lease's: a task leased on a stream may
+        be acked on another stream or with Ack. Closing the stream does not give leased tasks
+        back; their leases run to their deadlines like any other. The feeder ends the stream
+        with UNAVAILABLE when it shuts down; a client reconnects and carries on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +209,11 @@ def add_FeederServicer_to_server(servicer, server):
                     servicer.Lease,
                     request_deserializer=feedwork_dot_v1_dot_feeder__pb2.LeaseRequest.FromString,
                     response_serializer=feedwork_dot_v1_dot_feeder__pb2.LeaseResponse.SerializeToString,
+            ),
+            'Consume': grpc.stream_stream_rpc_method_handler(
+                    servicer.Consume,
+                    request_deserializer=feedwork_dot_v1_dot_feeder__pb2.ConsumeRequest.FromString,
+                    response_serializer=feedwork_dot_v1_dot_feeder__pb2.ConsumeResponse.SerializeToString,
             ),
             'Ack': grpc.unary_unary_rpc_method_handler(
                     servicer.Ack,
@@ -294,6 +316,33 @@ class Feeder:
             '/feedwork.v1.Feeder/Lease',
             feedwork_dot_v1_dot_feeder__pb2.LeaseRequest.SerializeToString,
             feedwork_dot_v1_dot_feeder__pb2.LeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Consume(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/feedwork.v1.Feeder/Consume',
+            feedwork_dot_v1_dot_feeder__pb2.ConsumeRequest.SerializeToString,
+            feedwork_dot_v1_dot_feeder__pb2.ConsumeResponse.FromString,
             options,
             channel_credentials,
             insecure,

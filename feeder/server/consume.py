@@ -1,0 +1,216 @@
+"""One Consume stream: credits and reports come up, leased tasks and report results go down.
+
+The stream is a long-lived form of Lease, Ack, Nack and Extend; it decides nothing of its
+own. Two loops run per stream:
+
+- the reader takes each message as it comes: credits are added at once (so the lease loop
+  can use them while a report is being decided), a report is decided in its own task so a
+  slow commit never holds up the next message;
+- the lease loop leases while credits are left, as one long-polling Lease would, and sends
+  what it gets; a task is never sent without a credit, so a worker never holds more than it
+  asked for.
+
+Replies go down one at a time (gRPC allows one write in progress per stream), in the order
+they are ready. The stream ends when the caller closes its side (reports still being
+decided are answered first), when the caller goes away, or when the feeder drains for
+shutdown (UNAVAILABLE, after the reports already received are answered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from feeder.server import convert, validate
+from feeder.server.validate import Limits, ValidationError
+from feeder.service.tasks import TaskService
+from feedwork.v1 import feeder_pb2 as pb
+
+log = logging.getLogger("feedwork.feeder.rpc")
+
+MAX_CREDITS_PER_MESSAGE = 1000
+MAX_UNUSED_CREDITS = 10_000
+MAX_REPORT_ITEMS = 1000
+# One long poll of the lease loop. It is repeated for as long as credits are left, so this
+# only bounds how long a waiter stays queued before it queues again.
+LEASE_WAIT = 30.0
+
+
+class StreamClosed(Exception):
+    """The feeder ends the stream (it is shutting down): the caller should reconnect."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Items:
+    """A report's items in the shape the unary validators take (`request.items`)."""
+
+    items: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeStart:
+    queue: str
+    lease_duration: float | None
+    worker_id: str
+
+
+def consume_start(request: pb.ConsumeRequest) -> ConsumeStart:
+    """The first message's `start`, checked like a LeaseRequest's fields."""
+    if not request.HasField("start"):
+        raise ValidationError("start", "is required in the first message of a Consume stream")
+    start = request.start
+    as_lease = pb.LeaseRequest(queue=start.queue, max_tasks=1, worker_id=start.worker_id)
+    if start.HasField("lease_duration"):
+        as_lease.lease_duration.CopyFrom(start.lease_duration)
+    try:
+        query = validate.lease_query(as_lease)
+    except ValidationError as exc:
+        raise ValidationError(f"start.{exc.field}", exc.message) from None
+    return ConsumeStart(query.queue, query.lease_duration, query.worker_id)
+
+
+class ConsumeStream:
+    """Serves one Consume call: `await run(requests)`."""
+
+    def __init__(
+        self,
+        *,
+        service: TaskService,
+        limits: Limits,
+        context: grpc.aio.ServicerContext,
+        status_of: Callable[[BaseException], tuple[grpc.StatusCode, str]],
+    ) -> None:
+        self._service = service
+        self._limits = limits
+        self._context = context
+        self._status_of = status_of
+        self._credits = 0
+        self._credited = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._reports: set[asyncio.Task[None]] = set()
+
+    async def run(self, requests: AsyncIterator[Any]) -> None:
+        first = await anext(requests, None)
+        if first is None:
+            return  # closed before it started
+        start = consume_start(_parsed(first))
+        self._take(first, first=True)
+        leasing = asyncio.create_task(self._lease_loop(start), name="feedwork-consume-lease")
+        reading = asyncio.create_task(self._read_loop(requests), name="feedwork-consume-read")
+        try:
+            await asyncio.wait({leasing, reading}, return_when=asyncio.FIRST_COMPLETED)
+            if reading.done():
+                reading.result()  # a malformed message ends the stream with its error
+            else:
+                # The lease loop ended first: the feeder is draining (or it failed).
+                reading.cancel()
+                await self._answer_reports()
+                leasing.result()
+                raise StreamClosed("the feeder is shutting down; reconnect")
+        finally:
+            for task in (leasing, reading):
+                task.cancel()
+            for task in (leasing, reading):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self._answer_reports()
+
+    async def _read_loop(self, requests: AsyncIterator[Any]) -> None:
+        async for request in requests:
+            self._take(request, first=False)
+
+    def _take(self, request: Any, *, first: bool) -> None:
+        request = _parsed(request)
+        if not first and request.HasField("start"):
+            raise ValidationError("start", "is only allowed in the first message")
+        credits = request.credits
+        if not 0 <= credits <= MAX_CREDITS_PER_MESSAGE:
+            raise ValidationError("credits", f"must be between 0 and {MAX_CREDITS_PER_MESSAGE}")
+        if self._credits + credits > MAX_UNUSED_CREDITS:
+            raise ValidationError(
+                "credits", f"more than {MAX_UNUSED_CREDITS} unused credits on one stream"
+            )
+        if credits:
+            self._credits += credits
+            self._credited.set()
+        if request.acks or request.nacks or request.extends:
+            report = asyncio.create_task(self._answer(request))
+            self._reports.add(report)
+            report.add_done_callback(self._reports.discard)
+
+    async def _answer_reports(self) -> None:
+        while self._reports:
+            await asyncio.gather(*self._reports, return_exceptions=True)
+
+    async def _lease_loop(self, start: ConsumeStart) -> None:
+        service = self._service
+        while not service.draining:
+            if self._credits <= 0:
+                self._credited.clear()
+                await self._credited.wait()
+                continue
+            grants = await service.lease(
+                start.queue,
+                max_tasks=min(self._credits, validate.MAX_LEASE_TASKS),
+                lease_duration=start.lease_duration,
+                wait=LEASE_WAIT,
+                worker_id=start.worker_id,
+            )
+            if grants:
+                self._credits -= len(grants)
+                await self._write(pb.ConsumeResponse(tasks=map(convert.leased_task_pb, grants)))
+
+    async def _answer(self, request: pb.ConsumeRequest) -> None:
+        response = pb.ConsumeResponse(report_id=request.report_id)
+        try:
+            await self._decide(request, response)
+        except Exception as exc:  # refused as a whole: the unary calls' status
+            code, message = self._status_of(exc)
+            response = pb.ConsumeResponse(
+                report_id=request.report_id, error_code=code.value[0], error_message=message
+            )
+        await self._write(response)
+
+    async def _decide(self, request: pb.ConsumeRequest, response: pb.ConsumeResponse) -> None:
+        # Everything is validated before anything is applied: a report is all or nothing,
+        # like a unary request.
+        acks = _renamed("acks", validate.ack_items, _Items(request.acks), limits=self._limits)
+        nacks = _renamed("nacks", validate.nack_items, _Items(request.nacks))
+        extends = _renamed("extends", validate.extend_items, _Items(request.extends))
+        service = self._service
+        if acks:
+            results = await service.ack(acks)
+            response.ack_results.extend(map(convert.ack_result_pb, results))
+        if nacks:
+            nack_results = await service.nack(nacks)
+            response.nack_results.extend(map(convert.nack_result_pb, nack_results))
+        if extends:
+            extend_results = await service.extend(extends)
+            response.extend_results.extend(map(convert.extend_result_pb, extend_results))
+
+    async def _write(self, response: pb.ConsumeResponse) -> None:
+        async with self._write_lock:
+            await self._context.write(response)
+
+
+def _renamed(field: str, parse: Callable[..., list[Any]], items: _Items, **kwargs: Any) -> Any:
+    """Runs a unary validator on a report's items; errors name the stream's field
+    (`acks[2].lease_token`, not `items[2].lease_token`). No items: nothing to check."""
+    if not items.items:
+        return []
+    try:
+        return parse(items, **kwargs)
+    except ValidationError as exc:
+        raise ValidationError(exc.field.replace("items", field, 1), exc.message) from None
+
+
+def _parsed(request: Any) -> pb.ConsumeRequest:
+    if isinstance(request, pb.ConsumeRequest):
+        return request
+    raise ValidationError("request", "is not a valid feedwork.v1.ConsumeRequest message")
