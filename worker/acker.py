@@ -6,7 +6,8 @@ comes first. Under load that turns hundreds of RPCs into a few; when idle it add
 milliseconds at most.
 
 A report is never dropped quietly. Transient failures (feeder down or restarting) are
-retried until they get through, which is safe because the feeder treats a repeated Ack or
+retried until they get through (on the worker's Consume stream while it is open, else as
+Ack and Nack calls), which is safe because the feeder treats a repeated Ack or
 Nack of the same lease as a no-op (DUPLICATE). A batch the feeder refuses as a whole is
 split and its items sent one by one, so one bad item cannot hold the others back. Each
 report's future resolves with the feeder's per-item outcome, or fails with the error that
@@ -28,6 +29,7 @@ import tenacity
 from feedwork.retry import async_retrying
 from feedwork.v1 import feeder_pb2 as pb
 from worker.connection import ConnectionMonitor
+from worker.stream import ConsumeStream, StreamLost
 
 log = logging.getLogger("feedwork.worker")
 
@@ -77,10 +79,13 @@ class Acker:
         batch_size: int = 64,
         flush_interval: float = 0.005,
         max_batch_bytes: int = 1 << 20,
+        stream: ConsumeStream | None = None,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}")
         self._stub = stub
+        # Reports go on the worker's Consume stream while it is open, else as Ack/Nack calls.
+        self._stream = stream
         self._monitor = monitor
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -203,10 +208,18 @@ class Acker:
         return outcomes
 
     async def _send_acks(self, items: list[Any]) -> list[int]:
+        if self._stream is not None and self._stream.is_open:
+            with contextlib.suppress(StreamLost):
+                answer = await self._stream.report(acks=items)
+                return [result.outcome for result in answer.ack_results]
         reply = await self._stub.Ack(pb.AckRequest(items=items), timeout=CALL_TIMEOUT)
         return [result.outcome for result in reply.results]
 
     async def _send_nacks(self, items: list[Any]) -> list[int]:
+        if self._stream is not None and self._stream.is_open:
+            with contextlib.suppress(StreamLost):
+                answer = await self._stream.report(nacks=items)
+                return [result.outcome for result in answer.nack_results]
         reply = await self._stub.Nack(pb.NackRequest(items=items), timeout=CALL_TIMEOUT)
         return [result.outcome for result in reply.results]
 

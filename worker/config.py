@@ -19,6 +19,7 @@ from worker.handlers import Handler
 
 ENV_PREFIX = "FEEDWORK_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TRANSPORTS = ("stream", "unary")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,6 +38,7 @@ class WorkerConfig:
     wait: float = 30.0
     ack_batch_size: int = 64
     ack_flush_interval: float = 0.005
+    transport: str = "stream"
     log_level: str = "INFO"
 
     def worker_options(self) -> dict[str, Any]:
@@ -52,6 +54,7 @@ class WorkerConfig:
             "wait": self.wait,
             "ack_batch_size": self.ack_batch_size,
             "ack_flush_interval": self.ack_flush_interval,
+            "transport": self.transport,
         }
 
 
@@ -212,6 +215,14 @@ _OPTIONS = (
         _non_negative_seconds,
         0.005,
         "seconds a report may wait for others to share its batch (e.g. 5ms)",
+    ),
+    _Option(
+        "transport",
+        str.lower,
+        "stream",
+        "stream: lease and report over one Consume stream (the fast path); unary: Lease, "
+        "Ack and Nack calls (for proxies that cannot carry streams)",
+        TRANSPORTS,
     ),
     _Option("log-level", str.upper, "INFO", "logging level", LOG_LEVELS),
 )

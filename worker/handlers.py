@@ -81,6 +81,8 @@ class Invoker:
 
     async def invoke(self, task: Task) -> Invocation:
         """Calls the handler for `task` and waits for it, or for its time limit."""
+        if self.is_async and self._task_timeout is None:
+            return await self._invoke_inline(task)
         if self.is_async:
             running: asyncio.Future[Any] = asyncio.ensure_future(self._call_async(task))
             task._on_cancel = running.cancel
@@ -89,6 +91,8 @@ class Invoker:
             running = loop.run_in_executor(self._executor, self._call_sync, task)
         # A straggler that nobody awaits must not log "exception was never retrieved".
         running.add_done_callback(_retrieve)
+        if self._task_timeout is None:
+            return await _without_limit(task, running)
         try:
             done, _ = await asyncio.wait({running}, timeout=self._task_timeout)
         except asyncio.CancelledError:
@@ -99,6 +103,27 @@ class Invoker:
             error = f"TimeoutError: task exceeded its time limit of {self._task_timeout:g} s"
             return Invocation(Failed(error), straggler=running)
         return Invocation(outcome_of(task, running))
+
+    async def _invoke_inline(self, task: Task) -> Invocation:
+        """An async handler without a time limit runs in the caller's own asyncio task (a
+        task of its own per call would cost more than a no-op handler). Lease loss cancels
+        that task; the cancellation is taken back here, so the caller carries on and
+        reports nothing, while any other cancellation (the worker going away) goes on up."""
+        current = asyncio.current_task()
+        assert current is not None
+        task._on_cancel = current.cancel
+        try:
+            result = await self._handler(task)
+        except asyncio.CancelledError:
+            if task.cancel_reason is not None and current.cancelling() == 1:
+                current.uncancel()
+                return Invocation(Abandoned(task.cancel_reason))
+            raise
+        except BaseException as exc:  # the handler's failure, reported as a nack
+            return Invocation(failure(task, exc))
+        finally:
+            task._on_cancel = None
+        return Invocation(_success(result))
 
     @property
     def threads_running(self) -> int:
@@ -127,6 +152,22 @@ class Invoker:
                 result.close()  # never awaited; close it so Python does not warn
             raise TypeError("handler returned an awaitable; declare it with `async def`")
         return result
+
+
+async def _without_limit(task: Task, running: asyncio.Future[Any]) -> Invocation:
+    """Waits for a handler with no time limit: awaited directly, which costs much less
+    than `asyncio.wait` per task."""
+    try:
+        await running
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if running.cancelled() and not (current is not None and current.cancelling()):
+            return Invocation(outcome_of(task, running))  # the handler was cancelled
+        running.cancel()  # the worker is going away; an async handler goes with it
+        raise
+    except BaseException:  # outcome_of reads the handler's error from `running`
+        pass
+    return Invocation(outcome_of(task, running))
 
 
 def outcome_of(task: Task, finished: asyncio.Future[Any]) -> Outcome:

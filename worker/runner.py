@@ -29,6 +29,7 @@ from worker.handlers import Handler, Invoker
 from worker.heartbeater import Heartbeater
 from worker.jobs import MAX_LEASE, MIN_LEASE, Jobs, WorkerCounters
 from worker.leaser import Leaser, Slots
+from worker.stream import ConsumeStream, StreamUnsupported
 
 log = logging.getLogger("feedwork.worker")
 
@@ -58,6 +59,7 @@ class _Parts:
     acker: Acker
     heartbeater: Heartbeater
     leaser: Leaser
+    stream: ConsumeStream | None
     jobs: Jobs
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     stop_now: asyncio.Event = field(default_factory=asyncio.Event)
@@ -85,6 +87,7 @@ class Worker:
         ack_batch_size: int = 64,
         ack_flush_interval: float = 0.005,
         flush_timeout: float = 10.0,
+        transport: str = "stream",
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -94,6 +97,8 @@ class Worker:
             raise ValueError("task_timeout must be positive")
         if not 0 <= wait <= MAX_WAIT:
             raise ValueError(f"wait must be between 0 and {MAX_WAIT:g} s")
+        if transport not in ("stream", "unary"):
+            raise ValueError("transport must be 'stream' or 'unary'")
         if not 1 <= ack_batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"ack_batch_size must be between 1 and {MAX_BATCH_SIZE}")
         self.target = target
@@ -109,6 +114,9 @@ class Worker:
         self.ack_flush_interval = ack_flush_interval
         # How long shutdown keeps retrying acks and nacks the feeder has not taken yet.
         self.flush_timeout = flush_timeout
+        # "stream": one Consume stream carries leases and reports (falls back to "unary",
+        # Lease/Ack/Nack calls, on a feeder without Consume).
+        self.transport = transport
         self.counters = WorkerCounters()
         self._parts: _Parts | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -160,11 +168,23 @@ class Worker:
         invoker = Invoker(
             handler=self.handler, concurrency=self.concurrency, task_timeout=self.task_timeout
         )
+        stream = None
+        if self.transport == "stream":
+            stream = ConsumeStream(
+                stub=stub,
+                monitor=monitor,
+                slots=slots,
+                queue=self.queue,
+                worker_id=self.worker_id,
+                lease_duration=self.lease_duration,
+                on_leased=lambda tasks, sent_at: jobs.on_leased(tasks, sent_at),
+            )
         acker = Acker(
             stub=stub,
             monitor=monitor,
             batch_size=self.ack_batch_size,
             flush_interval=self.ack_flush_interval,
+            stream=stream,
         )
         heartbeater = Heartbeater(
             stub=stub,
@@ -197,6 +217,7 @@ class Worker:
             acker=acker,
             heartbeater=heartbeater,
             leaser=leaser,
+            stream=stream,
             jobs=jobs,
         )
 
@@ -209,7 +230,7 @@ class Worker:
         parts.acker.start()
         parts.heartbeater.start()
         connecting = asyncio.create_task(_announce_ready(channel, parts.monitor))
-        leasing = asyncio.create_task(parts.leaser.run(), name="feedwork-leaser")
+        leasing = asyncio.create_task(_lease(parts), name="feedwork-leaser")
         stopping = asyncio.create_task(parts.stop_requested.wait())
         try:
             await asyncio.wait({leasing, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -280,6 +301,17 @@ class Worker:
             os._exit(130)
         log.info("received %s: shutting down gracefully (signal again to exit at once)", name)
         self._request_stop(now=False)
+
+
+async def _lease(parts: _Parts) -> None:
+    """Leases until cancelled: over the Consume stream, or with Lease calls."""
+    if parts.stream is not None:
+        try:
+            await parts.stream.run()
+            return
+        except StreamUnsupported:
+            log.warning("the feeder does not offer Consume streams; leasing with Lease calls")
+    await parts.leaser.run()
 
 
 async def _wait_settled(

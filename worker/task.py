@@ -6,8 +6,12 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+# Guards the lazy creation of `Task.cancelled` (the handler's thread and the event loop may
+# both ask for it first).
+_EVENT_LOCK = threading.Lock()
 
-@dataclass(eq=False, kw_only=True)
+
+@dataclass(eq=False, kw_only=True, slots=True)
 class Task:
     """One leased task, handed to the handler.
 
@@ -29,10 +33,23 @@ class Task:
     # time.monotonic() value at which the worker's time limit (--task-timeout) runs out;
     # None without a limit.
     deadline: float | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str | None = None
     lease_token: str = field(default="", repr=False)
     _on_cancel: Callable[[], object] | None = field(default=None, init=False, repr=False)
+    # Made on first use: most tasks finish without anyone asking (a threading.Event costs
+    # more to create than the rest of the task).
+    _cancelled: threading.Event | None = field(default=None, init=False, repr=False)
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the worker stops caring about the result (see the class docstring)."""
+        event = self._cancelled
+        if event is None:
+            with _EVENT_LOCK:
+                if self._cancelled is None:
+                    self._cancelled = threading.Event()
+                event = self._cancelled
+        return event
 
     @property
     def is_last_attempt(self) -> bool:
@@ -42,7 +59,7 @@ class Task:
 
     def cancel(self, reason: str) -> None:
         """Tells the handler to stop. Called by the worker, on its event loop thread."""
-        if self.cancelled.is_set():
+        if self.cancel_reason is not None:
             return
         self.cancel_reason = reason
         self.cancelled.set()

@@ -221,10 +221,11 @@ class SdkProducer(Producer):
 class FeedworkSdkCase(_FeederCase):
     name = "feedwork-sdk"
     summary = (
-        "python -m feeder (SQLite), 4 worker.Worker in-process, async no-op handler; "
-        "submit: AsyncFeederClient.submit_many"
+        "python -m feeder (SQLite), 4 worker.Worker in-process (Consume streams), async no-op "
+        "handler; submit: AsyncFeederClient.submit_many"
     )
     drives_drain = True
+    transport = "stream"
 
     async def open_producer(self, index: int, workload: Workload) -> Producer:
         return SdkProducer(self.target)
@@ -244,6 +245,7 @@ class FeedworkSdkCase(_FeederCase):
                 concurrency=workload.batch,
                 worker_id=f"bench-sdk-{i}",
                 grace=0,
+                transport=self.transport,
             )
             for i in range(SDK_WORKERS)
         ]
@@ -272,6 +274,16 @@ class FeedworkSdkCase(_FeederCase):
         state.leased = sum(w.counters.leased for w in workers)
         state.leases = 0
         return seconds
+
+
+class FeedworkSdkUnaryCase(FeedworkSdkCase):
+    name = "feedwork-sdk-unary"
+    summary = "feedwork-sdk with transport='unary': Lease, Ack and Nack calls instead of streams"
+    transport = "unary"
+
+    @classmethod
+    def supports(cls, workload: Workload) -> bool:
+        return workload.kind == "drain"
 
 
 class FeedworkSdkProcsCase(_FeederCase):

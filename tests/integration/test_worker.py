@@ -13,10 +13,11 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from feeder.config import Settings
@@ -74,12 +75,30 @@ async def wait_for_states(feeder: Any, task_ids: list[str], *states: int) -> lis
         await asyncio.sleep(0.05)
 
 
+# Every test runs on both transports: the Consume stream (the default) and unary calls.
+_transport = "stream"
+
+
+@pytest.fixture(autouse=True, params=["stream", "unary"])
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    global _transport
+    _transport = request.param
+    yield request.param
+    _transport = "stream"
+
+
 @contextlib.asynccontextmanager
 async def running(
     target: str, handler: Callable[..., Any], **options: Any
 ) -> AsyncIterator[Worker]:
     """A worker running on this loop; stopped (gracefully) when the block ends."""
-    options = {"wait": 1.0, "grace": 5.0, "ack_flush_interval": 0.002, **options}
+    options = {
+        "wait": 1.0,
+        "grace": 5.0,
+        "ack_flush_interval": 0.002,
+        "transport": _transport,
+        **options,
+    }
     worker = Worker(target=target, queue=QUEUE, handler=handler, **options)
     run = asyncio.create_task(worker.run_async())
     try:
@@ -391,3 +410,22 @@ async def test_stop_before_run_returns_at_once(feeder: Any) -> None:
     worker.stop()
     await asyncio.wait_for(worker.run_async(), 10)
     assert worker.counters.leased == 0
+
+
+async def test_worker_uses_unary_calls_on_a_feeder_without_consume(
+    feeder_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from feeder.server.servicer import FeederServicer
+
+    async def unimplemented(self: Any, requests: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+    monkeypatch.setattr(FeederServicer, "Consume", unimplemented)
+    feeder = await feeder_factory()
+    task_ids = await submit(feeder, b"a", b"b")
+    caplog.set_level(logging.WARNING, logger="feedwork.worker")
+    async with running(feeder.target, resize, transport="stream") as worker:
+        tasks = await wait_for_states(feeder, task_ids, pb.TASK_STATE_COMPLETED)
+    assert sorted(t.result for t in tasks) == [b"resized:a", b"resized:b"]
+    assert worker.counters.done == 2
+    assert any("does not offer Consume" in r.getMessage() for r in caplog.records)

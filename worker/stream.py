@@ -1,0 +1,269 @@
+"""The worker's Consume stream: credits and reports up, leased tasks down.
+
+It does the leaser's job over one long-lived call instead of a Lease call per batch: a
+credit is granted for each free slot, so the worker still never holds more tasks than it
+has room for (no hidden prefetch), and the feeder sends a task as soon as it leases one.
+Acks and nacks travel on the same stream when it is up (see `report`); the acker falls
+back to the unary calls whenever it is not, so a report is never stuck behind a broken
+stream.
+
+When the stream breaks, the credits the feeder had not used yet are gone with it: their
+slots are freed and granted again on the next stream. The stream is reopened with backoff
+for as long as the worker runs; only a refusal no retry can fix (an invalid queue name)
+ends it, and a feeder without Consume (UNIMPLEMENTED) makes the worker use Lease instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+import tenacity
+
+from feedwork.errors import error_from_rpc, error_from_status
+from feedwork.retry import async_retrying, status_code
+from feedwork.v1 import feeder_pb2 as pb
+from worker.connection import ConnectionMonitor
+from worker.leaser import BACKOFF_CAP, BACKOFF_INITIAL, FATAL_CODES, Slots
+
+log = logging.getLogger("feedwork.worker")
+
+# The feeder takes at most 1000 credits per message.
+MAX_CREDITS_PER_MESSAGE = 1000
+# A report not answered within this long is sent again by the acker (acks are idempotent).
+REPORT_TIMEOUT = 10.0
+
+
+class StreamLost(Exception):
+    """No stream is open, or it broke before answering: send the report another way."""
+
+
+class StreamUnsupported(Exception):
+    """The feeder does not offer Consume (an older feeder): lease with unary calls."""
+
+
+class ConsumeStream:
+    """Keeps a Consume stream open: `run()` until cancelled; `report()` meanwhile."""
+
+    def __init__(
+        self,
+        *,
+        stub: Any,
+        monitor: ConnectionMonitor,
+        slots: Slots,
+        queue: str,
+        worker_id: str,
+        lease_duration: float | None,
+        on_leased: Callable[[list[Any], float], None],
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stub = stub
+        self._monitor = monitor
+        self._slots = slots
+        self._queue = queue
+        self._worker_id = worker_id
+        self._lease_duration = lease_duration
+        self._on_leased = on_leased
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._call: Any = None  # the open call, once its first message is sent
+        self._write_lock = asyncio.Lock()
+        self._report_ids = itertools.count(1)
+        self._answers: dict[int, asyncio.Future[Any]] = {}
+        self._unused = 0  # credits granted on the open stream and not used by a task yet
+        # Credits owed to the feeder but not sent yet: they go with the next report, or on
+        # their own at the end of the loop turn (one message for every slot freed in it).
+        self._owed = 0
+        self._flush_scheduled = False
+        self._sending: set[asyncio.Future[None]] = set()
+        self.messages_sent = 0  # for tests and benchmarks: messages up the stream
+
+    @property
+    def is_open(self) -> bool:
+        return self._call is not None
+
+    async def run(self) -> None:
+        retrying = async_retrying(
+            max_delay=None,
+            retry=tenacity.retry_if_exception(_retryable),
+            wait=tenacity.wait_random_exponential(multiplier=BACKOFF_INITIAL, max=BACKOFF_CAP),
+            before_sleep=self._note_failure,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._session()
+        except grpc.RpcError as exc:
+            if status_code(exc) is grpc.StatusCode.UNIMPLEMENTED:
+                raise StreamUnsupported(str(exc)) from exc
+            raise error_from_rpc(exc) from exc
+
+    async def report(
+        self,
+        *,
+        acks: Sequence[Any] = (),
+        nacks: Sequence[Any] = (),
+        extends: Sequence[Any] = (),
+    ) -> Any:
+        """Sends a report on the open stream; returns the feeder's ConsumeResponse to it.
+        Raises `StreamLost` if there is no stream or it broke before the answer came, and
+        the report's error (a `FeedworkError`) if the feeder refused it as a whole."""
+        if self._call is None:
+            raise StreamLost("no Consume stream is open")
+        report_id = next(self._report_ids)
+        answer = asyncio.get_running_loop().create_future()
+        self._answers[report_id] = answer
+        request = pb.ConsumeRequest(
+            report_id=report_id, credits=self._take_owed(), acks=acks, nacks=nacks, extends=extends
+        )
+        try:
+            await self._write(request)
+            response = await asyncio.wait_for(answer, REPORT_TIMEOUT)
+        except (TimeoutError, grpc.RpcError, asyncio.InvalidStateError) as exc:
+            raise StreamLost(f"report {report_id} got no answer: {exc}") from exc
+        finally:
+            self._answers.pop(report_id, None)
+        if response.error_code:
+            raise error_from_status(response.error_code, response.error_message)
+        return response
+
+    async def _session(self) -> None:
+        granted = await self._slots.reserve_free()
+        self._unused = granted
+        call = self._stub.Consume()
+        reading: asyncio.Task[None] | None = None
+        try:
+            start = pb.ConsumeStart(queue=self._queue, worker_id=self._worker_id)
+            if self._lease_duration is not None:
+                start.lease_duration.FromNanoseconds(int(self._lease_duration * 1e9))
+            self._call = call
+            reading = asyncio.create_task(self._read(call), name="feedwork-consume-read")
+            try:
+                self._owed = granted
+                await self._write(pb.ConsumeRequest(start=start, credits=self._take_owed()))
+                self._owe(0)  # the rest, if more than one message holds
+                await self._grant_loop(reading)
+            except (grpc.RpcError, asyncio.InvalidStateError, StreamLost) as exc:
+                # A write failed because the call ended: its status says why.
+                await asyncio.wait({reading}, timeout=REPORT_TIMEOUT)
+                if reading.done():
+                    reading.result()
+                raise _Ended(f"the Consume stream ended: {exc}") from exc
+        finally:
+            self._call = None
+            if reading is not None:
+                reading.cancel()
+            call.cancel()
+            self._slots.release(self._unused)
+            self._unused = self._owed = 0
+            for answer in self._answers.values():
+                if not answer.done():
+                    answer.set_exception(StreamLost("the Consume stream broke"))
+
+    async def _grant_loop(self, reading: asyncio.Task[None]) -> None:
+        """Grants a credit for every slot that frees up, until the stream ends."""
+        while True:
+            reserve = asyncio.ensure_future(self._slots.reserve_free())
+            await asyncio.wait({reserve, reading}, return_when=asyncio.FIRST_COMPLETED)
+            if reserve.done():
+                self._unused += reserve.result()
+                self._owe(reserve.result())
+            else:
+                reserve.cancel()
+                try:
+                    await reserve
+                except asyncio.CancelledError:
+                    pass
+                else:  # reserved just as it was cancelled: give the slots back
+                    self._slots.release(reserve.result())
+            if reading.done():
+                reading.result()  # the stream's error, if it failed
+                raise _Ended("the feeder closed the Consume stream")
+
+    def _owe(self, credits: int) -> None:
+        self._owed += credits
+        if self._owed and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_owed)
+
+    def _take_owed(self) -> int:
+        credits = min(self._owed, MAX_CREDITS_PER_MESSAGE)
+        self._owed -= credits
+        return credits
+
+    def _flush_owed(self) -> None:
+        self._flush_scheduled = False
+        if self._owed and self._call is not None:
+            request = pb.ConsumeRequest(credits=self._take_owed())
+            sending = asyncio.ensure_future(self._send_credits(request))
+            self._sending.add(sending)
+            sending.add_done_callback(self._sending.discard)
+            self._owe(0)  # more than one message holds: the rest next turn
+
+    async def _send_credits(self, request: Any) -> None:
+        # A failed write means the stream broke: the session ends and frees these slots.
+        with contextlib.suppress(Exception):
+            await self._write(request)
+
+    async def _read(self, call: Any) -> None:
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                return
+            self._monitor.succeeded()
+            if response.tasks:
+                tasks = list(response.tasks)
+                self._unused -= len(tasks)
+                self._on_leased(tasks, self._leased_at(tasks))
+            else:
+                answer = self._answers.get(response.report_id)
+                if answer is not None and not answer.done():
+                    answer.set_result(response)
+
+    def _leased_at(self, tasks: list[Any]) -> float:
+        """When the leases began, on our monotonic clock (for the heartbeater): back from
+        now by the part of the lease already gone, judged from the soonest deadline. Without
+        a known duration, or with skewed clocks, now (the heartbeater then extends a little
+        later, by the skew; the lease still has a third of its time left)."""
+        now = self._clock()
+        if self._lease_duration is None:
+            return now
+        deadline = min(t.lease_deadline.ToNanoseconds() for t in tasks) / 1e9
+        gone = self._lease_duration - (deadline - self._wall_clock())
+        return now - min(max(gone, 0.0), self._lease_duration)
+
+    async def _write(self, request: Any) -> None:
+        call = self._call
+        if call is None:
+            raise StreamLost("no Consume stream is open")
+        async with self._write_lock:
+            self.messages_sent += 1
+            await call.write(request)
+
+    def _note_failure(self, state: tenacity.RetryCallState) -> None:
+        if state.outcome is not None and (exc := state.outcome.exception()) is not None:
+            self._monitor.failed(exc, call="Consume")
+
+
+class _Ended(grpc.RpcError):
+    """The feeder ended the stream cleanly (it does so when draining): reconnect."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return str(self.args[0])
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.RpcError) and status_code(exc) not in FATAL_CODES
