@@ -107,19 +107,23 @@ class ConsumeStream:
             await asyncio.wait({leasing, reading}, return_when=asyncio.FIRST_COMPLETED)
             if reading.done():
                 reading.result()  # a malformed message ends the stream with its error
+                leasing.cancel()  # the caller closed its side: it wants no more tasks
             else:
                 # The lease loop ended first: the feeder is draining (or it failed).
                 reading.cancel()
                 await self._answer_reports()
                 leasing.result()
                 raise StreamClosed("the feeder is shutting down; reconnect")
+            await self._answer_reports()
         finally:
-            for task in (leasing, reading):
+            # On the way out with an error, reports still being decided are dropped with
+            # the stream (the caller sends them again; acks are idempotent).
+            pending = [leasing, reading, *self._reports]
+            for task in pending:
                 task.cancel()
-            for task in (leasing, reading):
+            for task in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        await self._answer_reports()
 
     async def _read_loop(self, requests: AsyncIterator[Any]) -> None:
         async for request in requests:

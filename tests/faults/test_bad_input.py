@@ -368,7 +368,8 @@ INVALID_TOKEN = {
     "Nack": pb.NACK_OUTCOME_INVALID_TOKEN,
     "Extend": pb.EXTEND_OUTCOME_INVALID_TOKEN,
 }
-assert set(SIMPLE) | set(WITH_TOKENS) == set(METHODS)
+STREAMING = ("Consume",)
+assert set(SIMPLE) | set(WITH_TOKENS) | set(STREAMING) == set(METHODS)
 
 
 def send(env: Env, method: str, request: Any) -> tuple[grpc.StatusCode, Any]:
@@ -412,6 +413,63 @@ def test_fuzz_token_rpc(env: Env, method: str) -> None:
                 assert result.task_id == ""
             elif token.kind in ("decoy", "stale") and result.outcome != INVALID_TOKEN[method]:
                 assert result.task_id == env.task_of[token.value], (token, result)
+
+    fuzz()
+
+
+def consume_messages(env: Env, draw: Any, tokens: list[Token]) -> list[pb.ConsumeRequest]:
+    """A Consume stream's messages: a drawn first message (with or without a valid start),
+    then reports made of the drawn token items, some with credits or a second start."""
+    start = pb.ConsumeStart(queue=draw(texts), worker_id=draw(texts))
+    if (d := draw(durations)) is not None:
+        start.lease_duration.CopyFrom(d)
+    first = pb.ConsumeRequest(credits=draw(int32s))
+    if draw(st.integers(0, 9)) > 0:  # mostly with a start, else refused at once
+        first.start.CopyFrom(start)
+    messages = [first]
+    for report_id in range(1, draw(st.integers(0, 3)) + 1):
+        kind = draw(st.sampled_from(sorted(WITH_TOKENS)))
+        items = WITH_TOKENS[kind](env, draw, tokens).items
+        message = pb.ConsumeRequest(report_id=report_id, credits=draw(st.sampled_from([0, 1])))
+        getattr(message, {"Ack": "acks", "Nack": "nacks", "Extend": "extends"}[kind]).extend(items)
+        messages.append(message)
+    if draw(st.integers(0, 9)) == 0:
+        messages.append(pb.ConsumeRequest(start=start))
+    return messages
+
+
+def test_fuzz_consume(env: Env) -> None:
+    @FUZZ
+    @given(data=st.data())
+    def fuzz(data: st.DataObject) -> None:
+        tokens = token_items(env, data.draw)
+        messages = consume_messages(env, data.draw, tokens)
+        env.cases["Consume"] += 1
+        answers = {}
+        try:
+            for response in env.stub.Consume(iter(messages), timeout=10):
+                if not response.tasks:
+                    answers[response.report_id] = response
+        except grpc.RpcError as exc:
+            code = exc.code()
+            env.codes[f"Consume {code.name}"] += 1
+            assert code in DOCUMENTED, f"Consume: {code.name}: {exc.details()}"
+            return
+        env.codes["Consume OK"] += 1
+        for message in messages[1:]:
+            if not message.report_id:
+                continue
+            answer = answers[message.report_id]
+            if answer.error_code:
+                assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == answer.error_code, answer
+                continue
+            results = [*answer.ack_results, *answer.nack_results, *answer.extend_results]
+            items = [*message.acks, *message.nacks, *message.extends]
+            assert len(results) == len(items)
+            for token, result in zip(tokens, results, strict=False):
+                if token.kind == "tampered":
+                    env.tampered_sent += 1
+                    assert result.task_id == "", (token, result)
 
     fuzz()
 
