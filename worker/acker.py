@@ -26,7 +26,7 @@ from typing import Any
 
 import tenacity
 
-from feedwork.retry import async_retrying
+from feedwork.retry import async_retrying, is_transient
 from feedwork.v1 import feeder_pb2 as pb
 from worker.connection import ConnectionMonitor
 from worker.stream import ConsumeStream, StreamLost
@@ -37,6 +37,9 @@ log = logging.getLogger("feedwork.worker")
 MAX_BATCH_SIZE = 1000
 # How long one Ack or Nack call may take before it is treated as lost and retried.
 CALL_TIMEOUT = 10.0
+# Batches of one kind on their way at once: the next full batch goes out without waiting
+# for the answer to the last (answers take a commit on the feeder).
+MAX_IN_FLIGHT = 4
 
 
 @dataclass(eq=False, slots=True)
@@ -54,6 +57,9 @@ class _Line:
         self.send = send
         self.waiting: deque[_Report] = deque()
         self.waiting_bytes = 0
+        # Batches of this kind on their way. Per kind, so that acks held up by retries do
+        # not hold nacks up, nor the other way round.
+        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     def take(self, batch_size: int, max_bytes: int) -> list[_Report]:
         batch: list[_Report] = []
@@ -98,6 +104,13 @@ class Acker:
         self._drained = asyncio.Event()
         self._drained.set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        self._taken = 0  # batches taken from a line whose request is not written yet
+
+    @property
+    def report_due(self) -> bool:
+        """A report is about to be sent (a batch is full or being sent out)."""
+        return self._full.is_set() or self._taken > 0
 
     @property
     def unresolved(self) -> int:
@@ -134,10 +147,11 @@ class Acker:
         self._full.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), time_limit)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for task in [self._loop_task, *self._sending]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         undelivered = sorted(report.task_id for report in self._unresolved)
         for report in list(self._unresolved):
             report.outcome.cancel()
@@ -168,23 +182,37 @@ class Acker:
                 await asyncio.wait_for(self._full.wait(), self._flush_interval)
             self._wake.clear()
             self._full.clear()
-            # Acks and nacks travel independently: a retrying one does not hold the other.
-            await asyncio.gather(self._drain(self._acks), self._drain(self._nacks))
+            # Sends are spawned in this same loop turn (so `report_due` never reads false
+            # while a batch is on its way out); each kind has its own in-flight limit.
+            await self._drain(self._acks)
+            await self._drain(self._nacks)
 
     async def _drain(self, line: _Line) -> None:
         while line.waiting:
-            await self._send(line, line.take(self._batch_size, self._max_batch_bytes))
+            await line.in_flight.acquire()
+            batch = line.take(self._batch_size, self._max_batch_bytes)
+            self._taken += 1
+            sending = asyncio.create_task(self._send_one(line, batch))
+            self._sending.add(sending)
+            sending.add_done_callback(self._sending.discard)
 
-    async def _send(self, line: _Line, batch: list[_Report]) -> None:
+    async def _send_one(self, line: _Line, batch: list[_Report]) -> None:
         try:
-            outcomes = await self._call(line, [report.message for report in batch])
+            await self._send(line, batch)
+        finally:
+            line.in_flight.release()
+
+    async def _send(self, line: _Line, batch: list[_Report], *, taken: bool = True) -> None:
+        messages = [report.message for report in batch]
+        try:
+            outcomes = await self._call(line, messages, taken=taken)
         except Exception as exc:  # refused as a whole, or a reply we cannot use
             if len(batch) > 1:
                 log.warning(
                     "%s batch of %d refused (%s); sending one by one", line.name, len(batch), exc
                 )
                 for report in batch:
-                    await self._send(line, [report])
+                    await self._send(line, [report], taken=False)
                 return
             log.error("%s for task %s failed for good: %s", line.name, batch[0].task_id, exc)
             _settle(batch[0].outcome, exception=exc)
@@ -192,7 +220,26 @@ class Acker:
         for report, outcome in zip(batch, outcomes, strict=True):
             _settle(report.outcome, result=outcome)
 
-    async def _call(self, line: _Line, messages: list[Any]) -> list[int]:
+    async def _call(self, line: _Line, messages: list[Any], *, taken: bool = False) -> list[int]:
+        # The first try goes out directly, in this loop turn (a report on the stream then
+        # carries the credits owed for the slots its tasks freed); failures are retried.
+        if taken:
+            self._taken -= 1
+        try:
+            outcomes = await line.send(messages)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._monitor.failed(exc, call=line.name)
+            outcomes = await self._retry(line, messages)
+        self._monitor.succeeded()
+        if len(outcomes) != len(messages):
+            raise _MalformedReply(
+                f"{line.name} reply has {len(outcomes)} results for {len(messages)} items"
+            )
+        return outcomes
+
+    async def _retry(self, line: _Line, messages: list[Any]) -> list[int]:
         def note(state: tenacity.RetryCallState) -> None:
             if state.outcome is not None and (exc := state.outcome.exception()) is not None:
                 self._monitor.failed(exc, call=line.name)
@@ -200,11 +247,6 @@ class Acker:
         async for attempt in async_retrying(max_delay=None, before_sleep=note):
             with attempt:
                 outcomes = await line.send(messages)
-        self._monitor.succeeded()
-        if len(outcomes) != len(messages):
-            raise _MalformedReply(
-                f"{line.name} reply has {len(outcomes)} results for {len(messages)} items"
-            )
         return outcomes
 
     async def _send_acks(self, items: list[Any]) -> list[int]:

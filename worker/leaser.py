@@ -61,6 +61,9 @@ class Slots:
         self.capacity = capacity
         self.busy = 0
         self._freed = asyncio.Event()
+        # Called (synchronously) whenever slots are freed; the Consume stream sets it to
+        # grant them as credits at once, in the same loop turn as the freeing task's ack.
+        self.on_release: Callable[[], None] | None = None
 
     @property
     def free(self) -> int:
@@ -75,10 +78,18 @@ class Slots:
         self.busy += count
         return count
 
+    def reserve_now(self) -> int:
+        """Reserves every free slot without waiting; returns how many."""
+        count = max(self.free, 0)
+        self.busy += count
+        return count
+
     def release(self, count: int = 1) -> None:
         self.busy -= count
         if count > 0:
             self._freed.set()
+            if self.on_release is not None:
+                self.on_release()
 
 
 class Leaser:

@@ -61,6 +61,7 @@ class ConsumeStream:
         worker_id: str,
         lease_duration: float | None,
         on_leased: Callable[[list[Any], float], None],
+        report_due: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -71,6 +72,8 @@ class ConsumeStream:
         self._worker_id = worker_id
         self._lease_duration = lease_duration
         self._on_leased = on_leased
+        # Whether the acker is about to send a report, which would carry owed credits.
+        self._report_due = report_due
         self._clock = clock
         self._wall_clock = wall_clock
         self._call: Any = None  # the open call, once its first message is sent
@@ -168,24 +171,21 @@ class ConsumeStream:
                     answer.set_exception(StreamLost("the Consume stream broke"))
 
     async def _grant_loop(self, reading: asyncio.Task[None]) -> None:
-        """Grants a credit for every slot that frees up, until the stream ends."""
-        while True:
-            reserve = asyncio.ensure_future(self._slots.reserve_free())
-            await asyncio.wait({reserve, reading}, return_when=asyncio.FIRST_COMPLETED)
-            if reserve.done():
-                self._unused += reserve.result()
-                self._owe(reserve.result())
-            else:
-                reserve.cancel()
-                try:
-                    await reserve
-                except asyncio.CancelledError:
-                    pass
-                else:  # reserved just as it was cancelled: give the slots back
-                    self._slots.release(reserve.result())
-            if reading.done():
-                reading.result()  # the stream's error, if it failed
-                raise _Ended("the feeder closed the Consume stream")
+        """Grants a credit for every slot that frees up (as it frees up), until the stream
+        ends."""
+        self._slots.on_release = self._grant_freed
+        try:
+            self._grant_freed()  # any freed before the hook was set
+            await reading
+        finally:
+            self._slots.on_release = None
+        raise _Ended("the feeder closed the Consume stream")
+
+    def _grant_freed(self) -> None:
+        credits = self._slots.reserve_now()
+        if credits:
+            self._unused += credits
+            self._owe(credits)
 
     def _owe(self, credits: int) -> None:
         self._owed += credits
@@ -200,7 +200,9 @@ class ConsumeStream:
 
     def _flush_owed(self) -> None:
         self._flush_scheduled = False
-        if self._owed and self._call is not None:
+        if self._owed and self._call is not None and self._report_due():
+            self._owe(0)  # the report goes out within a turn or two and takes them along
+        elif self._owed and self._call is not None:
             request = pb.ConsumeRequest(credits=self._take_owed())
             sending = asyncio.ensure_future(self._send_credits(request))
             self._sending.add(sending)
