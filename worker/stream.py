@@ -224,7 +224,7 @@ class ConsumeStream:
                 tasks = list(response.tasks)
                 self._unused -= len(tasks)
                 self._on_leased(tasks, self._leased_at(tasks))
-            else:
+            if _answers_a_report(response):
                 answer = self._answers.get(response.report_id)
                 if answer is not None and not answer.done():
                     answer.set_result(response)
@@ -265,6 +265,16 @@ class _Ended(grpc.RpcError):
 
     def details(self) -> str:
         return str(self.args[0])
+
+
+def _answers_a_report(response: Any) -> bool:
+    # Every report has at least one item, so its answer has results or an error.
+    return bool(
+        response.ack_results
+        or response.nack_results
+        or response.extend_results
+        or response.error_code
+    )
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -11,9 +11,10 @@ own. Two loops run per stream:
   asked for.
 
 Replies go down one at a time (gRPC allows one write in progress per stream), in the order
-they are ready. The stream ends when the caller closes its side (reports still being
-decided are answered first), when the caller goes away, or when the feeder drains for
-shutdown (UNAVAILABLE, after the reports already received are answered).
+they are ready; tasks and a report answer ready in the same loop turn share one message.
+The stream ends when the caller closes its side (reports still being decided are answered
+first), when the caller goes away, or when the feeder drains for shutdown (UNAVAILABLE,
+after the reports already received are answered).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,8 +94,13 @@ class ConsumeStream:
         self._status_of = status_of
         self._credits = 0
         self._credited = asyncio.Event()
-        self._write_lock = asyncio.Lock()
         self._reports: set[asyncio.Task[None]] = set()
+        # What goes down next: tasks and report answers ready in one loop turn leave in one
+        # message (most often a batch of tasks with the answer to the acks that freed room
+        # for them).
+        self._outbox_tasks: list[pb.LeasedTask] = []
+        self._outbox_answers: deque[pb.ConsumeResponse] = deque()
+        self._writer: asyncio.Task[None] | None = None
 
     async def run(self, requests: AsyncIterator[Any]) -> None:
         first = await anext(requests, None)
@@ -112,13 +119,19 @@ class ConsumeStream:
                 # The lease loop ended first: the feeder is draining (or it failed).
                 reading.cancel()
                 await self._answer_reports()
+                if self._writer is not None:
+                    await self._writer
                 leasing.result()
                 raise StreamClosed("the feeder is shutting down; reconnect")
             await self._answer_reports()
+            if self._writer is not None:
+                await self._writer
         finally:
             # On the way out with an error, reports still being decided are dropped with
             # the stream (the caller sends them again; acks are idempotent).
             pending = [leasing, reading, *self._reports]
+            if self._writer is not None:
+                pending.append(self._writer)
             for task in pending:
                 task.cancel()
             for task in pending:
@@ -168,7 +181,8 @@ class ConsumeStream:
             )
             if grants:
                 self._credits -= len(grants)
-                await self._write(pb.ConsumeResponse(tasks=map(convert.leased_task_pb, grants)))
+                self._outbox_tasks.extend(map(convert.leased_task_pb, grants))
+                self._post()
 
     async def _answer(self, request: pb.ConsumeRequest) -> None:
         response = pb.ConsumeResponse(report_id=request.report_id)
@@ -179,7 +193,8 @@ class ConsumeStream:
             response = pb.ConsumeResponse(
                 report_id=request.report_id, error_code=code.value[0], error_message=message
             )
-        await self._write(response)
+        self._outbox_answers.append(response)
+        self._post()
 
     async def _decide(self, request: pb.ConsumeRequest, response: pb.ConsumeResponse) -> None:
         # Everything is validated before anything is applied: a report is all or nothing,
@@ -198,9 +213,27 @@ class ConsumeStream:
             extend_results = await service.extend(extends)
             response.extend_results.extend(map(convert.extend_result_pb, extend_results))
 
-    async def _write(self, response: pb.ConsumeResponse) -> None:
-        async with self._write_lock:
-            await self._context.write(response)
+    def _post(self) -> None:
+        """Makes sure the writer runs; it starts next loop turn, so whatever else is ready
+        in this one goes in the same message."""
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_out(), name="feedwork-consume-write")
+
+    async def _write_out(self) -> None:
+        # One message per report answer, with every task waiting added to the first; gRPC
+        # allows one write in progress per stream, so this task is the only writer.
+        while self._outbox_tasks or self._outbox_answers:
+            answers = self._outbox_answers
+            message = answers.popleft() if answers else pb.ConsumeResponse()
+            if self._outbox_tasks:
+                message.tasks.extend(self._outbox_tasks)
+                self._outbox_tasks = []
+            try:
+                await self._context.write(message)
+            except Exception:  # the call ended: the stream's own status says why
+                self._outbox_tasks.clear()
+                answers.clear()
+                return
 
 
 def _renamed(field: str, parse: Callable[..., list[Any]], items: _Items, **kwargs: Any) -> Any:

@@ -37,19 +37,26 @@ def start(queue: str = QUEUE, credits: int = 0, **fields: Any) -> pb.ConsumeRequ
     )
 
 
+def answers_a_report(response: pb.ConsumeResponse) -> bool:
+    results = [*response.ack_results, *response.nack_results, *response.extend_results]
+    return bool(results or response.error_code)
+
+
 async def read_tasks(call: Any, count: int, within: float = 5.0) -> list[pb.LeasedTask]:
     tasks: list[pb.LeasedTask] = []
     while len(tasks) < count:
         response = await asyncio.wait_for(call.read(), within)
         assert response.tasks, f"expected tasks, got {response}"
+        assert not answers_a_report(response), "no report was sent"
         tasks.extend(response.tasks)
     return tasks
 
 
 async def read_report(call: Any, report_id: int, within: float = 5.0) -> pb.ConsumeResponse:
+    """The answer to one report (tasks that come meanwhile are left unread)."""
     while True:
         response = await asyncio.wait_for(call.read(), within)
-        if not response.tasks:
+        if answers_a_report(response):
             assert response.report_id == report_id
             return response
 
