@@ -47,6 +47,7 @@ class _Report:
     message: Any  # pb.AckItem or pb.NackItem
     task_id: str
     outcome: asyncio.Future[int]
+    size: int  # the message's encoded size
 
 
 class _Line:
@@ -65,7 +66,7 @@ class _Line:
         batch: list[_Report] = []
         size = 0
         while self.waiting and len(batch) < batch_size:
-            item_size = self.waiting[0].message.ByteSize()
+            item_size = self.waiting[0].size
             if batch and size + item_size > max_bytes:
                 break
             batch.append(self.waiting.popleft())
@@ -158,12 +159,13 @@ class Acker:
         return undelivered
 
     def _add(self, line: _Line, message: Any, task_id: str) -> asyncio.Future[int]:
-        report = _Report(message, task_id, asyncio.get_running_loop().create_future())
+        size = message.ByteSize()
+        report = _Report(message, task_id, asyncio.get_running_loop().create_future(), size)
         report.outcome.add_done_callback(lambda _: self._resolved(report))
         self._unresolved.add(report)
         self._drained.clear()
         line.waiting.append(report)
-        line.waiting_bytes += message.ByteSize()
+        line.waiting_bytes += size
         self._wake.set()
         if len(line.waiting) >= self._batch_size or line.waiting_bytes >= self._max_batch_bytes:
             self._full.set()

@@ -124,7 +124,7 @@ class Jobs:
                 continue
             job = _Job(task=task, settled=asyncio.get_running_loop().create_future())
             self._jobs[task.lease_token] = job
-            job.work = asyncio.create_task(self._work(job), name=f"feedwork-task-{task.id}")
+            job.work = asyncio.create_task(self._work(job))
 
     def on_lost(self, lease_token: str, outcome: int) -> None:
         """The heartbeater learned that a lease is no longer ours."""
@@ -243,7 +243,7 @@ class Jobs:
             id=message.task_id,
             queue=message.queue,
             payload=message.payload,
-            headers=dict(message.headers),
+            headers=dict(message.headers) if message.headers else {},
             attempt=message.attempt,
             max_attempts=message.max_attempts,
             priority=message.priority,
@@ -256,5 +256,6 @@ class Jobs:
             return self._lease_duration
         # No duration asked for: the feeder used the task's or queue's. Estimate it from
         # the deadline; a skewed clock only moves the first extension earlier or later.
-        remaining = float(message.lease_deadline.ToNanoseconds()) / 1e9 - self._wall_clock()
+        deadline = message.lease_deadline
+        remaining = deadline.seconds + deadline.nanos * 1e-9 - self._wall_clock()
         return min(max(remaining, MIN_LEASE), MAX_LEASE)

@@ -237,7 +237,7 @@ class ConsumeStream:
         now = self._clock()
         if self._lease_duration is None:
             return now
-        deadline = min(t.lease_deadline.ToNanoseconds() for t in tasks) / 1e9
+        deadline = min(t.lease_deadline.seconds + t.lease_deadline.nanos * 1e-9 for t in tasks)
         gone = self._lease_duration - (deadline - self._wall_clock())
         return now - min(max(gone, 0.0), self._lease_duration)
 
