@@ -58,6 +58,11 @@ class Decision(Generic[OutcomeT]):
     events: tuple[Event, ...] = ()
 
 
+# What `advance` returns for a task that time has not changed (nearly every call): one
+# shared instance instead of a new one per operation; decisions are immutable.
+_NOTHING_DUE: Decision[None] = Decision(None)
+
+
 def create(spec: TaskSpec, *, task_id: int, now: float, policy: QueuePolicy) -> Decision[State]:
     """A new task: scheduled when its not-before time is in the future, else ready."""
     scheduled = spec.not_before is not None and spec.not_before > now
@@ -91,7 +96,7 @@ def advance(task: Task, now: float) -> Decision[None]:
         and task.lease_deadline <= now
     ):
         return _expire(task, now)
-    return Decision(None)
+    return _NOTHING_DUE
 
 
 def _expire(task: Task, now: float) -> Decision[None]:
@@ -165,15 +170,13 @@ def ack(task: Task, attempt: int, *, result: bytes | None, now: float) -> Decisi
     for index, record in enumerate(history):
         if record.attempt == attempt:
             note = "" if is_current else "completed after its lease ended (adopted)"
-            history[index] = replace(
-                record, ended_at=record.ended_at or now, outcome=AttemptOutcome.ACKED, error=note
-            )
+            history[index] = _ended(record, record.ended_at or now, AttemptOutcome.ACKED, note)
         elif record.outcome is AttemptOutcome.RUNNING:
-            history[index] = replace(
+            history[index] = _ended(
                 record,
-                ended_at=now,
-                outcome=AttemptOutcome.REVOKED,
-                error=f"revoked: attempt {attempt} completed the task first",
+                now,
+                AttemptOutcome.REVOKED,
+                f"revoked: attempt {attempt} completed the task first",
             )
     completed = current.evolve(
         state=State.COMPLETED,
@@ -334,7 +337,13 @@ def _end_current(
     record = task.current_attempt()
     if record is None or record.outcome is not AttemptOutcome.RUNNING:
         return task.history
-    return (*task.history[:-1], replace(record, ended_at=now, outcome=outcome, error=error))
+    return (*task.history[:-1], _ended(record, now, outcome, error))
+
+
+def _ended(record: Attempt, ended_at: float, outcome: AttemptOutcome, error: str) -> Attempt:
+    """`record` with how it ended: dataclasses.replace, without its per-call look at the
+    fields (two of these per task on the hot path)."""
+    return Attempt(record.attempt, record.worker_id, record.leased_at, ended_at, outcome, error)
 
 
 def _trim(history: tuple[Attempt, ...]) -> tuple[Attempt, ...]:

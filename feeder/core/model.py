@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from feeder.core.records import draft_class, fast_init
+
 EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
@@ -24,12 +26,17 @@ class State(enum.IntEnum):
     @property
     def is_final(self) -> bool:
         """Completed and cancelled tasks never change again (dead ones can be redriven)."""
-        return self in (State.COMPLETED, State.CANCELLED)
+        return self in _FINAL
 
     @property
     def is_pending(self) -> bool:
         """Scheduled, ready or leased: the task still has work ahead of it."""
-        return self in (State.SCHEDULED, State.READY, State.LEASED)
+        return self in _PENDING
+
+
+# Sets of plain ints: asked about every stored task, and cheaper than enum attribute lookups.
+_FINAL = frozenset({State.COMPLETED.value, State.CANCELLED.value})
+_PENDING = frozenset({State.SCHEDULED.value, State.READY.value, State.LEASED.value})
 
 
 class AttemptOutcome(enum.IntEnum):
@@ -79,6 +86,7 @@ class CancelOutcome(enum.IntEnum):
     ALREADY_COMPLETED = 3
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One attempt (lease) of a task."""
@@ -91,6 +99,7 @@ class Attempt:
     error: str = ""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """A validated task as submitted; the feeder fills in the rest."""
@@ -105,6 +114,7 @@ class TaskSpec:
     idempotency_key: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Task:
     """A task record. Immutable: every transition returns a new record with version + 1.
@@ -139,31 +149,35 @@ class Task:
         state machine makes one per transition, so it is on every RPC's path."""
         if not changes.keys() <= _TASK_FIELDS:
             raise TypeError(f"unknown Task fields: {sorted(changes.keys() - _TASK_FIELDS)}")
-        new = _new(Task)
-        get = changes.get
+        # Filled in as a draft, then made a Task (see feeder.core.records): plain stores
+        # cost a fraction of the object.__setattr__ a frozen class needs per field.
         # Spelled out (no loop over fields()): this is the hot path. A unit test checks
         # that it covers every field.
-        _set(new, "id", get("id", self.id))
-        _set(new, "queue", get("queue", self.queue))
-        _set(new, "payload", get("payload", self.payload))
-        _set(new, "headers", get("headers", self.headers))
-        _set(new, "priority", get("priority", self.priority))
-        _set(new, "state", get("state", self.state))
-        _set(new, "max_attempts", get("max_attempts", self.max_attempts))
-        _set(new, "created_at", get("created_at", self.created_at))
-        _set(new, "ready_at", get("ready_at", self.ready_at))
-        _set(new, "attempt", get("attempt", self.attempt))
-        _set(new, "failures", get("failures", self.failures))
-        _set(new, "not_before", get("not_before", self.not_before))
-        _set(new, "lease_deadline", get("lease_deadline", self.lease_deadline))
-        _set(new, "lease_duration", get("lease_duration", self.lease_duration))
-        _set(new, "lease_granted", get("lease_granted", self.lease_granted))
-        _set(new, "idempotency_key", get("idempotency_key", self.idempotency_key))
-        _set(new, "result", get("result", self.result))
-        _set(new, "finished_at", get("finished_at", self.finished_at))
-        _set(new, "history", get("history", self.history))
-        _set(new, "version", get("version", self.version))
-        return new
+        new: Any = _new(_TaskDraft)
+        get = changes.get
+        new.id = get("id", self.id)
+        new.queue = get("queue", self.queue)
+        new.payload = get("payload", self.payload)
+        new.headers = get("headers", self.headers)
+        new.priority = get("priority", self.priority)
+        new.state = get("state", self.state)
+        new.max_attempts = get("max_attempts", self.max_attempts)
+        new.created_at = get("created_at", self.created_at)
+        new.ready_at = get("ready_at", self.ready_at)
+        new.attempt = get("attempt", self.attempt)
+        new.failures = get("failures", self.failures)
+        new.not_before = get("not_before", self.not_before)
+        new.lease_deadline = get("lease_deadline", self.lease_deadline)
+        new.lease_duration = get("lease_duration", self.lease_duration)
+        new.lease_granted = get("lease_granted", self.lease_granted)
+        new.idempotency_key = get("idempotency_key", self.idempotency_key)
+        new.result = get("result", self.result)
+        new.finished_at = get("finished_at", self.finished_at)
+        new.history = get("history", self.history)
+        new.version = get("version", self.version)
+        new.__class__ = Task
+        task: Task = new
+        return task
 
     def current_attempt(self) -> Attempt | None:
         """The record of attempt number `self.attempt`, if the task was ever leased."""
@@ -179,5 +193,5 @@ class Task:
 
 
 _new = object.__new__
-_set = object.__setattr__  # how a frozen dataclass sets its own fields
 _TASK_FIELDS = frozenset(f.name for f in fields(Task))
+_TaskDraft = draft_class(Task)
