@@ -187,3 +187,10 @@ def test_secret_must_be_at_least_16_bytes() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         TokenCodec(b"x" * 15)
     assert TokenCodec(b"x" * 16).verify(TokenCodec(b"x" * 16).issue(1, 2)) == LeaseRef(1, 2)
+
+
+@settings(max_examples=100, database=None)
+@given(secret=st.binary(min_size=16, max_size=200), task_id=st.integers(0, 2**64 - 1))
+def test_tags_are_hmac_sha256_for_any_secret(secret: bytes, task_id: int) -> None:
+    body = struct.pack(">BQI", 1, task_id, 3)
+    assert TokenCodec(secret).issue(task_id, 3) == signed(body, secret)
