@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from feeder.core.model import TaskSpec
+from feeder.core.model import EMPTY_HEADERS, TaskSpec
 from feeder.service.tasks import AckItem, ExtendItem, NackItem
 from feedwork.v1 import feeder_pb2 as pb
 
@@ -102,11 +102,17 @@ def submit_specs(request: pb.SubmitRequest, *, limits: Limits, now: float) -> li
 
 
 def task_spec(spec: pb.TaskSpec, field: str, *, limits: Limits, now: float) -> TaskSpec:
-    queue = queue_name(spec.queue, f"{field}.queue")
-    _max_bytes(spec.payload, f"{field}.payload", limits.max_payload_bytes)
-    headers = _headers(spec.headers, f"{field}.headers")
-    _int_range(spec.priority, f"{field}.priority", MIN_PRIORITY, MAX_PRIORITY)
-    if spec.max_attempts != 0:
+    # Runs for every submitted task, so the common case is kept cheap: each check is a
+    # plain comparison first, and a field's name is only spelled out for an error.
+    queue, payload, priority, key = spec.queue, spec.payload, spec.priority, spec.idempotency_key
+    if not QUEUE_NAME.fullmatch(queue):
+        raise ValidationError(f"{field}.queue", QUEUE_NAME_RULE)
+    if len(payload) > limits.max_payload_bytes:
+        _max_bytes(payload, f"{field}.payload", limits.max_payload_bytes)
+    headers = _headers(spec.headers, f"{field}.headers") if spec.headers else EMPTY_HEADERS
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        _int_range(priority, f"{field}.priority", MIN_PRIORITY, MAX_PRIORITY)
+    if not 0 <= spec.max_attempts <= MAX_ATTEMPTS:
         _int_range(
             spec.max_attempts,
             f"{field}.max_attempts",
@@ -114,16 +120,20 @@ def task_spec(spec: pb.TaskSpec, field: str, *, limits: Limits, now: float) -> T
             MAX_ATTEMPTS,
             rule=f"must be 0 (the queue's default) or 1 to {MAX_ATTEMPTS}",
         )
-    _max_chars(spec.idempotency_key, f"{field}.idempotency_key", MAX_IDEMPOTENCY_KEY_CHARS)
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        _max_chars(key, f"{field}.idempotency_key", MAX_IDEMPOTENCY_KEY_CHARS)
+    lease_duration = None
+    if spec.HasField("lease_duration"):
+        lease_duration = _lease_duration(spec, f"{field}.lease_duration")
     return TaskSpec(
-        queue=queue,
-        payload=spec.payload,
-        headers=headers,
-        priority=spec.priority,
-        not_before=_not_before(spec, field, now),
-        max_attempts=spec.max_attempts or None,
-        lease_duration=_lease_duration(spec, f"{field}.lease_duration"),
-        idempotency_key=spec.idempotency_key or None,
+        queue,
+        payload,
+        headers,
+        priority,
+        _not_before(spec, field, now),
+        spec.max_attempts or None,
+        lease_duration,
+        key or None,
     )
 
 
@@ -144,11 +154,16 @@ def lease_query(request: pb.LeaseRequest) -> LeaseQuery:
 
 def ack_items(request: pb.AckRequest, *, limits: Limits) -> list[AckItem]:
     _batch_size(request.items, "items", MAX_BATCH)
+    max_result = limits.max_result_bytes
     items = []
+    # One per acked task: plain checks first, the field's name only for an error.
     for i, item in enumerate(request.items):
-        token = lease_token(item.lease_token, f"items[{i}].lease_token")
-        _max_bytes(item.result, f"items[{i}].result", limits.max_result_bytes)
-        items.append(AckItem(lease_token=token, result=item.result))
+        token, result = item.lease_token, item.result
+        if not token or len(token) > MAX_LEASE_TOKEN_CHARS:
+            lease_token(token, f"items[{i}].lease_token")
+        if len(result) > max_result:
+            _max_bytes(result, f"items[{i}].result", max_result)
+        items.append(AckItem(token, result))
     return items
 
 

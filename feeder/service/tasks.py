@@ -371,6 +371,8 @@ class TaskService:
                 retry.append(i)
             elif change.after is not None:
                 self._after_change(change.after)
+        if not retry:
+            return []
         # A failed guard invalidates later decisions on the same task too.
         failed_tasks = {refs[i].task_id for i in retry}  # type: ignore[union-attr]
         retry += [

@@ -139,3 +139,13 @@ def test_stats() -> None:
     assert a.oldest_ready_age.seconds == 10 and b.oldest_ready_age.seconds == 0
     assert (b.totals.submitted, b.totals.duplicate_acks) == (1, 4)
     assert (reply.totals.submitted, reply.totals.duplicate_acks) == (4, 4)
+
+
+def test_leased_task_without_headers_or_deadline_and_at_time_zero() -> None:
+    bare = convert.leased_task_pb(LeaseGrant(make_task(headers={}, lease_deadline=None), "t"))
+    assert not bare.headers and not bare.HasField("lease_deadline")
+    at_zero = convert.leased_task_pb(LeaseGrant(make_task(lease_deadline=0.0), "t"))
+    assert at_zero.HasField("lease_deadline") and at_zero.lease_deadline.seconds == 0
+    assert dict(at_zero.headers) == {"h": "v"}
+    precise = convert.leased_task_pb(LeaseGrant(make_task(lease_deadline=1.999999999), "t"))
+    assert precise.lease_deadline == convert.timestamp_pb(1.999999999)
