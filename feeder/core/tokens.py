@@ -1,20 +1,27 @@
 """Lease tokens: opaque to clients, authenticated by the feeder.
 
-A token carries (task id, attempt) and an HMAC-SHA256 tag over them with a secret kept in the
-database, so tokens survive restarts, are shared by feeders on one database, and cannot be
-forged or altered by a client: changing either number invalidates the tag.
+A token carries (task id, attempt) and a MAC over them with a secret kept in the database, so
+tokens survive restarts, are shared by feeders on one database, and cannot be forged or
+altered by a client: changing either number invalidates the tag.
+
+Version 2 tokens (issued now) use keyed BLAKE2s, a MAC by design (RFC 7693) and one C call,
+less than half the cost of HMAC-SHA256 through `hmac`: a token is issued per lease and
+verified per ack. Version 1 tokens (HMAC-SHA256, issued by earlier feeders) still verify,
+so leases held across an upgrade can still be acked.
 """
 
 from __future__ import annotations
 
 import binascii
+import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
 
 _BODY = struct.Struct(">BQI")  # version, task id, attempt
 _TAG_BYTES = 16
-_VERSION = 1
+_HMAC_SHA256, _BLAKE2S = 1, 2  # token versions, by MAC
+_VERSION = _BLAKE2S
 _TOKEN_BYTES = _BODY.size + _TAG_BYTES
 # The URL-safe base64 alphabet, applied around binascii (what base64.urlsafe_b64* do, minus
 # their layers of Python: a token is issued per lease and verified per ack).
@@ -39,14 +46,17 @@ class TokenCodec:
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ValueError("token secret must be at least 16 bytes")
-        # Keyed once: copying a keyed HMAC costs ~40% less than keying one per token (a
-        # token is issued per lease and verified per ack; OpenSSL 3 makes keying slow).
-        self._keyed = hmac.new(secret, digestmod="sha256")
+        # BLAKE2s takes keys of at most 32 bytes; the database's secret is 32.
+        self._key = hashlib.blake2s(secret).digest() if len(secret) > 32 else secret
+        # Version 1: keyed once; copying a keyed HMAC costs less than keying one per token.
+        self._hmac = hmac.new(secret, digestmod="sha256")
 
     def _tag(self, body: bytes) -> bytes:
-        mac = self._keyed.copy()
-        mac.update(body)
-        return mac.digest()[:_TAG_BYTES]
+        if body[0] == _HMAC_SHA256:
+            mac = self._hmac.copy()
+            mac.update(body)
+            return mac.digest()[:_TAG_BYTES]
+        return hashlib.blake2s(body, key=self._key, digest_size=_TAG_BYTES).digest()
 
     def issue(self, task_id: int, attempt: int) -> str:
         body = _BODY.pack(_VERSION, task_id, attempt)
@@ -68,7 +78,7 @@ class TokenCodec:
         if not hmac.compare_digest(tag, self._tag(body)):
             raise TokenError("lease token was not issued by this feeder")
         version, task_id, attempt = _BODY.unpack(body)
-        if version != _VERSION:
+        if version not in (_HMAC_SHA256, _BLAKE2S):
             raise TokenError("lease token version is not supported")
         return LeaseRef(task_id, attempt)
 

@@ -17,7 +17,7 @@ from feeder.core.tokens import LeaseRef, TokenCodec, TokenError
 SECRET = b"0123456789abcdef-secret"
 CODEC = TokenCodec(SECRET)
 ALPHABET = string.ascii_letters + string.digits + "-_"
-TOKEN_BYTES = 13 + 16  # version, task id, attempt; truncated HMAC-SHA256 tag
+TOKEN_BYTES = 13 + 16  # version, task id, attempt; 16-byte tag
 
 
 def encode(raw: bytes) -> str:
@@ -29,6 +29,13 @@ def raw_of(token: str) -> bytes:
 
 
 def signed(body: bytes, secret: bytes = SECRET) -> str:
+    """A token as the feeder issues it: keyed BLAKE2s (version 2 and later)."""
+    key = hashlib.blake2s(secret).digest() if len(secret) > 32 else secret
+    return encode(body + hashlib.blake2s(body, key=key, digest_size=16).digest())
+
+
+def signed_v1(body: bytes, secret: bytes = SECRET) -> str:
+    """A version 1 token, as earlier feeders issued them: truncated HMAC-SHA256."""
     return encode(body + hmac.new(secret, body, hashlib.sha256).digest()[:16])
 
 
@@ -97,7 +104,7 @@ def test_token_of_another_secret_is_refused() -> None:
 
 
 def test_unsupported_version_is_refused_even_with_a_valid_tag() -> None:
-    token = signed(struct.pack(">BQI", 2, 1, 1))
+    token = signed(struct.pack(">BQI", 3, 1, 1))
     with pytest.raises(TokenError, match="version"):
         CODEC.verify(token)
 
@@ -191,6 +198,19 @@ def test_secret_must_be_at_least_16_bytes() -> None:
 
 @settings(max_examples=100, database=None)
 @given(secret=st.binary(min_size=16, max_size=200), task_id=st.integers(0, 2**64 - 1))
-def test_tags_are_hmac_sha256_for_any_secret(secret: bytes, task_id: int) -> None:
-    body = struct.pack(">BQI", 1, task_id, 3)
+def test_tags_are_keyed_blake2s_for_any_secret(secret: bytes, task_id: int) -> None:
+    body = struct.pack(">BQI", 2, task_id, 3)
     assert TokenCodec(secret).issue(task_id, 3) == signed(body, secret)
+
+
+@settings(max_examples=100, database=None)
+@given(secret=st.binary(min_size=16, max_size=200), task_id=st.integers(0, 2**64 - 1))
+def test_version_1_tokens_of_earlier_feeders_still_verify(secret: bytes, task_id: int) -> None:
+    codec = TokenCodec(secret)
+    token = signed_v1(struct.pack(">BQI", 1, task_id, 3), secret)
+    assert codec.verify(token) == LeaseRef(task_id, 3)
+    # ...but not with the other MAC's tag, nor as version 2.
+    with pytest.raises(TokenError, match="not issued"):
+        codec.verify(signed(struct.pack(">BQI", 1, task_id, 3), secret))
+    with pytest.raises(TokenError, match="not issued"):
+        codec.verify(signed_v1(struct.pack(">BQI", 2, task_id, 3), secret))
