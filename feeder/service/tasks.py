@@ -110,6 +110,7 @@ class TaskService:
         self._janitor = Janitor(store=store, clock=clock, retention=retention)
         self._tokens: TokenCodec | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self._releasing: set[asyncio.Future[list[NackResult]]] = set()
         self._draining = False
 
     @property
@@ -147,6 +148,8 @@ class TaskService:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         self._loops = []
+        if self._releasing:
+            await asyncio.wait(self._releasing)
         await self._store.close()
 
     def _on_ready(self, queue: str) -> None:
@@ -196,7 +199,7 @@ class TaskService:
         while not self._draining:
             # Arrival order: a newcomer queues behind leasers already waiting.
             if first or not self._waiters.has_waiters(queue):
-                grants = await self._claim(queue, max_tasks, lease_duration, worker_id)
+                grants = await self._claim_for_caller(queue, max_tasks, lease_duration, worker_id)
                 if grants:
                     if self._store.has_ready(queue):
                         self._waiters.wake_first(queue)
@@ -222,6 +225,36 @@ class TaskService:
                     self._waiters.wake_first(queue)  # pass our turn on
                 raise
         return []
+
+    async def _claim_for_caller(
+        self, queue: str, max_tasks: int, lease_duration: float | None, worker_id: str
+    ) -> list[LeaseGrant]:
+        """`_claim`, safe against the caller going away while the leases commit (a client
+        that cancels its Lease, a worker that closes its stream): the tasks it would have
+        got are released at once, not left leased to nobody until their leases expire."""
+        claim = asyncio.ensure_future(self._claim(queue, max_tasks, lease_duration, worker_id))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            claim.add_done_callback(self._release_unclaimed)
+            raise
+
+    def _release_unclaimed(self, claim: asyncio.Future[list[LeaseGrant]]) -> None:
+        if claim.cancelled() or claim.exception() is not None or not claim.result():
+            return
+        items = [
+            NackItem(grant.lease_token, error="released: the caller went away", release=True)
+            for grant in claim.result()
+        ]
+        releasing = asyncio.ensure_future(self.nack(items))
+        self._releasing.add(releasing)
+        releasing.add_done_callback(self._released)
+        log.info("releasing %d tasks leased for a caller that went away", len(items))
+
+    def _released(self, releasing: asyncio.Future[list[NackResult]]) -> None:
+        self._releasing.discard(releasing)
+        if not releasing.cancelled() and (exc := releasing.exception()) is not None:
+            log.warning("could not release the tasks (their leases will expire): %s", exc)
 
     async def _claim(
         self, queue: str, max_tasks: int, lease_duration: float | None, worker_id: str

@@ -4,9 +4,10 @@ clock, no sleeping."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from feeder.core.machine import Event
-from feeder.core.model import State, TaskSpec
+from feeder.core.model import AttemptOutcome, State, TaskSpec
 from feeder.core.policy import QueuePolicy
 from feeder.service import AckItem, TaskService
 from feeder.service.waiters import Waiters
@@ -114,3 +115,44 @@ async def test_waiters_are_woken_one_at_a_time_in_arrival_order() -> None:
     waiters.wake_all()
     assert late.result() is False
     await asyncio.sleep(0)
+
+
+class SlowCommitStore(MemoryStore):
+    """Holds every commit of changes until `commit` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commit = asyncio.Event()
+        self.committing = asyncio.Event()
+
+    async def _persist_changes(self, changes, events) -> None:  # type: ignore[no-untyped-def]
+        self.committing.set()
+        await self.commit.wait()
+
+
+async def test_tasks_leased_for_a_caller_that_went_away_are_released() -> None:
+    clock = FakeClock()
+    store = SlowCommitStore()
+    service = TaskService(store=store, policies=lambda q: QueuePolicy(), clock=clock)
+    await service.start(background=False)
+    store.commit.set()
+    [submitted] = await service.submit([TaskSpec(queue="q", payload=b"a")])
+    store.commit.clear()
+    lease = asyncio.create_task(
+        service.lease("q", max_tasks=1, lease_duration=30.0, wait=0, worker_id="w")
+    )
+    await store.committing.wait()  # the task is claimed; its lease is being committed
+    lease.cancel()  # ...when the caller goes away
+    await asyncio.sleep(0)
+    store.commit.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await lease
+    for _ in range(10):  # the release is a nack of its own
+        await asyncio.sleep(0)
+    task = await service.get_task(submitted.task.id)
+    assert task is not None and task.state is State.READY and task.failures == 0
+    assert task.history[-1].outcome is AttemptOutcome.RELEASED
+    # Ready for the next caller at once, not after its 30 s lease.
+    [again] = await service.lease("q", max_tasks=1, lease_duration=30.0, wait=0, worker_id="w2")
+    assert again.task.id == submitted.task.id
+    await service.stop()
