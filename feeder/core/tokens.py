@@ -18,6 +18,8 @@ import hmac
 import struct
 from dataclasses import dataclass
 
+from feeder.core.records import fast_init
+
 _BODY = struct.Struct(">BQI")  # version, task id, attempt
 _TAG_BYTES = 16
 _HMAC_SHA256, _BLAKE2S = 1, 2  # token versions, by MAC
@@ -30,6 +32,7 @@ _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 _PADDING = ("", "=", "==", "===")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LeaseRef:
     """What a verified token names: one attempt of one task."""

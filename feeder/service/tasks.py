@@ -29,6 +29,7 @@ from feeder.core.model import (
     TaskSpec,
 )
 from feeder.core.policy import QueuePolicy
+from feeder.core.records import fast_init
 from feeder.core.tokens import LeaseRef, TokenCodec, TokenError
 from feeder.service.janitor import Janitor
 from feeder.service.reaper import Reaper
@@ -42,24 +43,28 @@ OutcomeT = TypeVar("OutcomeT")
 MAX_RACES = 8
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LeaseGrant:
     task: Task
     lease_token: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AckItem:
     lease_token: str
     result: bytes | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AckResult:
     outcome: AckOutcome
     task_id: int | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NackItem:
     lease_token: str
@@ -69,6 +74,7 @@ class NackItem:
     release: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NackResult:
     outcome: NackOutcome
@@ -76,12 +82,14 @@ class NackResult:
     retry_at: float | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ExtendItem:
     lease_token: str
     lease_duration: float | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ExtendResult:
     outcome: ExtendOutcome

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from feeder.core.machine import Decision, Event
 from feeder.core.model import State, Task, TaskSpec
+from feeder.core.records import fast_init
 
 
 class QueueFull(Exception):
@@ -30,6 +31,7 @@ class StoreUnavailable(Exception):
     the caller may retry."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Change:
     """Replace `before` by `after` (None deletes), only if the store still holds `before`.
@@ -42,6 +44,7 @@ class Change:
     events: tuple[Event, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Submitted:
     task: Task
