@@ -109,25 +109,35 @@ async def _run_cases(
             print(f"!!! SKIPPED {case.name}: {case.reason}", flush=True)
             for w in workloads:
                 results.append(skipped_result(case, w, n, case.reason))  # type: ignore[arg-type]
-            continue
-        print(f"--- {case.name}: {case.summary}", flush=True)
-        for result in await run_case(case, n, workloads, phase_timeout, repeat, profiler):
-            results.append(result)
-            if result["status"] == "ok":
-                run = f" (run {result['run']})" if repeat > 1 else ""
-                print(
-                    f"    {result['workload']}{run}: {n} tasks in "
-                    f"{result['seconds']:.3f}s = {result['tasks_per_s']:,.0f} tasks/s "
-                    f"(load {result['load_avg'][0] if result['load_avg'] else '?'})",
-                    flush=True,
-                )
-            elif result["status"] != "skipped":
-                print(
-                    f"!!! {result['status'].upper()} {case.name} {result['workload']}: "
-                    f"{result['reason']}",
-                    flush=True,
-                )
+    available = [case for case in cases if not isinstance(case, Unavailable)]
+    # Repeats go round all cases (run 1 of every case, then run 2, ...), not one case three
+    # times in a row: a shared machine that slows down for a minute then weighs on every
+    # case alike, and the ratios taken from the medians stay fair.
+    for run in range(1, repeat + 1):
+        for case in available:
+            label = f" (run {run} of {repeat})" if repeat > 1 else ""
+            print(f"--- {case.name}{label}: {case.summary}", flush=True)
+            for result in await run_case(case, n, workloads, phase_timeout, 1, profiler):
+                result["run"] = run
+                results.append(result)
+                _print_result(case.name, n, result, repeat)
     return results
+
+
+def _print_result(case: str, n: int, result: dict[str, Any], repeat: int) -> None:
+    if result["status"] == "ok":
+        run = f" (run {result['run']})" if repeat > 1 else ""
+        load = result["load_avg"][0] if result["load_avg"] else "?"
+        print(
+            f"    {result['workload']}{run}: {n} tasks in {result['seconds']:.3f}s = "
+            f"{result['tasks_per_s']:,.0f} tasks/s (load {load})",
+            flush=True,
+        )
+    elif result["status"] != "skipped":
+        print(
+            f"!!! {result['status'].upper()} {case} {result['workload']}: {result['reason']}",
+            flush=True,
+        )
 
 
 async def _run_experiments(experiments: list[Experiment], options: Options) -> list[dict[str, Any]]:
