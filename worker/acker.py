@@ -106,12 +106,6 @@ class Acker:
         self._drained.set()
         self._loop_task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
-        self._taken = 0  # batches taken from a line whose request is not written yet
-
-    @property
-    def report_due(self) -> bool:
-        """A report is about to be sent (a batch is full or being sent out)."""
-        return self._full.is_set() or self._taken > 0
 
     @property
     def unresolved(self) -> int:
@@ -184,8 +178,8 @@ class Acker:
                 await asyncio.wait_for(self._full.wait(), self._flush_interval)
             self._wake.clear()
             self._full.clear()
-            # Sends are spawned in this same loop turn (so `report_due` never reads false
-            # while a batch is on its way out); each kind has its own in-flight limit.
+            # Sends are spawned (each kind has its own in-flight limit), so a batch waiting
+            # for its answer does not hold the next one back.
             await self._drain(self._acks)
             await self._drain(self._nacks)
 
@@ -193,7 +187,6 @@ class Acker:
         while line.waiting:
             await line.in_flight.acquire()
             batch = line.take(self._batch_size, self._max_batch_bytes)
-            self._taken += 1
             sending = asyncio.create_task(self._send_one(line, batch))
             self._sending.add(sending)
             sending.add_done_callback(self._sending.discard)
@@ -204,17 +197,17 @@ class Acker:
         finally:
             line.in_flight.release()
 
-    async def _send(self, line: _Line, batch: list[_Report], *, taken: bool = True) -> None:
+    async def _send(self, line: _Line, batch: list[_Report]) -> None:
         messages = [report.message for report in batch]
         try:
-            outcomes = await self._call(line, messages, taken=taken)
+            outcomes = await self._call(line, messages)
         except Exception as exc:  # refused as a whole, or a reply we cannot use
             if len(batch) > 1:
                 log.warning(
                     "%s batch of %d refused (%s); sending one by one", line.name, len(batch), exc
                 )
                 for report in batch:
-                    await self._send(line, [report], taken=False)
+                    await self._send(line, [report])
                 return
             log.error("%s for task %s failed for good: %s", line.name, batch[0].task_id, exc)
             _settle(batch[0].outcome, exception=exc)
@@ -222,11 +215,8 @@ class Acker:
         for report, outcome in zip(batch, outcomes, strict=True):
             _settle(report.outcome, result=outcome)
 
-    async def _call(self, line: _Line, messages: list[Any], *, taken: bool = False) -> list[int]:
-        # The first try goes out directly, in this loop turn (a report on the stream then
-        # carries the credits owed for the slots its tasks freed); failures are retried.
-        if taken:
-            self._taken -= 1
+    async def _call(self, line: _Line, messages: list[Any]) -> list[int]:
+        # The first try goes out directly, without the retry machinery; failures are retried.
         try:
             outcomes = await line.send(messages)
         except Exception as exc:

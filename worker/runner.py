@@ -178,7 +178,6 @@ class Worker:
                 worker_id=self.worker_id,
                 lease_duration=self.lease_duration,
                 on_leased=lambda tasks, sent_at: jobs.on_leased(tasks, sent_at),
-                report_due=lambda: acker.report_due,
             )
         acker = Acker(
             stub=stub,
