@@ -207,7 +207,7 @@ class TaskService:
         while not self._draining:
             # Arrival order: a newcomer queues behind leasers already waiting.
             if first or not self._waiters.has_waiters(queue):
-                grants = await self._claim_for_caller(queue, max_tasks, lease_duration, worker_id)
+                grants = await self._claim(queue, max_tasks, lease_duration, worker_id)
                 if grants:
                     if self._store.has_ready(queue):
                         self._waiters.wake_first(queue)
@@ -234,25 +234,18 @@ class TaskService:
                 raise
         return []
 
-    async def _claim_for_caller(
-        self, queue: str, max_tasks: int, lease_duration: float | None, worker_id: str
-    ) -> list[LeaseGrant]:
-        """`_claim`, safe against the caller going away while the leases commit (a client
-        that cancels its Lease, a worker that closes its stream): the tasks it would have
-        got are released at once, not left leased to nobody until their leases expire."""
-        claim = asyncio.ensure_future(self._claim(queue, max_tasks, lease_duration, worker_id))
-        try:
-            return await asyncio.shield(claim)
-        except asyncio.CancelledError:
-            claim.add_done_callback(self._release_unclaimed)
-            raise
-
-    def _release_unclaimed(self, claim: asyncio.Future[list[LeaseGrant]]) -> None:
-        if claim.cancelled() or claim.exception() is not None or not claim.result():
-            return
+    def _release_unclaimed(self, leased: list[Task]) -> None:
+        """Gives back tasks leased for a caller that went away while the leases committed
+        (a client that cancelled its Lease, a worker that closed its stream), instead of
+        leaving them leased to nobody until their leases expire."""
+        codec = self._codec
         items = [
-            NackItem(grant.lease_token, error="released: the caller went away", release=True)
-            for grant in claim.result()
+            NackItem(
+                codec.issue(task.id, task.attempt),
+                error="released: the caller went away",
+                release=True,
+            )
+            for task in leased
         ]
         releasing = asyncio.ensure_future(self.nack(items))
         self._releasing.add(releasing)
@@ -270,12 +263,25 @@ class TaskService:
         policy = self._policies(queue)
         now = self._clock()
 
+        # What the store leases, known before it awaits the commit: if the caller goes away
+        # meanwhile, those are released (the store applies every decision it asks for
+        # before its first await).
+        deciding: list[Task] = []
+
         def decide(task: Task) -> Decision[bool]:
-            return machine.lease(
+            decision = machine.lease(
                 task, now=now, worker_id=worker_id, lease_duration=lease_duration, policy=policy
             )
+            if decision.outcome and decision.task is not None:
+                deciding.append(decision.task)
+            return decision
 
-        leased = await self._store.claim(queue, max_tasks, decide)
+        try:
+            leased = await self._store.claim(queue, max_tasks, decide)
+        except asyncio.CancelledError:
+            if deciding:
+                self._release_unclaimed(deciding)
+            raise
         if not leased:
             return []
         earliest = min(t.lease_deadline or now for t in leased)

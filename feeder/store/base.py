@@ -100,7 +100,9 @@ class Store(Protocol):
 
     async def claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
         """Leases up to `limit` READY tasks of `queue` in order (priority high to low, then
-        ready_at, then id) by applying `lease` to each; returns the leased records."""
+        ready_at, then id) by applying `lease` to each; returns the leased records. Every
+        decision `lease` returns is applied: if the caller is cancelled while the claim
+        commits, the tasks `lease` leased stay leased (the caller gives them back)."""
         ...
 
     async def get(self, task_ids: Iterable[int]) -> dict[int, Task]:
