@@ -78,9 +78,9 @@ class Slots:
         self.busy += count
         return count
 
-    def reserve_now(self) -> int:
-        """Reserves every free slot without waiting; returns how many."""
-        count = max(self.free, 0)
+    def reserve_now(self, most: int) -> int:
+        """Reserves free slots without waiting, `most` at most; returns how many."""
+        count = max(min(self.free, most), 0)
         self.busy += count
         return count
 

@@ -34,8 +34,9 @@ from worker.leaser import BACKOFF_CAP, BACKOFF_INITIAL, FATAL_CODES, Slots
 
 log = logging.getLogger("feedwork.worker")
 
-# The feeder takes at most 1000 credits per message.
+# The feeder takes at most 1000 credits per message, and 10000 unused per stream.
 MAX_CREDITS_PER_MESSAGE = 1000
+MAX_UNUSED_CREDITS = 10_000
 # A report not answered within this long is sent again by the acker (acks are idempotent).
 REPORT_TIMEOUT = 10.0
 
@@ -138,6 +139,9 @@ class ConsumeStream:
 
     async def _session(self) -> None:
         granted = await self._slots.reserve_free()
+        if granted > MAX_UNUSED_CREDITS:
+            self._slots.release(granted - MAX_UNUSED_CREDITS)
+            granted = MAX_UNUSED_CREDITS
         self._unused = granted
         call = self._stub.Consume()
         reading: asyncio.Task[None] | None = None
@@ -181,7 +185,9 @@ class ConsumeStream:
         raise _Ended("the feeder closed the Consume stream")
 
     def _grant_freed(self) -> None:
-        credits = self._slots.reserve_now()
+        # The feeder refuses a stream holding more than MAX_UNUSED_CREDITS; slots beyond
+        # that are granted as tasks come in and credits get used.
+        credits = self._slots.reserve_now(MAX_UNUSED_CREDITS - self._unused)
         if credits:
             self._unused += credits
             self._owe(credits)
@@ -221,6 +227,7 @@ class ConsumeStream:
                 tasks = list(response.tasks)
                 self._unused -= len(tasks)
                 self._on_leased(tasks, self._leased_at(tasks))
+                self._grant_freed()  # room under the cap for slots left ungranted
             if _answers_a_report(response):
                 answer = self._answers.get(response.report_id)
                 if answer is not None and not answer.done():

@@ -429,3 +429,16 @@ async def test_worker_uses_unary_calls_on_a_feeder_without_consume(
     assert sorted(t.result for t in tasks) == [b"resized:a", b"resized:b"]
     assert worker.counters.done == 2
     assert any("does not offer Consume" in r.getMessage() for r in caplog.records)
+
+
+async def test_more_slots_than_a_stream_may_hold_as_credits(feeder: Any) -> None:
+    """A stream may hold at most 10,000 unused credits; a bigger worker still runs."""
+
+    async def quick(task: Task) -> bytes:
+        return task.payload
+
+    task_ids = await submit(feeder, *[str(i).encode() for i in range(30)])
+    async with running(feeder.target, quick, concurrency=10_050) as worker:
+        tasks = await wait_for_states(feeder, task_ids, pb.TASK_STATE_COMPLETED)
+        await wait_until(lambda: worker.counters.done == 30)
+    assert sorted(t.result for t in tasks) == sorted(str(i).encode() for i in range(30))
