@@ -448,7 +448,9 @@ def test_fuzz_consume(env: Env) -> None:
         answers = {}
         try:
             for response in env.stub.Consume(iter(messages), timeout=10):
-                if not response.tasks:
+                # A message may carry tasks, a report's answer, or both.
+                results = [*response.ack_results, *response.nack_results]
+                if results or response.extend_results or response.error_code:
                     answers[response.report_id] = response
         except grpc.RpcError as exc:
             code = exc.code()
@@ -457,8 +459,8 @@ def test_fuzz_consume(env: Env) -> None:
             return
         env.codes["Consume OK"] += 1
         for message in messages[1:]:
-            if not message.report_id:
-                continue
+            if not (message.acks or message.nacks or message.extends):
+                continue  # not a report (no items): nothing is answered
             answer = answers[message.report_id]
             if answer.error_code:
                 assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == answer.error_code, answer
