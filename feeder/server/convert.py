@@ -92,11 +92,11 @@ def task_pb(task: Task) -> pb.Task:
 
 
 def submit_result_pb(submitted: Submitted) -> pb.SubmitResult:
-    return pb.SubmitResult(
-        task_id=str(submitted.task.id),
-        state=enum_pb(submitted.task.state),
-        deduplicated=submitted.deduplicated,
-    )
+    # One per submitted task: `deduplicated` only set when true (false is the default).
+    task = submitted.task
+    if submitted.deduplicated:
+        return pb.SubmitResult(task_id=str(task.id), state=int(task.state), deduplicated=True)
+    return pb.SubmitResult(task_id=str(task.id), state=int(task.state))
 
 
 def leased_task_pb(grant: LeaseGrant) -> pb.LeasedTask:

@@ -71,29 +71,30 @@ class IndexedStore:
         index = self._index
         results: list[Submitted | None] = []
         new: list[Task] = []
+        new_events: list[tuple[str, Event]] = []
         batch_keys: dict[tuple[str, str], Task] = {}
-        added: Counter[str] = Counter()
-        events: Counter[tuple[str, Event]] = Counter()
         existing_ids: dict[int, int] = {}
         for position, spec in enumerate(specs):
             key = (spec.queue, spec.idempotency_key) if spec.idempotency_key else None
             if key is not None and (key in batch_keys or key in self._inflight_keys):
                 twin = batch_keys.get(key) or self._inflight_keys[key]
-                results.append(Submitted(twin, deduplicated=True))
+                results.append(Submitted(twin, True))
                 continue
             if key is not None and key in index.keys:
                 existing_ids[position] = index.keys[key]
                 results.append(None)
                 continue
-            added[spec.queue] += 1
             decision = create(spec, self._next_id + len(new))
-            assert decision.task is not None
-            new.append(decision.task)
-            for event in decision.events:
-                events[(spec.queue, event)] += 1
+            task = decision.task
+            assert task is not None
+            new.append(task)
+            new_events.extend((spec.queue, event) for event in decision.events)
             if key is not None:
-                batch_keys[key] = decision.task
-            results.append(Submitted(decision.task, deduplicated=False))
+                batch_keys[key] = task
+            results.append(Submitted(task, False))
+        # Counted once per batch (Counter counts an iterable in C).
+        added: Counter[str] = Counter(task.queue for task in new)
+        events: Counter[tuple[str, Event]] = Counter(new_events)
         for queue, count in added.items():
             depth = index.pending(queue) + self._inflight[queue]
             if depth + count > max_depth(queue):
