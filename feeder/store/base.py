@@ -93,7 +93,8 @@ class Store(Protocol):
         create: TaskFactory,
         max_depth: Callable[[str], int],
     ) -> list[Submitted]:
-        """Stores new tasks, all or none. A spec whose (queue, idempotency_key) exists returns
+        """Stores new tasks, all or none, as `create` makes them (fresh records: never
+        leased, no result, no history). A spec whose (queue, idempotency_key) exists returns
         that task with deduplicated=True. Raises QueueFull (storing nothing) when a queue's
         pending tasks (scheduled, ready, leased) would exceed max_depth(queue)."""
         ...
