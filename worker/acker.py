@@ -24,8 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import tenacity
-
 from feedwork.retry import async_retrying, is_transient
 from feedwork.v1 import feeder_pb2 as pb
 from worker.connection import ConnectionMonitor
@@ -232,10 +230,7 @@ class Acker:
         return outcomes
 
     async def _retry(self, line: _Line, messages: list[Any]) -> list[int]:
-        def note(state: tenacity.RetryCallState) -> None:
-            if state.outcome is not None and (exc := state.outcome.exception()) is not None:
-                self._monitor.failed(exc, call=line.name)
-
+        note = self._monitor.note_retry(line.name)
         async for attempt in async_retrying(max_delay=None, before_sleep=note):
             with attempt:
                 outcomes = await line.send(messages)

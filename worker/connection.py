@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 
+import tenacity
+
 from feedwork.retry import status_code
 
 log = logging.getLogger("feedwork.worker")
@@ -46,6 +48,15 @@ class ConnectionMonitor:
         elif not self._connected_once:
             log.info("connected to feeder %s", self._target)
         self._connected_once = True
+
+    def note_retry(self, call: str) -> Callable[[tenacity.RetryCallState], None]:
+        """A tenacity `before_sleep` that reports each failed try of `call` here."""
+
+        def note(state: tenacity.RetryCallState) -> None:
+            if state.outcome is not None and (exc := state.outcome.exception()) is not None:
+                self.failed(exc, call=call)
+
+        return note
 
     def failed(self, exc: BaseException, *, call: str) -> None:
         """A call failed in a way worth retrying; it will be retried."""

@@ -141,14 +141,8 @@ class Leaser:
         request.wait.FromNanoseconds(int(self._wait * 1e9))
         if self._lease_duration is not None:
             request.lease_duration.FromNanoseconds(int(self._lease_duration * 1e9))
-        retrying = async_retrying(
-            max_delay=None,
-            retry=tenacity.retry_if_exception(_retryable),
-            wait=tenacity.wait_random_exponential(multiplier=BACKOFF_INITIAL, max=BACKOFF_CAP),
-            before_sleep=self._note_failure,
-        )
         try:
-            async for attempt in retrying:
+            async for attempt in reconnecting(self._monitor, "Lease"):
                 with attempt:
                     sent_at = self._clock()
                     reply = await self._stub.Lease(request, timeout=self._wait + CALL_MARGIN)
@@ -157,12 +151,20 @@ class Leaser:
         self._monitor.succeeded()
         return list(reply.tasks), sent_at
 
-    def _note_failure(self, state: tenacity.RetryCallState) -> None:
-        if state.outcome is not None and (exc := state.outcome.exception()) is not None:
-            self._monitor.failed(exc, call="Lease")
+
+def reconnecting(monitor: ConnectionMonitor, call: str) -> tenacity.AsyncRetrying:
+    """How leasing (a Lease call, or the Consume stream) retries: for as long as the worker
+    runs, with capped full-jitter backoff, each failure reported to `monitor`; only a
+    refusal that no retry can fix (FATAL_CODES) ends it."""
+    return async_retrying(
+        max_delay=None,
+        retry=tenacity.retry_if_exception(retryable),
+        wait=tenacity.wait_random_exponential(multiplier=BACKOFF_INITIAL, max=BACKOFF_CAP),
+        before_sleep=monitor.note_retry(call),
+    )
 
 
-def _retryable(exc: BaseException) -> bool:
+def retryable(exc: BaseException) -> bool:
     # Everything the feeder might get over (down, overloaded, an internal hiccup) is
     # retried; only requests it will never accept, and bugs on our side, are not.
     return isinstance(exc, grpc.RpcError) and status_code(exc) not in FATAL_CODES

@@ -24,13 +24,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-import tenacity
 
 from feedwork.errors import error_from_rpc, error_from_status
-from feedwork.retry import async_retrying, status_code
+from feedwork.retry import status_code
 from feedwork.v1 import feeder_pb2 as pb
 from worker.connection import ConnectionMonitor
-from worker.leaser import BACKOFF_CAP, BACKOFF_INITIAL, FATAL_CODES, Slots
+from worker.leaser import Slots, reconnecting
 
 log = logging.getLogger("feedwork.worker")
 
@@ -93,14 +92,8 @@ class ConsumeStream:
         return self._call is not None
 
     async def run(self) -> None:
-        retrying = async_retrying(
-            max_delay=None,
-            retry=tenacity.retry_if_exception(_retryable),
-            wait=tenacity.wait_random_exponential(multiplier=BACKOFF_INITIAL, max=BACKOFF_CAP),
-            before_sleep=self._note_failure,
-        )
         try:
-            async for attempt in retrying:
+            async for attempt in reconnecting(self._monitor, "Consume"):
                 with attempt:
                     await self._session()
         except grpc.RpcError as exc:
@@ -253,10 +246,6 @@ class ConsumeStream:
             self.messages_sent += 1
             await call.write(request)
 
-    def _note_failure(self, state: tenacity.RetryCallState) -> None:
-        if state.outcome is not None and (exc := state.outcome.exception()) is not None:
-            self._monitor.failed(exc, call="Consume")
-
 
 class _Ended(grpc.RpcError):
     """The feeder ended the stream cleanly (it does so when draining): reconnect."""
@@ -279,7 +268,3 @@ def _answers_a_report(response: Any) -> bool:
         or response.extend_results
         or response.error_code
     )
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.RpcError) and status_code(exc) not in FATAL_CODES
