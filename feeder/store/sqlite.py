@@ -108,6 +108,19 @@ UPDATE = (
     " last_attempt=?, last_worker=?, last_leased_at=?, last_ended_at=?, last_outcome=?,"
     " last_error=?, version=? WHERE id=?"
 )
+# The two commonest writes, a task's first lease and its ack, as statements that bind only
+# the columns they change (measured 4.5 against 6-7 us per row for the full UPDATE). A row
+# takes one only if every column it leaves alone is the same on disk and in the new record
+# (see _update_kind); anything else takes the full UPDATE.
+UPDATE_LEASED = (
+    "UPDATE tasks SET state=?, attempt=?, lease_deadline=?, lease_granted=?, last_attempt=?,"
+    " last_worker=?, last_leased_at=?, last_ended_at=?, last_outcome=?, last_error=?,"
+    " version=? WHERE id=?"
+)
+UPDATE_ENDED = (
+    "UPDATE tasks SET state=?, lease_deadline=?, result=?, finished_at=?, last_ended_at=?,"
+    " last_outcome=?, last_error=?, version=? WHERE id=?"
+)
 DELETE = "DELETE FROM tasks WHERE id=?"
 # The next task id, kept so ids of deleted tasks are never handed out again (a lease token
 # of an old task must not match a new one).
@@ -179,6 +192,53 @@ def _update_row(t: Task) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _leased_row(t: Task) -> tuple[Any, ...]:
+    last = t.history[0]
+    return (
+        int(t.state), t.attempt, t.lease_deadline, t.lease_granted, last.attempt,
+        last.worker_id, last.leased_at, last.ended_at, int(last.outcome), last.error,
+        t.version, t.id,
+    )  # fmt: skip
+
+
+def _ended_row(t: Task) -> tuple[Any, ...]:
+    last = t.history[0]
+    return (
+        int(t.state), t.lease_deadline, t.result, t.finished_at, last.ended_at,
+        int(last.outcome), last.error, t.version, t.id,
+    )  # fmt: skip
+
+
+def _update_kind(disk: Task, t: Task) -> int:
+    """Which statement writes `t` over the row that holds `disk`: FULL, LEASED (the first
+    attempt begun) or ENDED (the first attempt ended). The short ones leave columns alone,
+    so they are chosen only when those columns are the same in both records. (An attempt
+    keeps its number, worker and start time once recorded: the same attempt number means
+    the same last_attempt, last_worker and last_leased_at.)"""
+    if (
+        len(t.history) != 1
+        or t.ready_at != disk.ready_at
+        or t.failures != disk.failures
+        or t.not_before != disk.not_before
+    ):
+        return _FULL
+    if not disk.history:
+        if t.result == disk.result and t.finished_at == disk.finished_at:
+            return _LEASED
+    elif (
+        len(disk.history) == 1
+        and t.attempt == disk.attempt
+        and t.lease_granted == disk.lease_granted
+    ):
+        return _ENDED
+    return _FULL
+
+
+_FULL, _LEASED, _ENDED = 0, 1, 2
+_UPDATES = (UPDATE, UPDATE_LEASED, UPDATE_ENDED)
+_ROW_OF = (_update_row, _leased_row, _ended_row)
+
+
 def _ready_order(t: Task) -> tuple[float, int]:
     return (t.ready_at, t.id)
 
@@ -213,6 +273,9 @@ class _Batch:
     """Writes staged together, committed in one transaction."""
 
     rows: dict[int, Task | None] = field(default_factory=dict)  # last write per id wins
+    # Per id, the record its row holds when this batch commits: the one its first staged
+    # change was decided from (every later one was decided from the change before it).
+    disk: dict[int, Task] = field(default_factory=dict)
     totals: Counter[tuple[str, str]] = field(default_factory=Counter)
     inserts: list[tuple[list[Task], Counter[tuple[str, str]], asyncio.Future[None]]] = field(
         default_factory=list
@@ -274,6 +337,7 @@ class SqliteStore(IndexedStore):
         self._writer = self._connect()
         self._writer.executescript(SCHEMA)
         _add_missing_columns(self._writer)
+        _split_old_histories(self._writer)
         self._reserve_pages = _cap_pages(self._writer)
         self._reader = self._connect()
         row = self._reader.execute("SELECT value FROM meta WHERE key='token_secret'").fetchone()
@@ -377,8 +441,11 @@ class SqliteStore(IndexedStore):
 
     async def _persist_changes(self, changes: Sequence[Change], events: EventCounts) -> None:
         batch = self._stage()
+        rows, disk = batch.rows, batch.disk
         for change in changes:
-            batch.rows[change.before.id] = change.after
+            before = change.before
+            rows[before.id] = change.after
+            disk.setdefault(before.id, before)
         for (queue, event), n in events.items():
             batch.totals[(queue, event.value)] += n
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -461,10 +528,17 @@ class SqliteStore(IndexedStore):
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
-            updates = [_update_row(t) for t in batch.rows.values() if t is not None]
-            deletes = [(i,) for i, t in batch.rows.items() if t is None]
-            if updates:
-                conn.executemany(UPDATE, updates)
+            updates: tuple[list[tuple[Any, ...]], ...] = ([], [], [])
+            deletes = []
+            for task_id, task in batch.rows.items():
+                if task is None:
+                    deletes.append((task_id,))
+                    continue
+                kind = _update_kind(batch.disk[task_id], task)
+                updates[kind].append(_ROW_OF[kind](task))
+            for statement, rows in zip(_UPDATES, updates, strict=True):
+                if rows:
+                    conn.executemany(statement, rows)
             if deletes:
                 conn.executemany(DELETE, deletes)
             if batch.totals:
@@ -606,6 +680,34 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for name, kind in LAST_ATTEMPT_COLUMNS:
         if name not in have:
             conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
+
+
+def _split_old_histories(conn: sqlite3.Connection) -> None:
+    """Moves the last attempt of rows an earlier feeder wrote (the whole history as JSON)
+    into the last_* columns, once per database: the short UPDATEs (see _update_kind) write
+    only those columns and would otherwise leave a stale copy in the JSON."""
+    if conn.execute("SELECT 1 FROM meta WHERE key='history_split'").fetchone():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            "SELECT id, history FROM tasks WHERE history IS NOT NULL AND last_outcome IS NULL"
+        ).fetchall()
+        conn.executemany(
+            "UPDATE tasks SET history=?, last_attempt=?, last_worker=?, last_leased_at=?,"
+            " last_ended_at=?, last_outcome=?, last_error=? WHERE id=?",
+            [
+                (*_history_columns(_history_from(text, _NO_LAST_ATTEMPT)), task_id)
+                for task_id, text in rows
+            ],
+        )
+        conn.execute("INSERT INTO meta (key, value) VALUES ('history_split', 1)")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if rows:
+        log.info("moved the last attempt of %d tasks into its own columns", len(rows))
 
 
 def _cap_pages(conn: sqlite3.Connection) -> int:

@@ -1,24 +1,34 @@
 """The SQLite store's row encoding: the hand-written history JSON is exactly json.dumps's,
-the history split into JSON and last-attempt columns reads back whole, and databases from
-before that split still open."""
+the history split into JSON and last-attempt columns reads back whole, the short UPDATEs
+leave every row as the full one would, and databases from before that split still open."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import sqlite3
+import tempfile
 from pathlib import Path
+from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feeder.core.model import Attempt, AttemptOutcome, State
+from feeder.core import machine
+from feeder.core.machine import Decision
+from feeder.core.model import Attempt, AttemptOutcome, State, Task, TaskSpec
+from feeder.core.policy import QueuePolicy
+from feeder.store.base import Change
 from feeder.store.sqlite import (
+    COLUMNS,
     LAST_ATTEMPT_COLUMNS,
     SCHEMA,
     SqliteStore,
     _history_columns,
     _history_from,
     _history_json,
+    _task_from_row,
 )
 
 times = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(0, 2**53))
@@ -79,11 +89,18 @@ async def test_a_database_from_before_the_last_attempt_columns_opens(tmp_path: P
         Attempt(1, "w1", 10.0, 40.0, AttemptOutcome.EXPIRED, "lease expired"),
         Attempt(2, "w2", 41.0),
     )
-    conn.execute(
+    insert = (
         "INSERT INTO tasks (id, queue, payload, priority, state, max_attempts, created_at,"
         " ready_at, attempt, failures, lease_deadline, lease_granted, history, version)"
-        " VALUES (7, 'q', x'00', 0, 3, 5, 1.0, 1.0, 2, 1, 71.0, 41.0, ?, 4)",
+    )
+    conn.execute(
+        f"{insert} VALUES (7, 'q', x'00', 0, 3, 5, 1.0, 1.0, 2, 1, 71.0, 41.0, ?, 4)",
         (reference(history),),
+    )
+    # One running attempt: its ack takes the short UPDATE of the last_* columns.
+    conn.execute(
+        f"{insert} VALUES (8, 'q', x'00', 0, 3, 5, 1.0, 1.0, 1, 0, 71.0, 41.0, ?, 2)",
+        (reference(history[1:]),),
     )
     conn.commit()
     conn.close()
@@ -92,7 +109,90 @@ async def test_a_database_from_before_the_last_attempt_columns_opens(tmp_path: P
     try:
         task = (await store.get([7]))[7]
         assert (task.state, task.attempt, task.history) == (State.LEASED, 2, history)
+        single = (await store.get([8]))[8]
+        done = machine.ack(single, 1, result=None, now=50.0).task
+        assert done is not None and await store.apply([Change(single, done)]) == [True]
+    finally:
+        await store.close()
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        assert (await store.get([7, 8])) == {7: task, 8: done}
     finally:
         await store.close()
     columns = {row[1] for row in sqlite3.connect(db).execute("PRAGMA table_info(tasks)")}
     assert {name for name, _ in LAST_ATTEMPT_COLUMNS} <= columns
+
+
+POLICY = QueuePolicy(max_attempts=3, backoff_base=1.0, backoff_cap=8.0, lease_duration=10.0)
+OPERATIONS = ("lease", "ack", "release", "fail", "extend", "expire", "cancel", "redrive")
+
+
+def _decide(task: Task, operation: str, now: float, rng: random.Random) -> Decision[Any]:
+    if operation == "lease":
+        return machine.lease(task, now=now, worker_id="w", lease_duration=None, policy=POLICY)
+    if operation == "ack":
+        return machine.ack(task, task.attempt, result=b"r", now=now)
+    if operation in ("release", "fail"):
+        return machine.nack(
+            task, task.attempt, error="e", retry_after=None, terminal=False,
+            release=operation == "release", now=now, policy=POLICY, rng=rng,
+        )  # fmt: skip
+    if operation == "extend":
+        return machine.extend(task, task.attempt, lease_duration=5.0, now=now)
+    if operation == "expire":
+        return machine.advance(task, now + 60.0)
+    if operation == "cancel":
+        return machine.cancel(task, now=now)
+    return machine.redrive(task, now=now)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 2), st.sampled_from(OPERATIONS)), max_size=6),
+        max_size=8,
+    )
+)
+def test_every_row_on_disk_is_the_record_in_memory(rounds: list[list[tuple[int, str]]]) -> None:
+    """Transitions of three tasks, several of them staged in one commit (so a row may go
+    READY -> LEASED -> COMPLETED, or further, in one write): after each commit every row
+    reads back as the store's record, whichever UPDATE wrote it."""
+
+    async def body(path: Path) -> None:
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            now = 1000.0
+
+            def create(spec: TaskSpec, task_id: int) -> Decision[State]:
+                return machine.create(spec, task_id=task_id, now=now, policy=POLICY)
+
+            submitted = await store.submit(
+                [TaskSpec("q", b"p")] * 3, create=create, max_depth=lambda _q: 100
+            )
+            ids = [s.task.id for s in submitted]
+            rng = random.Random(0)
+            check = sqlite3.connect(path)
+            for steps in rounds:
+                now += 1.0
+                latest = await store.get(ids)
+                changes = []
+                for which, operation in steps:
+                    task = latest[ids[which]]
+                    decision = _decide(task, operation, now, rng)
+                    if decision.task is not None:
+                        changes.append(Change(task, decision.task))
+                        latest[task.id] = decision.task
+                assert all(await store.apply(changes))
+                on_disk = {
+                    row[0]: _task_from_row(row)
+                    for row in check.execute(f"SELECT {COLUMNS} FROM tasks")
+                }
+                assert on_disk == await store.get(ids)
+            check.close()
+        finally:
+            await store.close()
+
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(body(Path(directory) / "t.db"))
