@@ -150,14 +150,14 @@ def _decide(task: Task, operation: str, now: float, rng: random.Random) -> Decis
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
-        st.lists(st.tuples(st.integers(0, 2), st.sampled_from(OPERATIONS)), max_size=6),
+        st.lists(st.tuples(st.integers(0, 3), st.sampled_from(OPERATIONS)), max_size=6),
         max_size=8,
     )
 )
 def test_every_row_on_disk_is_the_record_in_memory(rounds: list[list[tuple[int, str]]]) -> None:
-    """Transitions of three tasks, several of them staged in one commit (so a row may go
+    """Transitions of four tasks, several of them staged in one commit (so a row may go
     READY -> LEASED -> COMPLETED, or further, in one write): after each commit every row
-    reads back as the store's record, whichever UPDATE wrote it."""
+    reads back as the store's record, whichever INSERT or UPDATE wrote it."""
 
     async def body(path: Path) -> None:
         store = SqliteStore(path)
@@ -168,13 +168,17 @@ def test_every_row_on_disk_is_the_record_in_memory(rounds: list[list[tuple[int, 
             def create(spec: TaskSpec, task_id: int) -> Decision[State]:
                 return machine.create(spec, task_id=task_id, now=now, policy=POLICY)
 
-            submitted = await store.submit(
-                [TaskSpec("q", b"p")] * 3, create=create, max_depth=lambda _q: 100
-            )
+            specs = [
+                TaskSpec("q", b"p"),  # a plain task, inserted with the short INSERT
+                TaskSpec("q", b"", {"h": "v"}, priority=2, idempotency_key="k"),
+                TaskSpec("q", b"p", lease_duration=3.0, max_attempts=2, idempotency_key="j"),
+                TaskSpec("q", b"p", not_before=now + 2.5),
+            ]
+            submitted = await store.submit(specs, create=create, max_depth=lambda _q: 100)
             ids = [s.task.id for s in submitted]
             rng = random.Random(0)
             check = sqlite3.connect(path)
-            for steps in rounds:
+            for steps in [[], *rounds]:
                 now += 1.0
                 latest = await store.get(ids)
                 changes = []
