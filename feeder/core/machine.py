@@ -63,24 +63,23 @@ class Decision(Generic[OutcomeT]):
 _NOTHING_DUE: Decision[None] = Decision(None)
 
 
+_SUBMITTED = (Event.SUBMITTED,)
+
+
 def create(spec: TaskSpec, *, task_id: int, now: float, policy: QueuePolicy) -> Decision[State]:
     """A new task: scheduled when its not-before time is in the future, else ready."""
-    scheduled = spec.not_before is not None and spec.not_before > now
+    not_before = spec.not_before
+    if not_before is not None and not_before > now:
+        state = State.SCHEDULED
+    else:
+        state, not_before = State.READY, None
+    # Positional: one of these per submitted task (the fields in Task's order).
     task = Task(
-        id=task_id,
-        queue=spec.queue,
-        payload=spec.payload,
-        headers=spec.headers or EMPTY_HEADERS,
-        priority=spec.priority,
-        state=State.SCHEDULED if scheduled else State.READY,
-        max_attempts=spec.max_attempts or policy.max_attempts,
-        created_at=now,
-        ready_at=now,
-        not_before=spec.not_before if scheduled else None,
-        lease_duration=spec.lease_duration,
-        idempotency_key=spec.idempotency_key,
-    )
-    return Decision(task.state, task, (Event.SUBMITTED,))
+        task_id, spec.queue, spec.payload, spec.headers or EMPTY_HEADERS, spec.priority,
+        state, spec.max_attempts or policy.max_attempts, now, now, 0, 0, not_before, None,
+        spec.lease_duration, None, spec.idempotency_key,
+    )  # fmt: skip
+    return Decision(state, task, _SUBMITTED)
 
 
 def advance(task: Task, now: float) -> Decision[None]:

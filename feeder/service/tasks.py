@@ -160,8 +160,9 @@ class TaskService:
             await asyncio.wait(self._releasing)
         await self._store.close()
 
-    def _on_ready(self, queue: str) -> None:
-        self._waiters.wake_first(queue)
+    def _on_ready(self, queue: str, count: int = 1) -> None:
+        """`count` tasks of `queue` became ready."""
+        self._waiters.wake(queue, count)
 
     @property
     def _codec(self) -> TokenCodec:
@@ -180,14 +181,17 @@ class TaskService:
         results = await self._store.submit(
             specs, create=create, max_depth=lambda q: self._policies(q).max_depth
         )
+        ready: Counter[str] = Counter()
         for result in results:
             if result.deduplicated:
                 continue
             task = result.task
             if task.state is State.READY:
-                self._on_ready(task.queue)
+                ready[task.queue] += 1
             elif task.not_before is not None:
                 self._reaper.wake_by(task.not_before)
+        for queue, count in ready.items():
+            self._on_ready(queue, count)
         return results
 
     # -- lease --------------------------------------------------------------------------

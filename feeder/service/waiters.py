@@ -48,6 +48,13 @@ class Waiters:
         if line is not None and not line:
             del self._queues[queue]
 
+    def wake(self, queue: str, count: int) -> None:
+        """`count` tasks became ready: gives the turn to as many leasers, at most."""
+        for _ in range(count):
+            if queue not in self._queues:
+                return
+            self.wake_first(queue)
+
     def wake_all(self) -> None:
         """Shutdown: every waiter returns empty-handed."""
         for line in self._queues.values():

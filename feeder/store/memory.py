@@ -71,7 +71,8 @@ class IndexedStore:
         index = self._index
         results: list[Submitted | None] = []
         new: list[Task] = []
-        new_events: list[tuple[str, Event]] = []
+        # Per new task, its queue and events: counted once per batch, below.
+        new_events: list[tuple[str, tuple[Event, ...]]] = []
         batch_keys: dict[tuple[str, str], Task] = {}
         existing_ids: dict[int, int] = {}
         for position, spec in enumerate(specs):
@@ -88,13 +89,16 @@ class IndexedStore:
             task = decision.task
             assert task is not None
             new.append(task)
-            new_events.extend((spec.queue, event) for event in decision.events)
+            new_events.append((spec.queue, decision.events))
             if key is not None:
                 batch_keys[key] = task
             results.append(Submitted(task, False))
         # Counted once per batch (Counter counts an iterable in C).
         added: Counter[str] = Counter(task.queue for task in new)
-        events: Counter[tuple[str, Event]] = Counter(new_events)
+        events: Counter[tuple[str, Event]] = Counter()
+        for (queue, decided), count in Counter(new_events).items():
+            for event in decided:
+                events[(queue, event)] += count
         for queue, count in added.items():
             depth = index.pending(queue) + self._inflight[queue]
             if depth + count > max_depth(queue):
