@@ -58,9 +58,9 @@ async def _submit(service: TaskService, tasks: int) -> float:
         request = pb.SubmitRequest.FromString(body)
         specs = validate.submit_specs(request, limits=LIMITS, now=time.time())
         submitted = await service.submit(specs)
-        pb.SubmitResponse(
-            results=[convert.submit_result_pb(s) for s in submitted]
-        ).SerializeToString()
+        reply = pb.SubmitResponse()
+        convert.add_submit_results(reply.results, submitted)
+        reply.SerializeToString()
     return (time.process_time() - started) / tasks * 1e6
 
 
@@ -81,14 +81,17 @@ async def _drain(service: TaskService, tasks: int) -> float:
         )
         if not grants:
             break
-        reply = pb.LeaseResponse(tasks=[convert.leased_task_pb(g) for g in grants])
+        reply = pb.LeaseResponse()
+        convert.add_leased_tasks(reply.tasks, grants)
         leased = pb.LeaseResponse.FromString(reply.SerializeToString()).tasks
         ack_body = pb.AckRequest(
             items=[pb.AckItem(lease_token=t.lease_token) for t in leased]
         ).SerializeToString()
         items = validate.ack_items(pb.AckRequest.FromString(ack_body), limits=LIMITS)
         results = await service.ack(items)
-        pb.AckResponse(results=[convert.ack_result_pb(r) for r in results]).SerializeToString()
+        answer = pb.AckResponse()
+        convert.add_ack_results(answer.results, results)
+        answer.SerializeToString()
         done += len(results)
     elapsed = time.process_time() - started
     if done != tasks // SUBMIT_BATCH * SUBMIT_BATCH:

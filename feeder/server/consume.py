@@ -98,7 +98,7 @@ class ConsumeStream:
         # What goes down next: tasks and report answers ready in one loop turn leave in one
         # message (most often a batch of tasks with the answer to the acks that freed room
         # for them).
-        self._outbox_tasks: list[pb.LeasedTask] = []
+        self._outbox_tasks = pb.ConsumeResponse()  # only its tasks
         self._outbox_answers: deque[pb.ConsumeResponse] = deque()
         self._writer: asyncio.Task[None] | None = None
 
@@ -181,7 +181,7 @@ class ConsumeStream:
             )
             if grants:
                 self._credits -= len(grants)
-                self._outbox_tasks.extend(map(convert.leased_task_pb, grants))
+                convert.add_leased_tasks(self._outbox_tasks.tasks, grants)
                 self._post()
 
     async def _answer(self, request: pb.ConsumeRequest) -> None:
@@ -205,7 +205,7 @@ class ConsumeStream:
         service = self._service
         if acks:
             results = await service.ack(acks)
-            response.ack_results.extend(map(convert.ack_result_pb, results))
+            convert.add_ack_results(response.ack_results, results)
         if nacks:
             nack_results = await service.nack(nacks)
             response.nack_results.extend(map(convert.nack_result_pb, nack_results))
@@ -222,16 +222,25 @@ class ConsumeStream:
     async def _write_out(self) -> None:
         # One message per report answer, with every task waiting added to the first; gRPC
         # allows one write in progress per stream, so this task is the only writer.
-        while self._outbox_tasks or self._outbox_answers:
-            answers = self._outbox_answers
-            message = answers.popleft() if answers else pb.ConsumeResponse()
-            if self._outbox_tasks:
-                message.tasks.extend(self._outbox_tasks)
-                self._outbox_tasks = []
+        answers = self._outbox_answers
+        while self._outbox_tasks.tasks or answers:
+            tasks = self._outbox_tasks
+            if not tasks.tasks:
+                message = answers.popleft()
+            else:
+                self._outbox_tasks = pb.ConsumeResponse()
+                message = tasks
+                if answers:  # one of the two is copied into the other: the smaller
+                    answer = answers.popleft()
+                    if len(tasks.tasks) >= len(answer.ack_results):
+                        tasks.MergeFrom(answer)
+                    else:
+                        answer.tasks.extend(tasks.tasks)
+                        message = answer
             try:
                 await self._context.write(message)
             except Exception:  # the call ended: the stream's own status says why
-                self._outbox_tasks.clear()
+                self._outbox_tasks = pb.ConsumeResponse()
                 answers.clear()
                 return
 

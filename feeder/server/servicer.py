@@ -102,7 +102,9 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
     ) -> pb.SubmitResponse:
         specs = validate.submit_specs(request, limits=self._limits, now=self._clock())
         submitted = await self._service.submit(specs)
-        return pb.SubmitResponse(results=[convert.submit_result_pb(s) for s in submitted])
+        reply = pb.SubmitResponse()
+        convert.add_submit_results(reply.results, submitted)
+        return reply
 
     @_rpc
     async def Lease(
@@ -116,7 +118,9 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
             wait=query.wait,
             worker_id=query.worker_id,
         )
-        return pb.LeaseResponse(tasks=[convert.leased_task_pb(g) for g in grants])
+        reply = pb.LeaseResponse()
+        convert.add_leased_tasks(reply.tasks, grants)
+        return reply
 
     async def Consume(
         self, requests: AsyncIterator[pb.ConsumeRequest], context: grpc.aio.ServicerContext
@@ -137,7 +141,9 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
         self, request: pb.AckRequest, context: grpc.aio.ServicerContext
     ) -> pb.AckResponse:
         results = await self._service.ack(validate.ack_items(request, limits=self._limits))
-        return pb.AckResponse(results=[convert.ack_result_pb(r) for r in results])
+        reply = pb.AckResponse()
+        convert.add_ack_results(reply.results, results)
+        return reply
 
     @_rpc
     async def Nack(
