@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from feeder.core import machine
@@ -16,10 +17,15 @@ from feeder.store.base import Change, Store
 
 log = logging.getLogger("feedwork.feeder.reaper")
 
-# One step (~10-20 ms of CPU) at a time, RPCs served between steps: 500 measured best
-# (50k expiries requeued in 1.3 s, probe Lease p99 58 ms; 300: slower, no better p99). An
-# expiry storm delays a Lease by at most about one step.
-BATCH = 500
+# An expiry storm is applied in steps with RPCs served between them, so a Lease waits behind
+# at most about one step. Steps are sized by time, not count (500 tasks took 5-20 ms, with
+# the machine's load): the next takes what STEP_BUDGET holds at the last one's cost per task.
+# MAX_BATCH caps it when a step measured next to nothing; MIN_BATCH keeps one slow step (a GC
+# pause) from making the next so small that the pauses alone slow a storm (50k tasks at 50 a
+# step would sleep 3 s).
+STEP_BUDGET = 0.005
+MAX_BATCH = 500
+MIN_BATCH = 50
 STEP_PAUSE = 0.003
 # Sleep at most this long even with no timer: a cheap safety net, not the mechanism.
 MAX_SLEEP = 5.0
@@ -32,16 +38,31 @@ class Reaper:
         store: Store,
         clock: Callable[[], float],
         on_ready: Callable[[str], None],
+        step_budget: float | None = STEP_BUDGET,
+        timer: Callable[[], float] = time.thread_time,
     ) -> None:
+        """`step_budget` None makes every step MAX_BATCH tasks. `timer` measures a step's
+        cost: by default this thread's CPU time, so a commit's fsync in the writer thread
+        (sync=full), which the loop does not wait for, does not shrink the steps."""
         self._store = store
         self._clock = clock
         self._on_ready = on_ready
+        self._step_budget = step_budget
+        self._timer = timer
         self._poke = asyncio.Event()
         self._sleeping_until: float | None = None
+        self._batch = MAX_BATCH
+
+    @property
+    def batch(self) -> int:
+        """How many tasks the next step takes at most."""
+        return self._batch
 
     async def run_once(self, now: float) -> int:
-        """Advances every task whose timer has passed (up to BATCH). Returns how many."""
-        due = await self._store.due(now, BATCH)
+        """Advances the tasks whose timer has passed, up to `batch` of them, and sizes the next
+        step from this one's cost. Returns how many it advanced."""
+        started = self._timer()
+        due = await self._store.due(now, self._batch)
         changes: list[Change] = []
         # Every task made ready here gets ready_at = now; in id order each one joins the end
         # of its FIFO instead of being sorted into it.
@@ -50,12 +71,15 @@ class Reaper:
             decision = machine.advance(task, now)
             if decision.task is not None:
                 changes.append(Change(task, decision.task, decision.events))
-        if not changes:
-            return 0
-        applied = await self._store.apply(changes)
-        for change, ok in zip(changes, applied, strict=True):
-            if ok and change.after is not None and change.after.state is State.READY:
-                self._on_ready(change.after.queue)
+        if changes:
+            applied = await self._store.apply(changes)
+            for change, ok in zip(changes, applied, strict=True):
+                if ok and change.after is not None and change.after.state is State.READY:
+                    self._on_ready(change.after.queue)
+        if due and self._step_budget is not None:
+            cost = (self._timer() - started) / len(due)
+            fits = MAX_BATCH if cost <= 0 else int(self._step_budget / cost)
+            self._batch = max(MIN_BATCH, min(MAX_BATCH, fits))
         return len(changes)
 
     def wake_by(self, when: float) -> None:
@@ -66,7 +90,10 @@ class Reaper:
     async def run(self) -> None:
         while True:
             try:
-                while await self.run_once(self._clock()) >= BATCH:
+                while True:
+                    limit = self._batch
+                    if await self.run_once(self._clock()) < limit:
+                        break  # nothing more is due
                     # A real pause, not sleep(0): an RPC needs several loop turns (read,
                     # handle, commit, reply) and would otherwise wait out the whole storm.
                     await asyncio.sleep(STEP_PAUSE)
