@@ -6,8 +6,9 @@ seconds in all; each try has its own deadline of `timeout` seconds.
 
 Retrying Submit is only safe with an idempotency key: a reply lost after the feeder
 stored the tasks would otherwise create them twice. So every task submitted without a
-key gets a generated one (`auto-<uuid4>`) before the first try, and a retried Submit finds
-the tasks of the earlier try. The key stays on the task (`TaskInfo.idempotency_key`).
+key gets a generated one (`auto-<uuid7>`, time-ordered) before the first try, and a
+retried Submit finds the tasks of the earlier try. The key stays on the task
+(`TaskInfo.idempotency_key`).
 """
 
 from __future__ import annotations
