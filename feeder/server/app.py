@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from feeder.config import Settings
+from feeder.server.collector import scheduled_full_collections
 from feeder.server.servicer import FeederServicer, add_to_server
 from feeder.server.validate import Limits
 from feeder.service.tasks import TaskService
@@ -182,7 +183,8 @@ async def serve(settings: Settings, *, store: Store | None = None) -> None:
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)
     try:
-        await stop_requested.wait()
+        async with scheduled_full_collections():
+            await stop_requested.wait()
     finally:
         await server.stop()
         for signum in installed:
