@@ -42,6 +42,8 @@ MAX_REPORT_ITEMS = 1000
 # One long poll of the lease loop. It is repeated for as long as credits are left, so this
 # only bounds how long a waiter stays queued before it queues again.
 LEASE_WAIT = 30.0
+# How long a stream that ends with an error waits for a message already on its way.
+WRITE_GRACE = 5.0
 
 
 class StreamClosed(Exception):
@@ -130,13 +132,26 @@ class ConsumeStream:
             # On the way out with an error, reports still being decided are dropped with
             # the stream (the caller sends them again; acks are idempotent).
             pending = [leasing, reading, *self._reports]
-            if self._writer is not None:
-                pending.append(self._writer)
             for task in pending:
                 task.cancel()
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await self._stop_writing()
+
+    async def _stop_writing(self) -> None:
+        """Lets a message already on its way finish, and sends nothing more. The stream's
+        status cannot go out while a message does (gRPC refuses a second send), and
+        cancelling the writer would not take that message back."""
+        self._outbox_tasks = pb.ConsumeResponse()
+        self._outbox_answers.clear()
+        writer = self._writer
+        if writer is None or writer.done():
+            return
+        await asyncio.wait({writer}, timeout=WRITE_GRACE)
+        writer.cancel()  # a caller that stopped reading: its deadline ends the call
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer
 
     async def _read_loop(self, requests: AsyncIterator[Any]) -> None:
         async for request in requests:

@@ -14,7 +14,9 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from feeder.server.consume import MAX_UNUSED_CREDITS
+from feeder.server.consume import MAX_UNUSED_CREDITS, ConsumeStream
+from feeder.server.servicer import status_of
+from feeder.server.validate import Limits, ValidationError
 from feedwork.v1 import feeder_pb2 as pb
 
 BOTH_STORES = pytest.mark.parametrize("feeder", ["memory", "sqlite"], indirect=True)
@@ -202,6 +204,48 @@ async def test_start_twice_and_hoarded_credits_end_the_stream(feeder: Any) -> No
     for _ in range(MAX_UNUSED_CREDITS // 1000):
         await call.write(pb.ConsumeRequest(credits=1000))
     await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, "credits")
+
+
+class _SlowWrites:
+    """A stream context whose writes take a while and, like gRPC's, go on when the
+    awaiting task is cancelled (the message is already handed to the transport)."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.written: list[pb.ConsumeResponse] = []
+
+    async def write(self, message: pb.ConsumeResponse) -> None:
+        await asyncio.shield(self._send(message))
+
+    async def _send(self, message: pb.ConsumeResponse) -> None:
+        self.in_flight += 1
+        await asyncio.sleep(0.05)
+        self.written.append(message)
+        self.in_flight -= 1
+
+
+async def test_a_stream_ending_with_an_error_waits_for_the_message_on_its_way(
+    feeder: Any,
+) -> None:
+    """Regression: a malformed message arriving while an answer was being written ended
+    the stream at once, and gRPC refused its error status (a second send while one was
+    in progress): the caller got no status and waited out its deadline. Found by the
+    fault fuzz (`make chaos`)."""
+    context = _SlowWrites()
+    stream = ConsumeStream(
+        service=feeder.service, limits=Limits(), context=context, status_of=status_of
+    )
+
+    async def requests() -> Any:
+        yield start()
+        yield pb.ConsumeRequest(report_id=1, acks=[pb.AckItem(lease_token="not-a-token")])
+        await asyncio.sleep(0.02)  # the answer is on its way now
+        yield start()
+
+    with pytest.raises(ValidationError, match="start"):
+        await stream.run(requests())
+    assert context.in_flight == 0
+    assert [m.report_id for m in context.written] == [1]
 
 
 async def test_garbage_bytes_are_invalid_argument(feeder: Any) -> None:
