@@ -134,27 +134,9 @@ def add_ack_results(field: Any, results: Iterable[AckResult]) -> None:
         add(outcome=result.outcome.value, task_id="" if task_id is None else str(task_id))
 
 
-def submit_result_pb(submitted: Submitted) -> pb.SubmitResult:
-    reply = pb.SubmitResponse()
-    add_submit_results(reply.results, [submitted])
-    return reply.results[0]
-
-
-def leased_task_pb(grant: LeaseGrant) -> pb.LeasedTask:
-    reply = pb.LeaseResponse()
-    add_leased_tasks(reply.tasks, [grant])
-    return reply.tasks[0]
-
-
 def _set_timestamp(field: timestamp_pb2.Timestamp, epoch_seconds: float) -> None:
     """Sets a message's Timestamp field in place (which also marks it present)."""
     field.seconds, field.nanos = _split(epoch_seconds)
-
-
-def ack_result_pb(result: AckResult) -> pb.AckResult:
-    reply = pb.AckResponse()
-    add_ack_results(reply.results, [result])
-    return reply.results[0]
 
 
 def nack_result_pb(result: NackResult) -> pb.NackResult:

@@ -115,8 +115,15 @@ def test_finished_task() -> None:
     assert message.idempotency_key == "" and not message.HasField("lease_deadline")
 
 
+def leased_task_pb(grant: LeaseGrant) -> pb.LeasedTask:
+    reply = pb.LeaseResponse()
+    convert.add_leased_tasks(reply.tasks, [grant])
+    (message,) = reply.tasks
+    return message
+
+
 def test_leased_task() -> None:
-    message = convert.leased_task_pb(LeaseGrant(make_task(), "token"))
+    message = leased_task_pb(LeaseGrant(make_task(), "token"))
     assert (message.task_id, message.attempt, message.lease_token) == ("42", 2, "token")
     assert (message.priority, message.max_attempts, message.lease_deadline.seconds) == (3, 5, 160)
 
@@ -142,10 +149,10 @@ def test_stats() -> None:
 
 
 def test_leased_task_without_headers_or_deadline_and_at_time_zero() -> None:
-    bare = convert.leased_task_pb(LeaseGrant(make_task(headers={}, lease_deadline=None), "t"))
+    bare = leased_task_pb(LeaseGrant(make_task(headers={}, lease_deadline=None), "t"))
     assert not bare.headers and not bare.HasField("lease_deadline")
-    at_zero = convert.leased_task_pb(LeaseGrant(make_task(lease_deadline=0.0), "t"))
+    at_zero = leased_task_pb(LeaseGrant(make_task(lease_deadline=0.0), "t"))
     assert at_zero.HasField("lease_deadline") and at_zero.lease_deadline.seconds == 0
     assert dict(at_zero.headers) == {"h": "v"}
-    precise = convert.leased_task_pb(LeaseGrant(make_task(lease_deadline=1.999999999), "t"))
+    precise = leased_task_pb(LeaseGrant(make_task(lease_deadline=1.999999999), "t"))
     assert precise.lease_deadline == convert.timestamp_pb(1.999999999)
