@@ -2,6 +2,12 @@
 
 It sleeps until the earliest timer of any task, so an expired lease is ready again within
 milliseconds of its deadline without any periodic scan. `run_once(now)` is the whole logic.
+Tasks it makes ready are announced by the store (its hooks), like any other change.
+
+With several feeders on one database, one of them runs the reaper (see
+`TaskService._maintain`). It hears of the timers its own feeder sets, not of the others':
+for those it reads the earliest timer again every `Store.timer_recheck` seconds, which is
+shorter than the shortest lease, so it still wakes at each deadline.
 """
 
 from __future__ import annotations
@@ -12,8 +18,7 @@ import time
 from collections.abc import Callable
 
 from feeder.core import machine
-from feeder.core.model import State
-from feeder.store.base import Change, Store
+from feeder.store.base import Change, Store, StoreUnavailable
 
 log = logging.getLogger("feedwork.feeder.reaper")
 
@@ -29,6 +34,9 @@ MIN_BATCH = 50
 STEP_PAUSE = 0.003
 # Sleep at most this long even with no timer: a cheap safety net, not the mechanism.
 MAX_SLEEP = 5.0
+MIN_SLEEP = 0.001
+# After a step failed because the database is unreachable.
+UNAVAILABLE_PAUSE = 0.5
 
 
 class Reaper:
@@ -37,7 +45,6 @@ class Reaper:
         *,
         store: Store,
         clock: Callable[[], float],
-        on_ready: Callable[[str], None],
         step_budget: float | None = STEP_BUDGET,
         timer: Callable[[], float] = time.thread_time,
     ) -> None:
@@ -46,7 +53,6 @@ class Reaper:
         (sync=full), which the loop does not wait for, does not shrink the steps."""
         self._store = store
         self._clock = clock
-        self._on_ready = on_ready
         self._step_budget = step_budget
         self._timer = timer
         self._poke = asyncio.Event()
@@ -72,10 +78,7 @@ class Reaper:
             if decision.task is not None:
                 changes.append(Change(task, decision.task, decision.events))
         if changes:
-            applied = await self._store.apply(changes)
-            for change, ok in zip(changes, applied, strict=True):
-                if ok and change.after is not None and change.after.state is State.READY:
-                    self._on_ready(change.after.queue)
+            await self._store.apply(changes)
         if due and self._step_budget is not None:
             cost = (self._timer() - started) / len(due)
             fits = MAX_BATCH if cost <= 0 else int(self._step_budget / cost)
@@ -97,14 +100,26 @@ class Reaper:
                     # A real pause, not sleep(0): an RPC needs several loop turns (read,
                     # handle, commit, reply) and would otherwise wait out the whole storm.
                     await asyncio.sleep(STEP_PAUSE)
+            except StoreUnavailable as exc:
+                log.warning("reaper step failed (%s); retrying", exc)
+                await asyncio.sleep(UNAVAILABLE_PAUSE)
             except Exception:
                 log.exception("reaper step failed; retrying")
                 await asyncio.sleep(0.1)
-            next_due = self._store.next_due()
-            delay = MAX_SLEEP if next_due is None else max(0.0, next_due - self._clock())
-            delay = min(delay, MAX_SLEEP)
-            self._sleeping_until = self._clock() + delay
             self._poke.clear()
+            try:
+                next_due = await self._store.next_due()
+            except StoreUnavailable:
+                next_due = None  # the step above says so, once per retry
+            except Exception:
+                log.exception("reading the next timer failed; retrying")
+                next_due = None
+            delay = MAX_SLEEP if next_due is None else max(0.0, next_due - self._clock())
+            delay = min(delay, self._store.timer_recheck or MAX_SLEEP, MAX_SLEEP)
+            # A timer that is due already but could not be applied (another feeder changed
+            # the task meanwhile) is looked at again soon, not in a tight loop.
+            delay = max(delay, MIN_SLEEP)
+            self._sleeping_until = self._clock() + delay
             try:
                 await asyncio.wait_for(self._poke.wait(), timeout=delay)
             except TimeoutError:

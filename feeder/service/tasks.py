@@ -34,13 +34,23 @@ from feeder.core.tokens import LeaseRef, TokenCodec, TokenError
 from feeder.service.janitor import Janitor
 from feeder.service.reaper import Reaper
 from feeder.service.waiters import Waiters
-from feeder.store.base import Change, DeadPage, QueueCounts, Store, StoreUnavailable, Submitted
+from feeder.store.base import (
+    Change,
+    DeadPage,
+    QueueCounts,
+    Store,
+    StoreHooks,
+    StoreUnavailable,
+    Submitted,
+)
 
 log = logging.getLogger("feedwork.feeder")
 
 OutcomeT = TypeVar("OutcomeT")
 # A decision is retried this often when concurrent changes keep winning the guard.
 MAX_RACES = 8
+# How long to wait before trying again to take the maintenance role after a failure.
+LEADERSHIP_RETRY = 1.0
 
 
 @fast_init
@@ -108,18 +118,31 @@ class TaskService:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         retention: float = 86400.0,
+        on_availability: Callable[[bool], None] | None = None,
     ) -> None:
+        """`on_availability(ok)` hears when the store becomes unreachable and reachable
+        again (the server's health status follows it)."""
         self._store = store
         self._policies = policies
         self._clock = clock
         self._rng = rng or random.Random()
         self._waiters = Waiters()
-        self._reaper = Reaper(store=store, clock=clock, on_ready=self._on_ready)
+        self._reaper = Reaper(store=store, clock=clock)
         self._janitor = Janitor(store=store, clock=clock, retention=retention)
         self._tokens: TokenCodec | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._releasing: set[asyncio.Future[list[NackResult]]] = set()
         self._draining = False
+        self._leading = False
+        # Looked up at each call (not bound now), so a test can stand in for any of them.
+        store.set_hooks(
+            StoreHooks(
+                ready=lambda queue, count: self._waiters.wake(queue, count),
+                timer=lambda when: self._reaper.wake_by(when),
+                missed=lambda: self._waiters.wake_every_queue(),
+                available=on_availability or (lambda ok: None),
+            )
+        )
 
     @property
     def reaper(self) -> Reaper:
@@ -129,14 +152,44 @@ class TaskService:
     def janitor(self) -> Janitor:
         return self._janitor
 
+    @property
+    def leading(self) -> bool:
+        """This feeder runs the database's maintenance (reaper and janitor) now."""
+        return self._leading
+
     async def start(self, *, background: bool = True) -> None:
         await self._store.open()
         self._tokens = TokenCodec(self._store.token_secret)
         if background:
-            self._loops = [
-                asyncio.create_task(self._reaper.run(), name="feedwork-reaper"),
-                asyncio.create_task(self._janitor.run(), name="feedwork-janitor"),
-            ]
+            self._loops = [asyncio.create_task(self._maintain(), name="feedwork-maintenance")]
+
+    async def _maintain(self) -> None:
+        """Runs the reaper and the janitor while this feeder holds the database's
+        maintenance role; with several feeders on one database, one of them at a time does
+        (and another takes over when it goes away)."""
+        while True:
+            try:
+                async with self._store.leadership() as lost:
+                    self._leading = True
+                    log.info("this feeder runs the maintenance (reaper, janitor)")
+                    loops = [
+                        asyncio.create_task(self._reaper.run(), name="feedwork-reaper"),
+                        asyncio.create_task(self._janitor.run(), name="feedwork-janitor"),
+                    ]
+                    try:
+                        await lost.wait()
+                        log.warning("maintenance role lost; trying to take it again")
+                    finally:
+                        self._leading = False
+                        for loop in loops:
+                            loop.cancel()
+                        await asyncio.gather(*loops, return_exceptions=True)
+            except StoreUnavailable as exc:
+                log.warning("cannot take the maintenance role (%s); retrying", exc)
+                await asyncio.sleep(LEADERSHIP_RETRY)
+            except Exception:
+                log.exception("maintenance failed; retrying")
+                await asyncio.sleep(LEADERSHIP_RETRY)
 
     @property
     def draining(self) -> bool:
@@ -160,10 +213,6 @@ class TaskService:
             await asyncio.wait(self._releasing)
         await self._store.close()
 
-    def _on_ready(self, queue: str, count: int = 1) -> None:
-        """`count` tasks of `queue` became ready."""
-        self._waiters.wake(queue, count)
-
     @property
     def _codec(self) -> TokenCodec:
         if self._tokens is None:
@@ -178,21 +227,9 @@ class TaskService:
         def create(spec: TaskSpec, task_id: int) -> Decision[State]:
             return machine.create(spec, task_id=task_id, now=now, policy=self._policies(spec.queue))
 
-        results = await self._store.submit(
+        return await self._store.submit(
             specs, create=create, max_depth=lambda q: self._policies(q).max_depth
         )
-        ready: Counter[str] = Counter()
-        for result in results:
-            if result.deduplicated:
-                continue
-            task = result.task
-            if task.state is State.READY:
-                ready[task.queue] += 1
-            elif task.not_before is not None:
-                self._reaper.wake_by(task.not_before)
-        for queue, count in ready.items():
-            self._on_ready(queue, count)
-        return results
 
     # -- lease --------------------------------------------------------------------------
 
@@ -207,36 +244,73 @@ class TaskService:
     ) -> list[LeaseGrant]:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + wait
+        waiters = self._waiters
         first = False
         while not self._draining:
             # Arrival order: a newcomer queues behind leasers already waiting.
-            if first or not self._waiters.has_waiters(queue):
+            if first or not waiters.has_waiters(queue):
+                epoch = waiters.watch(queue)
                 grants = await self._claim(queue, max_tasks, lease_duration, worker_id)
                 if grants:
-                    if self._store.has_ready(queue):
-                        self._waiters.wake_first(queue)
+                    if len(grants) >= max_tasks:
+                        # A full claim may have left more: the next waiter looks.
+                        waiters.wake_first(queue)
                     return grants
-            remaining = give_up_at - loop.time()
-            if remaining <= 0:
+                if loop.time() >= give_up_at:
+                    return []
+                if waiters.epoch(queue) != epoch:
+                    # Tasks were announced while the claim ran (perhaps after it looked):
+                    # look again rather than sleep on a notice already gone by.
+                    first = True
+                    continue
+            elif loop.time() >= give_up_at:
                 return []
-            turn = self._waiters.enqueue(queue, first=first)
-            if self._store.has_ready(queue) and not first:
-                self._waiters.wake_first(queue)
-            try:
-                first = await asyncio.wait_for(asyncio.shield(turn), remaining)
-            except TimeoutError:
-                self._waiters.discard(queue, turn)
-                # Woken while the timeout was being processed: pass the turn on, or the
-                # ready task would wait for the next leaser while others are waiting.
-                if turn.done() and turn.result():
-                    self._waiters.wake_first(queue)
+            turn = waiters.enqueue(queue, first=first)
+            woken = await self._wait_turn(queue, turn, give_up_at)
+            if woken is None:
                 return []
-            except asyncio.CancelledError:
-                self._waiters.discard(queue, turn)
-                if turn.done() and not turn.cancelled() and turn.result():
-                    self._waiters.wake_first(queue)  # pass our turn on
-                raise
+            first = woken
         return []
+
+    async def _wait_turn(
+        self, queue: str, turn: asyncio.Future[bool], give_up_at: float
+    ) -> bool | None:
+        """Waits in line until `turn` comes (True), shutdown (False) or `give_up_at` (None).
+        With a store that may miss notices from other feeders (`ready_recheck`), the first
+        in line also takes a turn every `ready_recheck` seconds."""
+        loop = asyncio.get_running_loop()
+        waiters = self._waiters
+        recheck = self._store.ready_recheck
+        try:
+            while True:
+                remaining = give_up_at - loop.time()
+                timeout = remaining if recheck is None else min(remaining, recheck)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(turn), max(timeout, 0.0))
+                except TimeoutError:
+                    if turn.done():
+                        # Woken while the timeout was being processed.
+                        woken = turn.result()
+                        if loop.time() < give_up_at or not woken:
+                            return woken
+                        # Out of time: pass the turn on, or the ready task would wait for
+                        # the next leaser while others are waiting.
+                        waiters.wake_first(queue)
+                        return None
+                    if loop.time() >= give_up_at:
+                        waiters.discard(queue, turn)
+                        if turn.done() and turn.result():
+                            waiters.wake_first(queue)  # woken as we gave up: pass it on
+                        return None
+                    if waiters.is_first(queue, turn):
+                        waiters.discard(queue, turn)
+                        return True  # re-check for tasks a lost notice would have announced
+                    # Not first in line: keep our place.
+        except asyncio.CancelledError:
+            waiters.discard(queue, turn)
+            if turn.done() and not turn.cancelled() and turn.result():
+                waiters.wake_first(queue)  # pass our turn on
+            raise
 
     def _release_unclaimed(self, leased: list[Task]) -> None:
         """Gives back tasks leased for a caller that went away while the leases committed
@@ -288,8 +362,6 @@ class TaskService:
             raise
         if not leased:
             return []
-        earliest = min(t.lease_deadline or now for t in leased)
-        self._reaper.wake_by(earliest)
         codec = self._codec
         return [LeaseGrant(task, codec.issue(task.id, task.attempt)) for task in leased]
 
@@ -416,12 +488,7 @@ class TaskService:
                 await self._store.apply([], events)
             return []
         applied = await self._store.apply(changes, events)
-        retry: list[int] = []
-        for change, i, ok in zip(changes, change_items, applied, strict=True):
-            if not ok:
-                retry.append(i)
-            elif change.after is not None:
-                self._after_change(change.after)
+        retry = [i for i, ok in zip(change_items, applied, strict=True) if not ok]
         if not retry:
             return []
         # A failed guard invalidates later decisions on the same task too.
@@ -432,14 +499,6 @@ class TaskService:
             if i not in retry and refs[i].task_id in failed_tasks  # type: ignore[union-attr]
         ]
         return sorted(set(retry))
-
-    def _after_change(self, task: Task) -> None:
-        if task.state is State.READY:
-            self._on_ready(task.queue)
-        elif task.state is State.SCHEDULED and task.not_before is not None:
-            self._reaper.wake_by(task.not_before)
-        elif task.state is State.LEASED and task.lease_deadline is not None:
-            self._reaper.wake_by(task.lease_deadline)
 
     # -- inspection and administration --------------------------------------------------
 
@@ -483,10 +542,7 @@ class TaskService:
             decision = machine.redrive(task, now=now)
             if decision.task is not None:
                 changes.append(Change(task, decision.task))
-        applied = await self._store.apply(changes)
-        if any(applied):
-            self._on_ready(queue)
-        return sum(applied)
+        return sum(await self._store.apply(changes))
 
     async def purge_dead(self, queue: str, *, task_ids: Sequence[int] | None, limit: int) -> int:
         dead = await self._dead_selection(queue, task_ids, limit)

@@ -7,6 +7,7 @@ from feeder.store.base import (
     QueueCounts,
     QueueFull,
     Store,
+    StoreHooks,
     StoreUnavailable,
     Submitted,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "QueueCounts",
     "QueueFull",
     "Store",
+    "StoreHooks",
     "StoreUnavailable",
     "Submitted",
 ]

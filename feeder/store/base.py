@@ -1,13 +1,22 @@
 """The storage interface: stores apply the state machine's decisions, they never make them.
 
 Every write is atomic and guarded: a `Change` is applied only if the store still holds the
-exact version of the task the decision was made from (`UPDATE ... WHERE id = ? AND version = ?`
-in SQL terms). A write returns only once it is durable.
+exact version of the task the decision was made from. In the SQL backends the guard is in the
+statement (`UPDATE ... WHERE id = $1 AND version = $2`), so when several feeders share one
+database, the database itself says which of two racing decisions won. A write returns only
+once it is durable.
+
+A store also reports what it hears (`StoreHooks`): tasks that became ready, timers that
+were set, here or by another feeder on the same database. The service waits on those
+instead of asking the store about its memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -71,19 +80,108 @@ TaskFactory = Callable[[TaskSpec, int], Decision[State]]
 LeaseDecider = Callable[[Task], Decision[bool]]
 
 
+def _ignore(*_args: object) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHooks:
+    """What a store tells the service about changes it did not ask for by name: changes made
+    through this store, and, for a database shared by several feeders, changes made by the
+    others. Every hook is a hint ("may"), called on the event loop, and must not block.
+
+    - `ready(queue, count)`: up to `count` tasks of `queue` may have become ready.
+    - `timer(when)`: a lease deadline or not-before time at `when` may have been set.
+    - `missed()`: notifications from other feeders may have been lost (a reconnect):
+      anything may have changed.
+    - `available(ok)`: the database became unreachable (False) or reachable again (True).
+    """
+
+    ready: Callable[[str, int], None] = _ignore
+    timer: Callable[[float], None] = _ignore
+    missed: Callable[[], None] = _ignore
+    available: Callable[[bool], None] = _ignore
+
+
+def changes_news(
+    records: Iterable[tuple[State | None, Task | None]],
+) -> tuple[Counter[str], float | None]:
+    """What applied changes mean to waiters and timers: (tasks that became ready per queue,
+    the earliest timer set), from (state before, or None for a new task; record after, or
+    None for a deletion). Every backend reports through this one function."""
+    ready: Counter[str] = Counter()
+    earliest: float | None = None
+    ready_state, leased, scheduled = State.READY, State.LEASED, State.SCHEDULED
+    for before, task in records:
+        if task is None:
+            continue
+        state = task.state
+        if state is ready_state:
+            # A task that was ready already (a stale nack's note) is not news.
+            if before is not ready_state:
+                ready[task.queue] += 1
+            continue
+        if state is leased:
+            when = task.lease_deadline
+        elif state is scheduled:
+            when = task.not_before
+        else:
+            continue
+        if when is not None and (earliest is None or when < earliest):
+            earliest = when
+    return ready, earliest
+
+
+def report_news(hooks: StoreHooks, ready: Mapping[str, int], timer: float | None) -> None:
+    for queue, count in ready.items():
+        hooks.ready(queue, count)
+    if timer is not None:
+        hooks.timer(timer)
+
+
 class Store(Protocol):
     """What the feeder needs from storage. All methods are safe to call concurrently from
-    one event loop."""
+    one event loop; a backend whose database other feeders share (`shared`) is also safe
+    against their concurrent changes: its guards are checked by the database."""
 
     @property
     def token_secret(self) -> bytes:
-        """A random secret created with the database, for signing lease tokens."""
+        """A random secret created with the database, for signing lease tokens. Every
+        feeder on one database reads the same secret, so tokens are valid on each."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Other feeders may change the database too."""
+        ...
+
+    @property
+    def ready_recheck(self) -> float | None:
+        """A long poll re-checks for ready tasks this often, in case a notification from
+        another feeder was lost (None: every change is heard, no re-check needed)."""
+        ...
+
+    @property
+    def timer_recheck(self) -> float | None:
+        """The reaper re-reads the earliest timer this often: other feeders set timers it
+        does not hear of (None: it hears of every timer through `StoreHooks.timer`)."""
+        ...
+
+    def set_hooks(self, hooks: StoreHooks) -> None:
+        """Where the store reports what happened (call before `open`)."""
         ...
 
     async def open(self) -> None: ...
 
     async def close(self) -> None:
         """Flushes every pending write and releases the database."""
+        ...
+
+    def leadership(self) -> AbstractAsyncContextManager[asyncio.Event]:
+        """Holds the role of the feeder that runs the database's maintenance (the reaper
+        and the janitor) while the context is open; entering waits until the role is free.
+        The event is set when the role is lost (e.g. the database connection that held it
+        dropped): maintenance must stop, and the caller may try to enter again."""
         ...
 
     async def submit(
@@ -96,14 +194,16 @@ class Store(Protocol):
         """Stores new tasks, all or none, as `create` makes them (fresh records: never
         leased, no result, no history). A spec whose (queue, idempotency_key) exists returns
         that task with deduplicated=True. Raises QueueFull (storing nothing) when a queue's
-        pending tasks (scheduled, ready, leased) would exceed max_depth(queue)."""
+        pending tasks (scheduled, ready, leased) would exceed max_depth(queue), counting
+        the tasks every feeder on the database submits at the same time."""
         ...
 
     async def claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
         """Leases up to `limit` READY tasks of `queue` in order (priority high to low, then
-        ready_at, then id) by applying `lease` to each; returns the leased records. Every
-        decision `lease` returns is applied: if the caller is cancelled while the claim
-        commits, the tasks `lease` leased stay leased (the caller gives them back)."""
+        ready_at, then id) by applying `lease` to each; returns the leased records. Two
+        claims, by this feeder or any other, never lease the same task. Every decision
+        `lease` returns is applied: if the caller is cancelled while the claim commits,
+        the tasks `lease` leased stay leased (the caller gives them back)."""
         ...
 
     async def get(self, task_ids: Iterable[int]) -> dict[int, Task]:
@@ -115,7 +215,9 @@ class Store(Protocol):
     ) -> list[bool]:
         """Applies each change whose `before` is still current, in order, in one transaction
         with the events of the applied changes and `events` (counts per queue that belong to
-        no change, such as dropped duplicate acks). Returns, per change, whether it applied."""
+        no change, such as dropped duplicate acks). Returns, per change, whether it applied.
+        "Still current" is checked by the database where it is shared: a change decided
+        from a record another feeder has changed since never applies."""
         ...
 
     async def due(self, now: float, limit: int) -> list[Task]:
@@ -123,11 +225,9 @@ class Store(Protocol):
         SCHEDULED with not_before <= now. Earliest first."""
         ...
 
-    def next_due(self) -> float | None:
+    async def next_due(self) -> float | None:
         """The earliest lease deadline or not-before time of any task, if any."""
         ...
-
-    def has_ready(self, queue: str) -> bool: ...
 
     async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
         """Dead tasks of a queue in id order, starting after `after_id`."""
@@ -139,5 +239,6 @@ class Store(Protocol):
         ...
 
     async def queue_counts(self, queues: Sequence[str] | None = None) -> list[QueueCounts]:
-        """Counts by state, oldest ready time and running totals, per queue."""
+        """Counts by state, oldest ready time and running totals, per queue, as every feeder
+        on the database left them."""
         ...

@@ -18,22 +18,28 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import gc
-import json
 import logging
 import os
 import sqlite3
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
 from secrets import token_bytes
 from typing import Any
 
 from feeder.core.machine import Event
-from feeder.core.model import EMPTY_HEADERS, Attempt, AttemptOutcome, State, Task
+from feeder.core.model import State, Task
 from feeder.store.base import Change, DeadPage, StoreUnavailable
-from feeder.store.memory import EventCounts, IndexedStore
+from feeder.store.indexed import EventCounts, IndexedStore
+from feeder.store.rows import (
+    COLUMNS,
+    NO_LAST_ATTEMPT,
+    headers_json,
+    history_columns,
+    history_from,
+    task_from_row,
+)
 
 log = logging.getLogger("feedwork.feeder.store")
 
@@ -77,10 +83,8 @@ CREATE TABLE IF NOT EXISTS totals (
 ) WITHOUT ROWID;
 """
 
-# The last attempt of a task's history is kept in columns of its own, the earlier ones in
-# `history` as JSON: most writes (a lease, its ack) change only the last attempt, and most
-# tasks have only one, so most writes encode no JSON at all. (Databases written before the
-# split hold the whole history in JSON, with the last_* columns NULL; both read back.)
+# The columns added when the last attempt moved out of the history JSON (see
+# feeder.store.rows), for databases written before.
 LAST_ATTEMPT_COLUMNS = (
     ("last_attempt", "INTEGER"),
     ("last_worker", "TEXT"),
@@ -88,12 +92,6 @@ LAST_ATTEMPT_COLUMNS = (
     ("last_ended_at", "REAL"),
     ("last_outcome", "INTEGER"),
     ("last_error", "TEXT"),
-)
-COLUMNS = (
-    "id, queue, payload, headers, priority, state, max_attempts, created_at, ready_at, attempt,"
-    " failures, not_before, lease_deadline, lease_duration, lease_granted, idempotency_key,"
-    " result, finished_at, history, version, last_attempt, last_worker, last_leased_at,"
-    " last_ended_at, last_outcome, last_error"
 )
 # Inserts are of new tasks only (the state machine's `create`): no lease, result or
 # history yet, so those columns stay NULL.
@@ -113,7 +111,7 @@ UPDATE = (
     "UPDATE tasks SET state=?, ready_at=?, attempt=?, failures=?, not_before=?,"
     " lease_deadline=?, lease_granted=?, result=?, finished_at=?, history=?,"
     " last_attempt=?, last_worker=?, last_leased_at=?, last_ended_at=?, last_outcome=?,"
-    " last_error=?, version=? WHERE id=?"
+    " last_error=?, version=? WHERE id=? AND version=?"
 )
 # The two commonest writes, a task's first lease and its ack, as statements that bind only
 # the columns they change (measured 4.5 against 6-7 us per row for the full UPDATE). A row
@@ -122,13 +120,16 @@ UPDATE = (
 UPDATE_LEASED = (
     "UPDATE tasks SET state=?, attempt=?, lease_deadline=?, lease_granted=?, last_attempt=?,"
     " last_worker=?, last_leased_at=?, last_ended_at=?, last_outcome=?, last_error=?,"
-    " version=? WHERE id=?"
+    " version=? WHERE id=? AND version=?"
 )
 UPDATE_ENDED = (
     "UPDATE tasks SET state=?, lease_deadline=?, result=?, finished_at=?, last_ended_at=?,"
-    " last_outcome=?, last_error=?, version=? WHERE id=?"
+    " last_outcome=?, last_error=?, version=? WHERE id=? AND version=?"
 )
-DELETE = "DELETE FROM tasks WHERE id=?"
+# Every UPDATE and DELETE is guarded by the version the row holds on disk (the record the
+# batch's first change of that task was decided from): a row that is not as the index
+# believes fails the commit instead of being overwritten.
+DELETE = "DELETE FROM tasks WHERE id=? AND version=?"
 # The next task id, kept so ids of deleted tasks are never handed out again (a lease token
 # of an old task must not match a new one).
 SET_NEXT_ID = (
@@ -151,41 +152,10 @@ MAX_PAGES_ENV = "FEEDWORK_SQLITE_MAX_PAGES"
 RESERVE_FRACTION, RESERVE_MIN_PAGES = 10, 16
 
 
-def _history_json(history: tuple[Attempt, ...]) -> str | None:
-    """The attempts as a JSON array of arrays: exactly what `json.dumps(..., separators=(",",
-    ":"))` writes, composed by hand because every lease and ack writes the history again,
-    and the generic encoder cost about 10% of the feeder's CPU in a drain."""
-    if not history:
-        return None
-    # Times come from the clock, so they are finite and repr() spells them as json does.
-    attempts = [
-        f"[{a.attempt:d},{_json_string(a.worker_id)},{a.leased_at!r},"
-        f"{'null' if a.ended_at is None else repr(a.ended_at)},{a.outcome:d},"
-        f"{_json_string(a.error)}]"
-        for a in history
-    ]
-    return f"[{','.join(attempts)}]"
-
-
-_NO_LAST_ATTEMPT = (None, None, None, None, None, None)
-_STATES = {state.value: state for state in State}
-
-
-def _history_columns(history: tuple[Attempt, ...]) -> tuple[Any, ...]:
-    """(earlier attempts as JSON, then the last attempt's six columns)."""
-    if not history:
-        return (None, *_NO_LAST_ATTEMPT)
-    last = history[-1]
-    return (
-        _history_json(history[:-1]), last.attempt, last.worker_id, last.leased_at,
-        last.ended_at, int(last.outcome), last.error,
-    )  # fmt: skip
-
-
 def _insert_row(t: Task) -> tuple[Any, ...]:
     """The row of a new task (see INSERT)."""
     return (
-        t.id, t.queue, t.payload, json.dumps(dict(t.headers)) if t.headers else None,
+        t.id, t.queue, t.payload, headers_json(t),
         t.priority, int(t.state), t.max_attempts, t.created_at, t.ready_at, t.attempt,
         t.failures, t.not_before, t.lease_duration, t.idempotency_key, t.version,
     )  # fmt: skip
@@ -216,28 +186,31 @@ def _insert_rows(tasks: Sequence[Task]) -> tuple[list[tuple[Any, ...]], list[tup
     return plain, other
 
 
-def _update_row(t: Task) -> tuple[Any, ...]:
+# Each row ends with the id and the version the row must hold on disk (the guard).
+
+
+def _update_row(t: Task, on_disk: int) -> tuple[Any, ...]:
     return (
         int(t.state), t.ready_at, t.attempt, t.failures, t.not_before, t.lease_deadline,
-        t.lease_granted, t.result, t.finished_at, *_history_columns(t.history), t.version,
-        t.id,
+        t.lease_granted, t.result, t.finished_at, *history_columns(t.history), t.version,
+        t.id, on_disk,
     )  # fmt: skip
 
 
-def _leased_row(t: Task) -> tuple[Any, ...]:
+def _leased_row(t: Task, on_disk: int) -> tuple[Any, ...]:
     last = t.history[0]
     return (
         int(t.state), t.attempt, t.lease_deadline, t.lease_granted, last.attempt,
         last.worker_id, last.leased_at, last.ended_at, int(last.outcome), last.error,
-        t.version, t.id,
+        t.version, t.id, on_disk,
     )  # fmt: skip
 
 
-def _ended_row(t: Task) -> tuple[Any, ...]:
+def _ended_row(t: Task, on_disk: int) -> tuple[Any, ...]:
     last = t.history[0]
     return (
         int(t.state), t.lease_deadline, t.result, t.finished_at, last.ended_at,
-        int(last.outcome), last.error, t.version, t.id,
+        int(last.outcome), last.error, t.version, t.id, on_disk,
     )  # fmt: skip
 
 
@@ -273,31 +246,6 @@ _ROW_OF = (_update_row, _leased_row, _ended_row)
 
 def _ready_order(t: Task) -> tuple[float, int]:
     return (t.ready_at, t.id)
-
-
-def _history_from(text: str | None, last: tuple[Any, ...]) -> tuple[Attempt, ...]:
-    earlier = (
-        tuple(Attempt(a[0], a[1], a[2], a[3], AttemptOutcome(a[4]), a[5]) for a in json.loads(text))
-        if text
-        else ()
-    )
-    attempt, worker, leased_at, ended_at, outcome, error = last
-    if outcome is None:
-        return earlier
-    return (*earlier, Attempt(attempt, worker, leased_at, ended_at, AttemptOutcome(outcome), error))
-
-
-def _task_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Task:
-    """A stored row as a record. Positional, no intermediate objects: a restart builds one
-    per pending task, a million of them for a deep queue."""
-    history = row[18]
-    return Task(
-        row[0], row[1], row[2], json.loads(row[3]) if row[3] else EMPTY_HEADERS,
-        row[4], _STATES[row[5]], row[6], row[7], row[8], row[9], row[10], row[11], row[12],
-        row[13], row[14], row[15], row[16], row[17],
-        () if history is None and row[24] is None else _history_from(history, row[20:26]),
-        row[19],
-    )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -409,7 +357,7 @@ class SqliteStore(IndexedStore):
         # order, which is nearly id order already, and Python's sort of nearly sorted data
         # costs a fraction of SQLite's ORDER BY over a million rows.
         pending = [
-            _task_from_row(row)
+            task_from_row(row)
             for row in reader.execute(f"SELECT {COLUMNS} FROM tasks WHERE state IN (1, 2, 3)")
         ]
         pending.sort(key=_ready_order)
@@ -507,7 +455,7 @@ class SqliteStore(IndexedStore):
             for row in self._reader.execute(
                 f"SELECT {COLUMNS} FROM tasks WHERE id IN ({marks})", chunk
             ):
-                found[row[0]] = _task_from_row(row)
+                found[row[0]] = task_from_row(row)
         return found
 
     def _cached_from_disk(self, task: Task) -> None:
@@ -563,16 +511,17 @@ class SqliteStore(IndexedStore):
             updates: tuple[list[tuple[Any, ...]], ...] = ([], [], [])
             deletes = []
             for task_id, task in batch.rows.items():
+                disk = batch.disk[task_id]
                 if task is None:
-                    deletes.append((task_id,))
+                    deletes.append((task_id, disk.version))
                     continue
-                kind = _update_kind(batch.disk[task_id], task)
-                updates[kind].append(_ROW_OF[kind](task))
+                kind = _update_kind(disk, task)
+                updates[kind].append(_ROW_OF[kind](task, disk.version))
             for statement, rows in zip(_UPDATES, updates, strict=True):
                 if rows:
-                    conn.executemany(statement, rows)
+                    _guarded(conn.executemany(statement, rows), len(rows))
             if deletes:
-                conn.executemany(DELETE, deletes)
+                _guarded(conn.executemany(DELETE, deletes), len(deletes))
             if batch.totals:
                 conn.executemany(ADD_TOTAL, [(q, e, n) for (q, e), n in batch.totals.items()])
             # Each submit in its own savepoint: one that does not fit fails alone.
@@ -688,7 +637,7 @@ class SqliteStore(IndexedStore):
             if task is None:
                 if self._unsynced(row[0]):
                     continue  # deleted, not committed yet
-                task = _task_from_row(row)
+                task = task_from_row(row)
             if task.state is State.DEAD:
                 tasks.append(task)
         more = len(rows) > limit
@@ -708,6 +657,18 @@ class SqliteStore(IndexedStore):
         tasks = await self.get(ids)
         applied = await self.apply([Change(t, None) for t in tasks.values()])
         return sum(applied)
+
+
+class GuardFailed(sqlite3.DatabaseError):
+    """A guarded write found a row that is not at the version the index holds: the database
+    was changed behind this feeder's back (it is meant to be the only writer)."""
+
+
+def _guarded(cursor: sqlite3.Cursor, expected: int) -> None:
+    if cursor.rowcount != expected:
+        raise GuardFailed(
+            f"{expected - cursor.rowcount} of {expected} rows were not at the expected version"
+        )
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -733,7 +694,7 @@ def _split_old_histories(conn: sqlite3.Connection) -> None:
             "UPDATE tasks SET history=?, last_attempt=?, last_worker=?, last_leased_at=?,"
             " last_ended_at=?, last_outcome=?, last_error=? WHERE id=?",
             [
-                (*_history_columns(_history_from(text, _NO_LAST_ATTEMPT)), task_id)
+                (*history_columns(history_from(text, NO_LAST_ATTEMPT)), task_id)
                 for task_id, text in rows
             ],
         )

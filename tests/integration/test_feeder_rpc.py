@@ -461,7 +461,7 @@ async def test_a_waiter_woken_as_its_wait_ends_passes_the_turn_on(feeder, monkey
     second = asyncio.ensure_future(lease(feeder, wait=5, worker="second"))
     await until_waiting(feeder, "q", 2)
 
-    monkeypatch.setattr(service, "_on_ready", lambda queue, count=1: None)
+    monkeypatch.setattr(waiters, "wake", lambda queue, count: None)
     [task_id] = await submit_ids(feeder, pb.TaskSpec(queue="q"))
     monkeypatch.undo()
     discard = waiters.discard

@@ -48,7 +48,7 @@ async def test_reaper_expires_exactly_the_leases_past_their_deadline() -> None:
     held = await service.get_task(second[0].task.id)
     assert expired is not None and expired.state is State.READY and expired.failures == 1
     assert held is not None and held.state is State.LEASED
-    assert service._store.next_due() == second[0].task.lease_deadline
+    assert await service._store.next_due() == second[0].task.lease_deadline
 
     # Leased again and expired again: out of attempts, dead.
     again = await service.lease("q", max_tasks=1, lease_duration=10.0, wait=0, worker_id="w")

@@ -11,7 +11,7 @@ from feeder.core.model import State, TaskSpec
 from feeder.core.policy import QueuePolicy
 from feeder.service import TaskService
 from feeder.service.reaper import MAX_BATCH, MIN_BATCH, Reaper
-from feeder.store.base import Change
+from feeder.store.base import Change, StoreHooks
 from feeder.store.memory import MemoryStore
 
 LEASE = 10.0
@@ -63,10 +63,10 @@ async def expired_storm(n: int) -> tuple[FakeClock, CostlyStore, TaskService, Fa
 def reaper_for(
     store: CostlyStore, clock: FakeClock, timer: FakeClock, budget: float | None = 1.0
 ) -> tuple[Reaper, list[str]]:
+    """A reaper on `store`, and the queue of every task the store announces as ready."""
     ready: list[str] = []
-    reaper = Reaper(
-        store=store, clock=clock, on_ready=ready.append, step_budget=budget, timer=timer
-    )
+    store.set_hooks(StoreHooks(ready=lambda queue, count: ready.extend([queue] * count)))
+    reaper = Reaper(store=store, clock=clock, step_budget=budget, timer=timer)
     return reaper, ready
 
 
@@ -178,7 +178,7 @@ async def test_the_loop_runs_steps_until_nothing_is_due() -> None:
 
 async def test_the_default_timer_keeps_steps_within_the_bounds() -> None:
     clock, store, service, _ = await expired_storm(2 * MAX_BATCH)
-    reaper = Reaper(store=store, clock=clock, on_ready=lambda queue: None)
+    reaper = Reaper(store=store, clock=clock)
     assert await reaper.run_once(clock.now) == MAX_BATCH
     assert MIN_BATCH <= reaper.batch <= MAX_BATCH
     await service.stop()

@@ -24,7 +24,7 @@ from feeder.core import machine
 from feeder.core.machine import Decision, Event
 from feeder.core.model import Attempt, AttemptOutcome, State, Task, TaskSpec
 from feeder.core.policy import QueuePolicy
-from feeder.store import Change, QueueFull, Store, StoreUnavailable, Submitted
+from feeder.store import Change, QueueFull, Store, StoreHooks, StoreUnavailable, Submitted
 from feeder.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.timeout(30)
@@ -212,7 +212,6 @@ def test_submit_queue_full_stores_nothing(make_store: StoreFactory) -> None:
         assert await counts(store, "b") == {}
         assert await totals(store, "b") == {}
         assert await claim(store, "b") == []
-        assert not store.has_ready("b")
 
         # Scheduled and leased tasks count towards the depth...
         leased = await step(store, a1, lease_d(a1, T0))
@@ -317,8 +316,7 @@ def test_scheduled_tasks_are_not_claimable(make_store: StoreFactory) -> None:
         assert (past.state, past.not_before) == (State.READY, None)
 
         assert await claim(store, now=T0 + 100) == []
-        assert not store.has_ready("q")
-        assert store.next_due() == T0 + 60
+        assert await store.next_due() == T0 + 60
         (found,) = await store.queue_counts(["q"])
         assert found.oldest_ready_at is None
         assert await counts(store) == {State.SCHEDULED: 1}
@@ -369,12 +367,10 @@ def test_claim_takes_only_ready_tasks_of_its_queue(make_store: StoreFactory) -> 
             store, [spec("a"), spec("a", not_before=T0 + 60), spec("b"), spec("a")]
         )
         await complete(store, done, T0)
-        assert store.has_ready("a")
         (leased,) = await claim(store, "a", now=T0 + 1)
         assert leased.id == ready.id
         assert await claim(store, "a", now=T0 + 1) == []
-        assert not store.has_ready("a")
-        assert store.has_ready("b")
+        assert await counts(store, "b") == {State.READY: 1}
         assert await claim(store, "nothing") == []
         assert await counts(store, "a") == {
             State.LEASED: 1,
@@ -484,7 +480,7 @@ def test_apply_chains_changes_of_one_task(make_store: StoreFactory) -> None:
         assert applied == [True, True, True, False, True]
         assert await store.get([first.id, second.id]) == {first.id: done, second.id: other}
         assert await counts(store) == {State.COMPLETED: 1, State.LEASED: 1}
-        assert store.next_due() == (other.lease_deadline if other else None)
+        assert await store.next_due() == (other.lease_deadline if other else None)
 
     run(make_store, body)
 
@@ -530,6 +526,67 @@ def test_event_counts_accumulate_into_totals(make_store: StoreFactory) -> None:
     run(make_store, body)
 
 
+# -- hooks --------------------------------------------------------------------------------
+
+
+class Heard:
+    """Records what a store announces through its hooks."""
+
+    def __init__(self) -> None:
+        self.ready: Counter[str] = Counter()
+        self.timers: list[float] = []
+
+    def hooks(self) -> StoreHooks:
+        return StoreHooks(
+            ready=lambda queue, count: self.ready.update({queue: count}),
+            timer=self.timers.append,
+        )
+
+    def take(self) -> tuple[dict[str, int], float | None]:
+        """(ready tasks per queue, earliest timer) heard since the last take."""
+        heard = dict(self.ready), min(self.timers, default=None)
+        self.ready.clear()
+        self.timers.clear()
+        return heard
+
+
+def test_hooks_announce_ready_tasks_and_timers(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        heard = Heard()
+        store.set_hooks(heard.hooks())
+        a1, _a2, _b, sched = await submit_tasks(
+            store, [spec("a"), spec("a"), spec("b"), spec("a", not_before=T0 + 50)]
+        )
+        assert heard.take() == ({"a": 2, "b": 1}, T0 + 50)
+        # A deduplicated submit creates nothing, so it announces nothing.
+        await submit(store, [spec("a", idempotency_key="k")])
+        heard.take()
+        await submit(store, [spec("a", idempotency_key="k")])
+        assert heard.take() == ({}, None)
+
+        leased = await store.claim("a", 1, leaser(T0 + 1, duration=20.0))
+        assert heard.take() == ({}, T0 + 21)
+        released = await step(store, leased[0], nack_d(leased[0], T0 + 2, release=True))
+        assert released.state is State.READY
+        assert heard.take() == ({"a": 1}, None)
+        again = await step(store, released, lease_d(released, T0 + 3, 5.0))
+        assert heard.take() == ({}, T0 + 8)
+        await step(store, again, ack_d(again, T0 + 4))
+        assert heard.take() == ({}, None)
+        # Time-driven changes are announced like any other: promotion, expiry.
+        await step(store, sched, machine.advance(sched, T0 + 60))
+        assert heard.take() == ({"a": 1}, None)
+        (b,) = await store.claim("b", 1, leaser(T0 + 61))
+        heard.take()
+        await step(store, b, machine.advance(b, T0 + 1000))
+        assert heard.take() == ({"b": 1}, None)
+        # A change that does not apply announces nothing.
+        assert await store.apply([Change(a1, lease_d(a1, T0 + 5).task)]) == [False]
+        assert heard.take() == ({}, None)
+
+    run(make_store, body)
+
+
 # -- timers -------------------------------------------------------------------------------
 
 
@@ -545,11 +602,11 @@ def test_due_returns_passed_timers_earliest_first(make_store: StoreFactory) -> N
                 spec(),
             ],
         )
-        assert store.next_due() == T0 + 20
+        assert await store.next_due() == T0 + 20
         l1 = await step(store, r1, lease_d(r1, T0))
         l2 = await step(store, r2, lease_d(r2, T0))
         assert (l1.lease_deadline, l2.lease_deadline) == (T0 + 30, T0 + 100)
-        assert store.next_due() == T0 + 20
+        assert await store.next_due() == T0 + 20
         assert await store.due(T0 + 19, 10) == []
 
         due = await store.due(T0 + 60, 2)
@@ -558,15 +615,15 @@ def test_due_returns_passed_timers_earliest_first(make_store: StoreFactory) -> N
         promoted = await step(store, early, machine.advance(early, T0 + 60))
         expired = await step(store, l1, machine.advance(l1, T0 + 60))
         assert (promoted.state, expired.state) == (State.READY, State.READY)
-        assert store.next_due() == T0 + 50
+        assert await store.next_due() == T0 + 50
 
         assert await store.due(T0 + 60, 10) == [late]
         await step(store, late, machine.advance(late, T0 + 60))
-        assert store.next_due() == T0 + 100
+        assert await store.next_due() == T0 + 100
         assert await store.due(T0 + 60, 10) == []
         done = await step(store, l2, ack_d(l2, T0 + 61))
         assert done.state is State.COMPLETED
-        assert store.next_due() is None
+        assert await store.next_due() is None
         assert await store.due(T0 + 10_000, 10) == []
         assert await totals(store) == {
             Event.SUBMITTED: 5,
@@ -587,7 +644,7 @@ def test_due_ignores_the_old_timer_of_a_changed_task(make_store: StoreFactory) -
         assert extended.lease_deadline == T0 + 65
         # The scheduled task is cancelled before its time: its timer is dead.
         await cancel(store, sched, T0 + 6)
-        assert store.next_due() == T0 + 65
+        assert await store.next_due() == T0 + 65
         assert await store.due(T0 + 40, 10) == []
         assert await store.due(T0 + 70, 10) == [extended]
 
@@ -774,7 +831,7 @@ def test_everything_survives_close_and_reopen(make_durable_store: StoreFactory) 
         await store.apply([], {("q", Event.DUPLICATE_ACK): 3})
         records = [ready, sched, leased, done, dead, cancelled, redone]
         before_counts = await store.queue_counts(["q", "dlq"])
-        next_due = store.next_due()
+        next_due = await store.next_due()
         await store.close()
 
         store = make_durable_store()
@@ -784,7 +841,7 @@ def test_everything_survives_close_and_reopen(make_durable_store: StoreFactory) 
             assert await store.get([t.id for t in records]) == {t.id: t for t in records}
             assert await store.queue_counts(["q", "dlq"]) == before_counts
             assert before_counts[0].totals[Event.DUPLICATE_ACK] == 3
-            assert store.next_due() == next_due == T0 + 41
+            assert await store.next_due() == next_due == T0 + 41
             got = await store.get([leased.id])
             assert (got[leased.id].state, got[leased.id].lease_deadline) == (
                 State.LEASED,
@@ -855,6 +912,33 @@ class TestSqlite:
                 await third.close()
 
         run_async(body)
+
+    def test_a_row_changed_behind_the_feeders_back_is_not_overwritten(self, tmp_path: Path) -> None:
+        """The version guard is in the SQL: a row that is not at the version the index
+        holds fails the commit (the store reloads from disk), it is not overwritten."""
+
+        async def body(store: Store) -> None:
+            task, other = await submit_tasks(store, [spec(), spec()])
+            outside = sqlite3.connect(tmp_path / "f.db")
+            try:
+                outside.execute(
+                    "UPDATE tasks SET version = version + 5, priority = 9 WHERE id = ?",
+                    (task.id,),
+                )
+                outside.commit()
+            finally:
+                outside.close()
+            leased = lease_d(task, T0 + 1).task
+            other_leased = lease_d(other, T0 + 1).task
+            with pytest.raises(StoreUnavailable, match="expected version"):
+                await store.apply([Change(task, leased), Change(other, other_leased)])
+            # Nothing of that transaction was written, and the index is the disk's again.
+            reloaded = await store.get([task.id, other.id])
+            assert (reloaded[task.id].version, reloaded[task.id].priority) == (6, 9)
+            assert reloaded[other.id] == other
+            assert [t.id for t in await claim(store, now=T0 + 2)] == [task.id, other.id]
+
+        run(lambda: SqliteStore(tmp_path / "f.db"), body)
 
     def test_final_records_evicted_from_memory_come_back_identical(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

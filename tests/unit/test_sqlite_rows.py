@@ -20,16 +20,8 @@ from feeder.core.machine import Decision
 from feeder.core.model import Attempt, AttemptOutcome, State, Task, TaskSpec
 from feeder.core.policy import QueuePolicy
 from feeder.store.base import Change
-from feeder.store.sqlite import (
-    COLUMNS,
-    LAST_ATTEMPT_COLUMNS,
-    SCHEMA,
-    SqliteStore,
-    _history_columns,
-    _history_from,
-    _history_json,
-    _task_from_row,
-)
+from feeder.store.rows import COLUMNS, history_columns, history_from, history_json, task_from_row
+from feeder.store.sqlite import LAST_ATTEMPT_COLUMNS, SCHEMA, SqliteStore
 
 times = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(0, 2**53))
 attempts = st.builds(
@@ -55,7 +47,7 @@ def reference(history: tuple[Attempt, ...]) -> str:
 
 @given(st.lists(attempts, min_size=1, max_size=4).map(tuple))
 def test_history_json_is_what_json_dumps_writes(history: tuple[Attempt, ...]) -> None:
-    assert _history_json(history) == reference(history)
+    assert history_json(history) == reference(history)
 
 
 def test_history_json_of_awkward_text_and_no_history() -> None:
@@ -63,14 +55,14 @@ def test_history_json_of_awkward_text_and_no_history() -> None:
         Attempt(1, 'wörker "1"\n', 1700000000.123456),
         Attempt(2, "\ud800\x00", 5, 1e22, AttemptOutcome.FAILED, "☃ \\ boom"),
     )
-    assert _history_json(history) == reference(history)
-    assert _history_json(()) is None
+    assert history_json(history) == reference(history)
+    assert history_json(()) is None
 
 
 @given(st.lists(attempts, max_size=4).map(tuple))
 def test_history_columns_read_back_as_written(history: tuple[Attempt, ...]) -> None:
-    text, *last = _history_columns(history)
-    assert _history_from(text, tuple(last)) == history
+    text, *last = history_columns(history)
+    assert history_from(text, tuple(last)) == history
     if len(history) <= 1:
         assert text is None  # one attempt (the common case) needs no JSON at all
 
@@ -190,7 +182,7 @@ def test_every_row_on_disk_is_the_record_in_memory(rounds: list[list[tuple[int, 
                         latest[task.id] = decision.task
                 assert all(await store.apply(changes))
                 on_disk = {
-                    row[0]: _task_from_row(row)
+                    row[0]: task_from_row(row)
                     for row in check.execute(f"SELECT {COLUMNS} FROM tasks")
                 }
                 assert on_disk == await store.get(ids)
