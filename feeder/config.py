@@ -31,6 +31,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from feeder.core.policy import QueuePolicy
 
@@ -59,6 +60,8 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     db: str = "./feedwork.db"
     sync: str = "normal"
+    # Connections per feeder to a PostgreSQL database (plus two: listen, maintenance role).
+    db_pool_size: int = 10
     max_message_bytes: int = 8 * MiB
     max_payload_bytes: int = 1 * MiB
     max_result_bytes: int = 1 * MiB
@@ -147,6 +150,44 @@ def parse_log_level(value: object) -> str:
     return level
 
 
+def parse_db(value: object) -> str:
+    """A SQLite path, ":memory:", or a postgresql:// (postgres://) URL with a database."""
+    text = parse_path(value)
+    if text.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(text)
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(f"invalid PostgreSQL URL {redact_url(text)!r}: bad port") from None
+        if not parts.hostname or parts.path in ("", "/"):
+            raise ValueError(
+                f"invalid PostgreSQL URL {redact_url(text)!r}"
+                " (want postgresql://USER@HOST:PORT/DBNAME)"
+            )
+    elif "://" in text:
+        raise ValueError(
+            f"unsupported database URL {redact_url(text)!r} (want a SQLite path, :memory:"
+            " or postgresql://USER@HOST:PORT/DBNAME)"
+        )
+    return text
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def parse_pool_size(value: object) -> int:
+    size = parse_count(value)
+    if not 1 <= size <= 1000:
+        raise ValueError(f"invalid pool size {value!r} (want 1 to 1000)")
+    return size
+
+
 def parse_path(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"invalid path {value!r} (want a non-empty string)")
@@ -179,8 +220,15 @@ class Option:
 CONFIG_OPTION = Option("config", parse_path, "TOML config file", "PATH", table="")
 OPTIONS: tuple[Option, ...] = (
     Option("listen", parse_listen, "address to listen on; port 0 picks a free port", "HOST:PORT"),
-    Option("db", parse_path, "SQLite database file, or :memory: (nothing kept)", "PATH"),
+    Option(
+        "db",
+        parse_db,
+        "SQLite database file, :memory: (nothing kept), or a PostgreSQL URL"
+        " postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME shared by several feeders",
+        "PATH|URL",
+    ),
     Option("sync", parse_sync, "SQLite durability: normal, or full (fsync each commit)", "MODE"),
+    Option("db_pool_size", parse_pool_size, "PostgreSQL connections per feeder", "N"),
     Option("max_message_bytes", parse_size, "largest gRPC message sent or received", "SIZE"),
     Option("max_payload_bytes", parse_size, "largest task payload accepted", "SIZE"),
     Option("max_result_bytes", parse_size, "largest Ack result accepted", "SIZE"),

@@ -6,7 +6,8 @@ pyproject.toml): write `async def test_...` and use the async fixtures below dir
     async def test_submit(feeder):
         reply = await feeder.stub.Submit(pb.SubmitRequest(tasks=[pb.TaskSpec(queue="q")]))
 
-`feeder` runs on a MemoryStore unless parametrized indirectly with a store kind:
+`feeder` runs on a MemoryStore unless parametrized indirectly with a store kind
+("memory", "sqlite", "postgres"; `ALL_STORES` is all three):
 
     @pytest.mark.parametrize("feeder", ["memory", "sqlite"], indirect=True)
 
@@ -17,8 +18,10 @@ second one on the same SQLite file after the first stopped.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +33,14 @@ from feeder.server.app import FeederServer
 from feeder.service.tasks import TaskService
 from feeder.store.base import Store
 from feeder.store.memory import MemoryStore
+from feeder.store.postgres import PostgresStore
 from feeder.store.sqlite import SqliteStore
 from feedwork.v1 import feeder_pb2_grpc
+from tests import postgres
 
-STORE_KINDS = ("memory", "sqlite")
+STORE_KINDS = ("memory", "sqlite", "postgres")
+# Every store kind: the parametrization of tests that must hold on each backend.
+ALL_STORES = pytest.mark.parametrize("feeder", list(STORE_KINDS), indirect=True)
 
 
 @dataclass
@@ -57,12 +64,31 @@ class RunningFeeder:
 FeederFactory = Callable[..., Awaitable[RunningFeeder]]
 
 
-def make_store(kind: str, db: Path) -> Store:
+def make_store(kind: str, db: str) -> Store:
+    """A store of `kind` on `db` (a SQLite path, or for "postgres" a DSN)."""
     if kind == "memory":
         return MemoryStore()
     if kind == "sqlite":
         return SqliteStore(db)
+    if kind == "postgres":
+        return PostgresStore(db, pool_size=4, startup_wait=5.0)
     raise ValueError(f"unknown store kind {kind!r} (want one of {STORE_KINDS})")
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A PostgreSQL database with feedwork's schema, that test databases are copied from."""
+    name = postgres.create_template()
+    try:
+        yield name
+    finally:
+        postgres.drop_database(name)
+
+
+@pytest.fixture
+def postgres_dsn(postgres_template: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own, with the schema; dropped afterwards."""
+    yield from postgres.databases(postgres_template)
 
 
 @pytest.fixture
@@ -77,17 +103,34 @@ def feeder_clock() -> Callable[[], float]:
 
 @pytest.fixture
 async def feeder_factory(
-    feeder_settings: Settings, feeder_clock: Callable[[], float]
+    request: pytest.FixtureRequest,
+    feeder_settings: Settings,
+    feeder_clock: Callable[[], float],
 ) -> AsyncIterator[FeederFactory]:
     """`await feeder_factory(store_kind="memory", settings=None)` starts a feeder; every
-    feeder started is stopped (and its channel closed) after the test."""
+    feeder started is stopped (and its channel closed) after the test. Every "postgres"
+    feeder of a test is on one database of the test's own (several feeders, one cluster);
+    every "sqlite" feeder on the file `settings.db` names."""
     started: list[RunningFeeder] = []
+    # The test's PostgreSQL database, made on the first "postgres" feeder and dropped after
+    # every feeder stopped (a database dropped under a running feeder makes it reconnect).
+    databases: list[str] = []
+
+    async def postgres_dsn() -> str:
+        if not databases:
+            template = request.getfixturevalue("postgres_template")
+            databases.append(await asyncio.to_thread(postgres.create_database, template))
+        return postgres.dsn_of(databases[0])
 
     async def start(
-        *, store_kind: str = "memory", settings: Settings | None = None
+        *, store_kind: str = "memory", settings: Settings | None = None, db: str | None = None
     ) -> RunningFeeder:
+        """`db` overrides the database of a "postgres" feeder (e.g. the test's own database
+        through a proxy: `await feeder_factory.postgres_dsn()` gives its DSN)."""
         settings = settings or feeder_settings
-        store = make_store(store_kind, Path(settings.db))
+        if store_kind == "postgres":
+            settings = dataclasses.replace(settings, db=db or await postgres_dsn())
+        store = make_store(store_kind, settings.db)
         server = FeederServer(settings, store=store, clock=feeder_clock)
         port = await server.start()
         target = f"127.0.0.1:{port}"
@@ -103,10 +146,13 @@ async def feeder_factory(
         started.append(running)
         return running
 
+    start.postgres_dsn = postgres_dsn  # type: ignore[attr-defined]
     yield start
     for running in reversed(started):
         await running.channel.close()
         await running.server.stop(0)
+    for name in databases:
+        await asyncio.to_thread(postgres.drop_database, name)
 
 
 @pytest.fixture

@@ -23,13 +23,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from feeder.config import Settings
+from feeder.config import Settings, redact_url
 from feeder.server.collector import scheduled_full_collections
 from feeder.server.servicer import FeederServicer, add_to_server
 from feeder.server.validate import Limits
 from feeder.service.tasks import TaskService
-from feeder.store.base import Store
+from feeder.store.base import Store, StoreUnavailable
 from feeder.store.memory import MemoryStore
+from feeder.store.postgres import PostgresStore, SchemaTooNew, is_postgres_url
 from feeder.store.sqlite import SqliteStore
 from feedwork.v1 import feeder_pb2
 
@@ -46,7 +47,10 @@ class StartupError(Exception):
 
 
 def open_store(settings: Settings) -> Store:
-    """The store `settings.db` names: SQLite on a file, or memory for ":memory:"."""
+    """The store `settings.db` names: PostgreSQL for a postgresql:// URL, memory for
+    ":memory:", else SQLite on a file."""
+    if is_postgres_url(settings.db):
+        return PostgresStore(settings.db, pool_size=settings.db_pool_size)
     if settings.db == MEMORY_DB:
         return MemoryStore()
     return SqliteStore(settings.db, sync=settings.sync)
@@ -71,6 +75,7 @@ class FeederServer:
             clock=clock,
             rng=rng,
             retention=settings.retention,
+            on_availability=self._store_availability,
         )
         limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,
@@ -80,6 +85,7 @@ class FeederServer:
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Future[None] | None = None
+        self._health_updates: set[asyncio.Task[None]] = set()
         self.port: int | None = None
 
     @property
@@ -110,8 +116,9 @@ class FeederServer:
     async def start(self) -> int:
         try:
             await self.service.start()
-        except (OSError, RuntimeError, sqlite3.Error) as exc:
-            raise StartupError(f"cannot open store {self.settings.db}: {exc}") from exc
+        except (OSError, RuntimeError, sqlite3.Error, StoreUnavailable, SchemaTooNew) as exc:
+            await self.service.stop()
+            raise StartupError(f"cannot open store {redact_url(self.settings.db)}: {exc}") from exc
         server = self._build()
         try:
             port = int(server.add_insecure_port(self.settings.listen))
@@ -130,8 +137,31 @@ class FeederServer:
             except OSError as exc:
                 await self.stop(0)
                 raise StartupError(f"cannot write port file: {exc}") from exc
-        log.info("feeder listening on %s (store %s)", self.address, self.settings.db)
+        log.info("feeder listening on %s (store %s)", self.address, redact_url(self.settings.db))
         return port
+
+    def _store_availability(self, available: bool) -> None:
+        """Health follows the database: NOT_SERVING while it cannot be reached (the RPCs
+        answer UNAVAILABLE meanwhile), SERVING again once it can, unless stopping."""
+        if self._stopping is not None or self._server is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if available
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if not available:
+            log.warning("the store is unavailable: health NOT_SERVING until it is back")
+        else:
+            log.info("the store is available again: health SERVING")
+
+        async def update() -> None:
+            for name in ("", FEEDER_SERVICE):
+                await self._health.set(name, status)
+
+        task = asyncio.get_running_loop().create_task(update())
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains, finishes RPCs in flight (cancelling those still running after `grace`

@@ -19,7 +19,7 @@ from feeder.server.servicer import status_of
 from feeder.server.validate import Limits, ValidationError
 from feedwork.v1 import feeder_pb2 as pb
 
-BOTH_STORES = pytest.mark.parametrize("feeder", ["memory", "sqlite"], indirect=True)
+BOTH_STORES = pytest.mark.parametrize("feeder", ["memory", "sqlite", "postgres"], indirect=True)
 QUEUE = "q"
 
 

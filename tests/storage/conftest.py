@@ -1,8 +1,9 @@
 """Backends of the storage conformance suite.
 
 Every backend in BACKENDS must pass tests/storage/test_conformance.py; those in DURABLE_BACKENDS
-must also keep everything across close and reopen. A new backend (PostgreSQL) is added to both
-lists and to `_make`.
+must also keep everything across close and reopen; those in SHARED_BACKENDS must also stay
+correct with two stores open on one database at once (two feeders). A new backend is added
+to the lists and to `_make`.
 """
 
 from __future__ import annotations
@@ -14,35 +15,47 @@ import pytest
 
 from feeder.store.base import Store
 from feeder.store.memory import MemoryStore
+from feeder.store.postgres import PostgresStore
 from feeder.store.sqlite import SqliteStore
 
 # "sqlite-full" fsyncs every commit from a writer thread; "sqlite" commits on the loop.
-BACKENDS = ["memory", "sqlite", "sqlite-full"]
-DURABLE_BACKENDS = ["sqlite", "sqlite-full"]
+BACKENDS = ["memory", "sqlite", "sqlite-full", "postgres"]
+DURABLE_BACKENDS = ["sqlite", "sqlite-full", "postgres"]
+SHARED_BACKENDS = ["postgres"]
 
 StoreFactory = Callable[[], Store]
 
 
-def _make(backend: str, tmp_path: Path) -> Store:
+def _make(backend: str, request: pytest.FixtureRequest) -> Callable[[], Store]:
+    """A factory of stores of `backend` on one database of this test's own."""
     if backend == "memory":
-        return MemoryStore()
+        return MemoryStore
+    tmp_path: Path = request.getfixturevalue("tmp_path")
     if backend == "sqlite":
-        return SqliteStore(tmp_path / "f.db")
+        return lambda: SqliteStore(tmp_path / "f.db")
     if backend == "sqlite-full":
-        return SqliteStore(tmp_path / "f.db", sync="full")
+        return lambda: SqliteStore(tmp_path / "f.db", sync="full")
+    if backend == "postgres":
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        return lambda: PostgresStore(dsn, pool_size=4, startup_wait=5.0)
     raise AssertionError(f"unknown backend {backend!r}")
 
 
 @pytest.fixture(params=BACKENDS)
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+def make_store(request: pytest.FixtureRequest) -> StoreFactory:
     """Makes an unopened store of the backend under test (each call: the same database)."""
-    backend: str = request.param
-    return lambda: _make(backend, tmp_path)
+    return _make(request.param, request)
 
 
 @pytest.fixture(params=DURABLE_BACKENDS)
-def make_durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+def make_durable_store(request: pytest.FixtureRequest) -> StoreFactory:
     """Like `make_store`, for backends whose data survives a close: every call opens the
     same database."""
-    backend: str = request.param
-    return lambda: _make(backend, tmp_path)
+    return _make(request.param, request)
+
+
+@pytest.fixture(params=SHARED_BACKENDS)
+def make_shared_store(request: pytest.FixtureRequest) -> StoreFactory:
+    """Like `make_durable_store`, for backends that several feeders may open at once: two
+    stores from this factory, both open, are two feeders on one database."""
+    return _make(request.param, request)

@@ -1,0 +1,336 @@
+"""The PostgreSQL connector: it owns the connection pool, the listen connection and the
+connections that hold advisory locks, and nothing else (no task logic).
+
+- Statements run on pooled connections. Errors that mean "the database cannot be reached
+  right now" (refused, dropped, shutting down, starting up, too many connections) become
+  `StoreUnavailable`, which the feeder answers with UNAVAILABLE so clients retry; a
+  deadlock or serialization failure between concurrent transactions is retried here.
+- One connection LISTENs on the feedwork channel and also sends this feeder's
+  notifications, coalesced: while one NOTIFY is on its way the next ones gather, and each
+  queue is named once per NOTIFY. (A NOTIFY takes a lock that every committing NOTIFY
+  transaction queues on, so none rides on the data transactions.) Notifications sent by
+  this feeder come back to it and are ignored.
+- The listen connection is the feeder's view of whether the database is up: when it drops,
+  the store is unavailable (health NOT_SERVING) and it reconnects by itself, with backoff;
+  once it is back, anything may have changed meanwhile (`missed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import tenacity
+
+from feeder.store.base import StoreUnavailable
+
+log = logging.getLogger("feedwork.feeder.store")
+
+CHANNEL = "feedwork"
+APPLICATION_NAME = "feedwork-feeder"
+# Counter shards (see the counters table): 1..SHARDS by connection; 0 is the folded total.
+SHARDS = 31
+CONNECT_TIMEOUT = 5.0
+# Deadlocks and serialization failures between concurrent transactions: retried this often.
+CONFLICT_RETRIES = 5
+R = TypeVar("R")
+
+# SQLSTATE classes and codes that mean the database is not reachable now, as opposed to a
+# statement that is wrong: 08 connection exception, 53 insufficient resources (too many
+# connections, disk full), 57P01-57P03 shutting down, crashed, starting up, 25006 a
+# read-only standby (a failover in progress).
+_UNAVAILABLE_CLASSES = ("08", "53", "58")
+_UNAVAILABLE_CODES = frozenset({"57P01", "57P02", "57P03", "57014", "25006", "40001", "40P01"})
+_CONFLICT_CODES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot serve now (retry later), not that a statement
+    is wrong."""
+    if isinstance(exc, asyncpg.PostgresError):
+        code = exc.sqlstate or ""
+        return code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES
+    if isinstance(exc, asyncpg.InterfaceError):
+        # "connection is closed" (it dropped under us); other interface errors are bugs.
+        return "closed" in str(exc)
+    return isinstance(exc, OSError | TimeoutError)
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _CONFLICT_CODES
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    detail = str(exc) or type(exc).__name__
+    return StoreUnavailable(f"PostgreSQL is unavailable: {detail}")
+
+
+@dataclass(slots=True)
+class _Outbox:
+    """Notifications waiting to be sent: ready tasks per queue and the earliest timer."""
+
+    ready: Counter[str]
+    timer: float | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.ready) or self.timer is not None
+
+    def payloads(self) -> list[str]:
+        found = [f"r {count} {queue}" for queue, count in self.ready.items()]
+        if self.timer is not None:
+            found.append(f"t {self.timer!r}")
+        return found
+
+
+class PostgresConnector:
+    """Connections to one PostgreSQL database. `await open()`, use, `await close()`."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 10,
+        startup_wait: float = 30.0,
+        on_ready: Callable[[str, int], None],
+        on_timer: Callable[[float], None],
+        on_missed: Callable[[], None],
+        on_available: Callable[[bool], None],
+    ) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._startup_wait = startup_wait
+        self._on_ready = on_ready
+        self._on_timer = on_timer
+        self._on_missed = on_missed
+        self._on_available = on_available
+        self._pool: asyncpg.Pool | None = None
+        self._listen: asyncpg.Connection | None = None
+        self._listening: asyncio.Task[None] | None = None
+        self._listen_up = asyncio.Event()
+        self._available = False
+        self._outbox = _Outbox(Counter())
+        self._sending: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self) -> asyncpg.Connection:
+        """A connection of its own (not pooled), for what holds it: a LISTEN, a lock."""
+        try:
+            conn: asyncpg.Connection = await asyncpg.connect(
+                self._dsn,
+                timeout=CONNECT_TIMEOUT,
+                server_settings={"application_name": APPLICATION_NAME},
+            )
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+        return conn
+
+    async def open(self, prepare: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
+        """Connects (waiting up to `startup_wait` for a database that is starting or not
+        reachable yet), runs `prepare` on a first connection (migrations), then opens the
+        pool and the listen connection."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(StoreUnavailable),
+            wait=tenacity.wait_random_exponential(multiplier=0.1, max=2.0),
+            stop=tenacity.stop_after_delay(self._startup_wait),
+            before_sleep=lambda state: log.warning(
+                "waiting for PostgreSQL: %s", state.outcome and state.outcome.exception()
+            ),
+            reraise=True,
+        )
+        first: asyncpg.Connection = await retrying(self.connect)
+        try:
+            await prepare(first)
+        finally:
+            await first.close()
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=1,
+            max_size=self._pool_size,
+            # A statement that hangs (a network partition) fails the call, not the feeder.
+            command_timeout=30.0,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
+        self._listening = asyncio.create_task(self._listen_forever(), name="feedwork-listen")
+        # The first listen connection usually takes a few ms; a feeder that starts without
+        # it only misses notifications until it comes (the long polls re-check).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listen_up.wait(), 5.0)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in (self._sending, self._listening):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._listen is not None:
+            with contextlib.suppress(Exception):
+                await self._listen.close(timeout=2.0)
+            self._listen = None
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 5.0)
+            self._pool.terminate()
+            self._pool = None
+
+    # -- statements -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; unavailability errors inside become StoreUnavailable."""
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        try:
+            async with self._pool.acquire(timeout=10.0) as conn:
+                yield conn
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+
+    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[R]]) -> R:
+        """`work(conn)` on a pooled connection, retried when it loses a deadlock or a
+        serialization conflict to a concurrent transaction (work must be safe to repeat:
+        every write of the store is guarded)."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(_is_conflict),
+            wait=tenacity.wait_random(0.001, 0.02),
+            stop=tenacity.stop_after_attempt(CONFLICT_RETRIES),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with self.connection() as conn:
+                        return await work(conn)
+        except asyncpg.PostgresError as exc:
+            if _is_conflict(exc):
+                raise unavailable(exc) from exc
+            raise
+        raise AssertionError("unreachable")  # tenacity either returns or raises
+
+    async def transaction(self, work: Callable[[asyncpg.Connection], Awaitable[R]]) -> R:
+        """`work(conn)` in one transaction (retried like `run`)."""
+
+        async def transact(conn: asyncpg.Connection) -> R:
+            async with conn.transaction():
+                return await work(conn)
+
+        return await self.run(transact)
+
+    @staticmethod
+    def shard(conn: asyncpg.Connection) -> int:
+        """The counter shard this connection adds to."""
+        pid: int = conn.get_server_pid()
+        return 1 + pid % SHARDS
+
+    # -- notifications --------------------------------------------------------------------
+
+    def announce(self, ready: Counter[str], timer: float | None) -> None:
+        """Tells the other feeders that tasks became ready (and, if it is soon, that a timer
+        was set), in the next coalesced NOTIFY."""
+        if not ready and timer is None:
+            return
+        outbox = self._outbox
+        outbox.ready.update(ready)
+        if timer is not None and (outbox.timer is None or timer < outbox.timer):
+            outbox.timer = timer
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.create_task(self._send(), name="feedwork-notify")
+
+    async def _send(self) -> None:
+        # One NOTIFY transaction at a time; what gathers meanwhile goes in the next.
+        while self._outbox and not self._closing:
+            outbox, self._outbox = self._outbox, _Outbox(Counter())
+            conn = self._listen
+            if conn is None:
+                return  # not listening: the others' re-checks find the tasks
+            try:
+                await conn.execute(
+                    "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                    CHANNEL,
+                    outbox.payloads(),
+                )
+            except Exception as exc:
+                log.debug("could not notify the other feeders: %s", exc)
+                return
+
+    def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        listen = self._listen
+        if listen is not None and pid == listen.get_server_pid():
+            return  # our own
+        kind, _, rest = payload.partition(" ")
+        try:
+            if kind == "r":
+                count, _, queue = rest.partition(" ")
+                self._on_ready(queue, int(count))
+            elif kind == "t":
+                self._on_timer(float(rest))
+        except ValueError:
+            log.warning("ignoring a malformed notification %r", payload)
+
+    async def _listen_forever(self) -> None:
+        """Keeps a listen connection open; reconnects with backoff when it drops."""
+        first = True
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(StoreUnavailable),
+            wait=tenacity.wait_random_exponential(multiplier=0.05, max=1.0),
+            stop=tenacity.stop_never,
+            reraise=True,
+        )
+        while not self._closing:
+            lost = asyncio.Event()
+            try:
+                conn: asyncpg.Connection = await retrying(self._start_listening, lost)
+            except Exception:
+                log.exception("cannot listen for notifications")
+                await asyncio.sleep(1.0)
+                continue
+            self._listen = conn
+            self._listen_up.set()
+            self._set_available(True)
+            if not first:
+                log.info("PostgreSQL is reachable again")
+                self._on_missed()  # notifications sent meanwhile are lost
+            first = False
+            await lost.wait()
+            self._listen = None
+            self._listen_up.clear()
+            if not self._closing:
+                log.warning("lost the connection to PostgreSQL; reconnecting")
+                self._set_available(False)
+                with contextlib.suppress(Exception):
+                    conn.terminate()
+
+    async def _start_listening(self, lost: asyncio.Event) -> asyncpg.Connection:
+        conn = await self.connect()
+        try:
+            conn.add_termination_listener(lambda _conn: lost.set())
+            await conn.add_listener(CHANNEL, self._heard)
+        except Exception as exc:
+            conn.terminate()
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+        return conn
+
+    def _set_available(self, available: bool) -> None:
+        if available != self._available:
+            self._available = available
+            self._on_available(available)
+
+    @property
+    def available(self) -> bool:
+        return self._available

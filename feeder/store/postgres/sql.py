@@ -1,0 +1,233 @@
+"""The statements of the PostgreSQL store.
+
+No rule of the state machine is here: the statements store what the state machine decided
+(every write guarded by the version the decision was made from), find tasks by what is
+stored (ready, due, dead, finished), and keep counts. Batches travel as arrays that
+`unnest` turns into rows, so one statement writes a whole batch in one round trip.
+"""
+
+from __future__ import annotations
+
+from feeder.core.model import State
+from feeder.store.rows import COLUMNS
+
+T = "feedwork.tasks"
+READY, LEASED, SCHEDULED, DEAD = (
+    int(s) for s in (State.READY, State.LEASED, State.SCHEDULED, State.DEAD)
+)
+FINAL = f"({int(State.COMPLETED)}, {int(State.CANCELLED)})"
+
+# -- counters ------------------------------------------------------------------------------
+# Counter deltas of a statement arrive as arrays (task id, queue, counter, delta); a delta
+# counts only if its task's write applied (id 0: it belongs to no task and always counts).
+# Sorted, so that two transactions that share a shard lock its rows in the same order.
+_COUNT = """
+counted AS (
+    INSERT INTO feedwork.counters (queue, counter, shard, value)
+    SELECT c.queue, c.counter, $1, sum(c.delta)
+    FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[]) AS c(id, queue, counter, delta)
+    WHERE c.id = 0 OR c.id IN (SELECT id FROM applied)
+    GROUP BY c.queue, c.counter
+    HAVING sum(c.delta) <> 0
+    ORDER BY c.queue, c.counter
+    ON CONFLICT (queue, counter, shard)
+        DO UPDATE SET value = feedwork.counters.value + excluded.value
+)"""
+
+# -- submit --------------------------------------------------------------------------------
+# New tasks: a task with an idempotency key is inserted only if its key was free (the
+# unique key decides between feeders submitting the same key at once: the second waits for
+# the first to commit, then finds the key taken).
+INSERT_TASKS = f"""
+WITH new AS (
+    SELECT * FROM unnest(
+        $6::bigint[], $7::text[], $8::bytea[], $9::text[], $10::int[], $11::smallint[],
+        $12::int[], $13::float8[], $14::float8[], $15::float8[], $16::float8[], $17::text[]
+    ) AS n(id, queue, payload, headers, priority, state, max_attempts, created_at, ready_at,
+           not_before, lease_duration, idempotency_key)
+), keyed AS (
+    INSERT INTO feedwork.task_keys (queue, key, task_id)
+    SELECT queue, idempotency_key, id FROM new WHERE idempotency_key IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING task_id
+), applied AS (
+    INSERT INTO {T} (id, queue, payload, headers, priority, state, max_attempts, created_at,
+                     ready_at, attempt, failures, not_before, lease_duration, idempotency_key,
+                     version)
+    SELECT id, queue, payload, headers, priority, state, max_attempts, created_at, ready_at,
+           0, 0, not_before, lease_duration, idempotency_key, 1
+    FROM new
+    WHERE idempotency_key IS NULL OR id IN (SELECT task_id FROM keyed)
+    RETURNING id
+), {_COUNT.strip()}
+SELECT id FROM applied
+"""
+# The tasks that hold the given keys (of the specs whose key was taken).
+TASKS_BY_KEY = f"""
+SELECT {", ".join("t." + c.strip() for c in COLUMNS.split(","))}
+FROM unnest($1::text[], $2::text[]) AS k(queue, key)
+JOIN feedwork.task_keys USING (queue, key)
+JOIN {T} t ON t.id = feedwork.task_keys.task_id
+"""
+# Submits to a queue take its depth lock (in queue order, so two submits never deadlock)
+# once their tasks are inserted, and hold it to their commit: any submit that took it
+# before has committed, so the depth read next counts its tasks.
+LOCK_DEPTHS = """
+SELECT pg_advisory_xact_lock(hashtextextended('feedwork.depth:' || q, 0))
+FROM unnest($1::text[]) AS q ORDER BY q
+"""
+DEPTHS = f"""
+SELECT queue, sum(value)::bigint FROM feedwork.counters
+WHERE queue = ANY($1::text[])
+  AND counter IN ('state:{int(State.SCHEDULED)}', 'state:{READY}', 'state:{LEASED}')
+GROUP BY queue
+"""
+NEXT_IDS = "SELECT nextval('feedwork.task_ids') FROM generate_series(1, $1)"
+ID_BLOCK = (
+    "SELECT increment_by FROM pg_sequences"
+    " WHERE schemaname = 'feedwork' AND sequencename = 'task_ids'"
+)
+
+# -- claim ---------------------------------------------------------------------------------
+# Locked until the claim commits; tasks another claim has locked are skipped, not waited
+# for, so concurrent claims (of this feeder or another) take disjoint tasks.
+CLAIM = f"""
+SELECT {COLUMNS} FROM {T}
+WHERE queue = $1 AND state = {READY}
+ORDER BY priority DESC, ready_at, id
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+# -- apply ---------------------------------------------------------------------------------
+# Every column a decision may change, and the guard: the version the decision was made from.
+_CHANGED = """
+    SELECT * FROM unnest(
+        $6::bigint[], $7::int[], $8::smallint[], $9::float8[], $10::int[], $11::int[],
+        $12::float8[], $13::float8[], $14::float8[], $15::bytea[], $16::float8[], $17::text[],
+        $18::int[], $19::text[], $20::float8[], $21::float8[], $22::smallint[], $23::text[],
+        $24::int[]
+    ) AS v(id, guard, state, ready_at, attempt, failures, not_before, lease_deadline,
+           lease_granted, result, finished_at, history, last_attempt, last_worker,
+           last_leased_at, last_ended_at, last_outcome, last_error, version)"""
+_UPDATE = f"""
+    UPDATE {T} t SET
+        state = v.state, ready_at = v.ready_at, attempt = v.attempt, failures = v.failures,
+        not_before = v.not_before, lease_deadline = v.lease_deadline,
+        lease_granted = v.lease_granted, result = v.result, finished_at = v.finished_at,
+        history = v.history, last_attempt = v.last_attempt, last_worker = v.last_worker,
+        last_leased_at = v.last_leased_at, last_ended_at = v.last_ended_at,
+        last_outcome = v.last_outcome, last_error = v.last_error, version = v.version
+    FROM changed v
+    WHERE t.id = v.id AND t.version = v.guard
+    RETURNING t.id"""
+# Updates only (nearly every write: leases, acks, nacks, extends, expiry).
+APPLY = f"""
+WITH changed AS ({_CHANGED}
+), applied AS ({_UPDATE}
+), {_COUNT.strip()}
+SELECT id FROM applied
+"""
+# Updates and deletions (purges), with the deleted tasks' idempotency keys. The ids of one
+# statement are distinct: a task changed twice in one batch takes two statements.
+APPLY_WITH_DELETES = f"""
+WITH changed AS ({_CHANGED}
+), updated AS ({_UPDATE}
+), deleted AS (
+    DELETE FROM {T} t USING unnest($25::bigint[], $26::int[]) AS d(id, guard)
+    WHERE t.id = d.id AND t.version = d.guard
+    RETURNING t.id, t.queue, t.idempotency_key
+), unkeyed AS (
+    DELETE FROM feedwork.task_keys k USING deleted d
+    WHERE k.queue = d.queue AND k.key = d.idempotency_key AND k.task_id = d.id
+), applied AS (
+    SELECT id FROM updated UNION ALL SELECT id FROM deleted
+), {_COUNT.strip()}
+SELECT id FROM applied
+"""
+
+# -- reads ---------------------------------------------------------------------------------
+GET = f"SELECT {COLUMNS} FROM {T} WHERE id = ANY($1::bigint[])"
+DUE = f"""
+(SELECT {COLUMNS} FROM {T} WHERE state = {LEASED} AND lease_deadline <= $1
+ ORDER BY lease_deadline LIMIT $2)
+UNION ALL
+(SELECT {COLUMNS} FROM {T} WHERE state = {SCHEDULED} AND not_before <= $1
+ ORDER BY not_before LIMIT $2)
+"""
+NEXT_DUE = f"""
+SELECT least(
+    (SELECT min(lease_deadline) FROM {T} WHERE state = {LEASED}),
+    (SELECT min(not_before) FROM {T} WHERE state = {SCHEDULED})
+)
+"""
+LIST_DEAD = f"""
+SELECT {COLUMNS} FROM {T} WHERE queue = $1 AND state = {DEAD} AND id > $2
+ORDER BY id LIMIT $3
+"""
+COUNTS = """
+SELECT queue, counter, sum(value)::bigint FROM feedwork.counters
+WHERE $1::text[] IS NULL OR queue = ANY($1::text[])
+GROUP BY queue, counter
+"""
+# The oldest ready time of each queue: the first task of each priority in ready order,
+# found by walking the claim index one priority at a time (a loose index scan), so it
+# costs a few index probes per priority, not a scan of a deep queue.
+OLDEST_READY = f"""
+SELECT q.queue, (
+    WITH RECURSIVE p(priority) AS (
+        (SELECT priority FROM {T} WHERE queue = q.queue AND state = {READY}
+         ORDER BY priority DESC LIMIT 1)
+        UNION ALL
+        SELECT (SELECT priority FROM {T} WHERE queue = q.queue AND state = {READY}
+                AND priority < p.priority ORDER BY priority DESC LIMIT 1)
+        FROM p WHERE p.priority IS NOT NULL
+    )
+    SELECT min((SELECT ready_at FROM {T} WHERE queue = q.queue AND state = {READY}
+                AND priority = p.priority ORDER BY ready_at LIMIT 1))
+    FROM p WHERE p.priority IS NOT NULL
+)
+FROM unnest($1::text[]) AS q(queue)
+"""
+
+# -- maintenance ---------------------------------------------------------------------------
+PURGE_FINISHED = f"""
+WITH doomed AS (
+    SELECT id FROM {T} WHERE state IN {FINAL} AND finished_at < $1
+    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM {T} t USING doomed WHERE t.id = doomed.id
+    RETURNING t.id, t.queue, t.state, t.idempotency_key
+), unkeyed AS (
+    DELETE FROM feedwork.task_keys k USING deleted d
+    WHERE k.queue = d.queue AND k.key = d.idempotency_key AND k.task_id = d.id
+), counted AS (
+    INSERT INTO feedwork.counters (queue, counter, shard, value)
+    SELECT queue, 'state:' || state, $3, -count(*) FROM deleted
+    GROUP BY queue, state ORDER BY 1, 2
+    ON CONFLICT (queue, counter, shard)
+        DO UPDATE SET value = feedwork.counters.value + excluded.value
+)
+SELECT count(*) FROM deleted
+"""
+# Folds every counter's shards into shard 0, so that counters do not keep a row per shard
+# that ever wrote to them.
+# Rows are locked in key order (writers lock theirs in key order too: no deadlock).
+FOLD_COUNTERS = """
+WITH locked AS (
+    SELECT queue, counter, shard FROM feedwork.counters WHERE shard <> 0
+    ORDER BY queue, counter, shard FOR UPDATE
+), moved AS (
+    DELETE FROM feedwork.counters c USING locked l
+    WHERE c.queue = l.queue AND c.counter = l.counter AND c.shard = l.shard
+    RETURNING c.queue, c.counter, c.value
+)
+INSERT INTO feedwork.counters (queue, counter, shard, value)
+SELECT queue, counter, 0, sum(value) FROM moved GROUP BY queue, counter ORDER BY 1, 2
+ON CONFLICT (queue, counter, shard)
+    DO UPDATE SET value = feedwork.counters.value + excluded.value
+"""
+SECRET = "SELECT value FROM feedwork.meta WHERE key = 'token_secret'"
+SET_SECRET = (
+    "INSERT INTO feedwork.meta (key, value) VALUES ('token_secret', $1) ON CONFLICT DO NOTHING"
+)

@@ -1,0 +1,537 @@
+"""The PostgreSQL store: one database shared by as many feeders as you like.
+
+Nothing lives in a feeder's memory but what is on its way: every read goes to the
+database, every write is one guarded statement (`... WHERE id = v.id AND version = v.guard`)
+or a short transaction, so the database decides every race between feeders. The rules are
+the state machine's alone; the statements (see `sql`) only store its decisions and count.
+
+- Submit: one transaction. Idempotency keys are unique per queue in the database; the depth
+  of a queue is checked under a per-queue lock after the insert, so feeders submitting to
+  one queue at once never take it past max_depth together.
+- Claim: `SELECT ... FOR UPDATE SKIP LOCKED` of up to `limit` ready tasks, the lease
+  decisions, one guarded UPDATE, commit: four round trips for any batch size.
+- Ack, nack, extend, cancel: the service reads the records, decides, and applies the
+  decisions in one guarded UPDATE (a lost guard is decided again).
+- Task ids come from one sequence, a block at a time; the token secret is in the database,
+  so a task leased through one feeder can be acked through any other.
+- Wake-ups: after a commit that made tasks ready, the other feeders hear of it through a
+  coalesced NOTIFY (see `connector`); long polls also re-check every `ready_recheck`
+  seconds in case a notification was lost.
+- Maintenance (reaper, janitor) runs on one feeder at a time, the holder of an advisory
+  lock; when it dies, its connection closes, the lock is free and the next feeder takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from feeder.core.machine import Event
+from feeder.core.model import State, Task, TaskSpec
+from feeder.store.base import (
+    Change,
+    DeadPage,
+    LeaseDecider,
+    QueueCounts,
+    QueueFull,
+    StoreHooks,
+    StoreUnavailable,
+    Submitted,
+    TaskFactory,
+    changes_news,
+    report_news,
+)
+from feeder.store.postgres import sql
+from feeder.store.postgres.connector import PostgresConnector, is_unavailable, unavailable
+from feeder.store.postgres.migrate import SchemaTooNew, migrate
+from feeder.store.rows import headers_json, history_columns, task_from_row
+
+log = logging.getLogger("feedwork.feeder.store")
+
+# pg_advisory_lock key of the maintenance role (see migrate.MIGRATION_LOCK).
+LEADER_LOCK = 0x6677_0002
+# Timers due sooner than this from now are announced to the other feeders; the maintenance
+# leader re-reads the earliest timer this often anyway (`timer_recheck`).
+TIMER_RECHECK = 0.5
+READY_RECHECK = 2.0
+# Fold counter shards into one row per counter every this many purges (see the schema).
+FOLD_EVERY = 10
+
+EventCounts = Mapping[tuple[str, Event], int]
+_STATE_COUNTERS = {state: f"state:{int(state)}" for state in State}
+_EVENT_COUNTERS = {event: f"event:{event.value}" for event in Event}
+_COUNTER_STATES = {name: state for state, name in _STATE_COUNTERS.items()}
+_COUNTER_EVENTS = {name: event for event, name in _EVENT_COUNTERS.items()}
+
+
+class _Deltas:
+    """Counter deltas of one statement, as the arrays `sql._COUNT` takes."""
+
+    __slots__ = ("counters", "deltas", "ids", "queues")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.queues: list[str] = []
+        self.counters: list[str] = []
+        self.deltas: list[int] = []
+
+    def add(self, task_id: int, queue: str, counter: str, delta: int) -> None:
+        self.ids.append(task_id)
+        self.queues.append(queue)
+        self.counters.append(counter)
+        self.deltas.append(delta)
+
+    def change(self, change: Change) -> None:
+        """The counts `change` moves if it applies: its task's state, and its events."""
+        before, after = change.before, change.after
+        task_id, queue = before.id, before.queue
+        if after is None or after.state is not before.state:
+            self.add(task_id, queue, _STATE_COUNTERS[before.state], -1)
+            if after is not None:
+                self.add(task_id, queue, _STATE_COUNTERS[after.state], 1)
+        for event in change.events:
+            self.add(task_id, queue, _EVENT_COUNTERS[event], 1)
+
+    def events(self, events: EventCounts) -> None:
+        """Counts that belong to no task: they always count."""
+        for (queue, event), count in events.items():
+            if count:
+                self.add(0, queue, _EVENT_COUNTERS[event], count)
+
+    def arguments(self, shard: int) -> tuple[Any, ...]:
+        return (shard, self.ids, self.queues, self.counters, self.deltas)
+
+
+def _changed_arrays(changes: Sequence[Change]) -> list[list[Any]]:
+    """The `sql._CHANGED` arrays of updates (every `after` is a record)."""
+    columns: list[list[Any]] = [[] for _ in range(19)]
+    (
+        ids, guards, states, ready_ats, attempts, failures, not_befores, deadlines, granted,
+        results, finished, histories, last_attempts, last_workers, last_leased, last_ended,
+        last_outcomes, last_errors, versions,
+    ) = columns  # fmt: skip
+    for change in changes:
+        t = change.after
+        assert t is not None
+        ids.append(t.id)
+        guards.append(change.before.version)
+        states.append(int(t.state))
+        ready_ats.append(t.ready_at)
+        attempts.append(t.attempt)
+        failures.append(t.failures)
+        not_befores.append(t.not_before)
+        deadlines.append(t.lease_deadline)
+        granted.append(t.lease_granted)
+        results.append(t.result)
+        finished.append(t.finished_at)
+        history, attempt, worker, leased_at, ended_at, outcome, error = history_columns(t.history)
+        histories.append(history)
+        last_attempts.append(attempt)
+        last_workers.append(worker)
+        last_leased.append(leased_at)
+        last_ended.append(ended_at)
+        last_outcomes.append(outcome)
+        last_errors.append(error)
+        versions.append(t.version)
+    return columns
+
+
+def _rounds(changes: Sequence[Change]) -> list[list[int]]:
+    """Positions of `changes` split into rounds in which no task appears twice (a task
+    changed twice in one batch: the second change is decided from the first)."""
+    rounds: list[list[int]] = []
+    seen: list[set[int]] = []
+    for position, change in enumerate(changes):
+        task_id = change.before.id
+        # After the last round that has this task already.
+        index = 0
+        for index_from_end, ids in enumerate(reversed(seen)):
+            if task_id in ids:
+                index = len(seen) - index_from_end
+                break
+        if index == len(rounds):
+            rounds.append([])
+            seen.append(set())
+        rounds[index].append(position)
+        seen[index].add(task_id)
+    return rounds
+
+
+class _IdBlocks:
+    """Task ids for new tasks: the sequence hands out blocks, this feeder uses them up."""
+
+    def __init__(self) -> None:
+        self._free: list[int] = []  # ids left in the current block, highest first
+        self._block = 1
+        self._lock = asyncio.Lock()
+
+    def set_block(self, block: int) -> None:
+        self._block = block
+
+    async def take(self, count: int, conn: asyncpg.Connection) -> list[int]:
+        async with self._lock:
+            if len(self._free) < count:
+                needed = -(-(count - len(self._free)) // self._block)
+                starts = [row[0] for row in await conn.fetch(sql.NEXT_IDS, needed)]
+                fresh = [start + i for start in starts for i in range(self._block)]
+                # Ids in hand first, then the new blocks, lowest first (popped from the end).
+                self._free = sorted(fresh, reverse=True) + self._free
+            taken = self._free[-count:] if count else []
+            del self._free[len(self._free) - count :]
+            taken.reverse()
+            return taken
+
+
+class PostgresStore:
+    """The store on the PostgreSQL database at `dsn` (postgresql://user@host:port/db)."""
+
+    shared = True
+    ready_recheck: float | None = READY_RECHECK
+    timer_recheck: float | None = TIMER_RECHECK
+
+    def __init__(self, dsn: str, *, pool_size: int = 10, startup_wait: float = 30.0) -> None:
+        self._hooks = StoreHooks()
+        self._connector = PostgresConnector(
+            dsn,
+            pool_size=pool_size,
+            startup_wait=startup_wait,
+            # Through lambdas: the hooks may be set after the connector is made.
+            on_ready=lambda queue, count: self._hooks.ready(queue, count),
+            on_timer=lambda when: self._hooks.timer(when),
+            on_missed=lambda: self._hooks.missed(),
+            on_available=lambda ok: self._hooks.available(ok),
+        )
+        self._secret: bytes | None = None
+        self._ids = _IdBlocks()
+        self._purges = 0
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def token_secret(self) -> bytes:
+        if self._secret is None:
+            raise StoreUnavailable("the store is not open")
+        return self._secret
+
+    def set_hooks(self, hooks: StoreHooks) -> None:
+        self._hooks = hooks
+
+    async def open(self) -> None:
+        await self._connector.open(self._prepare)
+
+    async def _prepare(self, conn: asyncpg.Connection) -> None:
+        """Brings the schema up to date and reads the database's settings."""
+        applied = await migrate(conn)
+        if applied:
+            log.info("applied schema migrations %s", ", ".join(str(m.version) for m in applied))
+        await conn.execute(sql.SET_SECRET, secrets.token_bytes(32))
+        self._secret = bytes(await conn.fetchval(sql.SECRET))
+        self._ids.set_block(int(await conn.fetchval(sql.ID_BLOCK)))
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._connector.close()
+
+    @contextlib.asynccontextmanager
+    async def leadership(self) -> AsyncIterator[asyncio.Event]:
+        conn = await self._connector.connect()
+        try:
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn: lost.set())
+            try:
+                # Waits (without polling) until whoever holds the role lets go or dies.
+                await conn.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK)
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise unavailable(exc) from exc
+                raise
+            yield lost
+        finally:
+            # Closing the connection releases the lock (and a wait for it).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(conn.close()), 2.0)
+            conn.terminate()
+
+    # -- announcements --------------------------------------------------------------------
+
+    def _announce(self, records: Iterable[tuple[State | None, Task | None]]) -> None:
+        """Tells this feeder (hooks) and the others (NOTIFY) what committed changes did.
+        Other feeders hear of a timer only if it is due before the maintenance leader
+        re-reads the earliest timer anyway."""
+        ready, timer = changes_news(records)
+        report_news(self._hooks, ready, timer)
+        soon = timer if timer is not None and timer < time.time() + TIMER_RECHECK else None
+        self._connector.announce(ready, soon)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        specs: Sequence[TaskSpec],
+        *,
+        create: TaskFactory,
+        max_depth: Callable[[str], int],
+    ) -> list[Submitted]:
+        # Twins within the batch (same queue and key) are one task.
+        first_of: dict[tuple[str, str], int] = {}
+        twin_of: dict[int, int] = {}
+        fresh: list[int] = []
+        for position, spec in enumerate(specs):
+            key = (spec.queue, spec.idempotency_key) if spec.idempotency_key else None
+            if key is not None:
+                if key in first_of:
+                    twin_of[position] = first_of[key]
+                    continue
+                first_of[key] = position
+            fresh.append(position)
+        if not fresh:
+            return []
+
+        async def insert(conn: asyncpg.Connection) -> tuple[dict[int, Task], dict[int, Task]]:
+            ids = await self._ids.take(len(fresh), conn)
+            tasks: dict[int, Task] = {}
+            deltas = _Deltas()
+            for position, task_id in zip(fresh, ids, strict=True):
+                decision = create(specs[position], task_id)
+                task = decision.task
+                assert task is not None
+                tasks[position] = task
+                deltas.add(task_id, task.queue, _STATE_COUNTERS[task.state], 1)
+                for event in decision.events:
+                    deltas.add(task_id, task.queue, _EVENT_COUNTERS[event], 1)
+            async with conn.transaction():
+                return await self._insert(conn, tasks, deltas, max_depth)
+
+        created, existing = await self._connector.run(insert)
+        self._announce((None, task) for task in created.values())
+        results: list[Submitted] = []
+        for position in range(len(specs)):
+            source = twin_of.get(position, position)
+            if source in created:
+                results.append(Submitted(created[source], source != position))
+            else:
+                results.append(Submitted(existing[source], True))
+        return results
+
+    async def _insert(
+        self,
+        conn: asyncpg.Connection,
+        tasks: dict[int, Task],
+        deltas: _Deltas,
+        max_depth: Callable[[str], int],
+    ) -> tuple[dict[int, Task], dict[int, Task]]:
+        """Inserts `tasks` (by position) in the open transaction: (created, existing) by
+        position, the latter for tasks whose key another task holds."""
+        columns: list[list[Any]] = [[] for _ in range(12)]
+        for task in tasks.values():
+            for column, value in zip(
+                columns,
+                (
+                    task.id, task.queue, task.payload, headers_json(task), task.priority,
+                    int(task.state), task.max_attempts, task.created_at, task.ready_at,
+                    task.not_before, task.lease_duration, task.idempotency_key,
+                ),
+                strict=True,
+            ):  # fmt: skip
+                column.append(value)
+        rows = await conn.fetch(
+            sql.INSERT_TASKS, *deltas.arguments(PostgresConnector.shard(conn)), *columns
+        )
+        inserted = {row[0] for row in rows}
+        created = {p: t for p, t in tasks.items() if t.id in inserted}
+        taken = {p: t for p, t in tasks.items() if t.id not in inserted}
+        existing: dict[int, Task] = {}
+        if taken:
+            found = {
+                (t.queue, t.idempotency_key): t
+                for t in map(
+                    task_from_row,
+                    await conn.fetch(
+                        sql.TASKS_BY_KEY,
+                        [t.queue for t in taken.values()],
+                        [t.idempotency_key for t in taken.values()],
+                    ),
+                )
+            }
+            for position, task in taken.items():
+                holder = found.get((task.queue, task.idempotency_key))
+                if holder is None:  # the key's task was deleted meanwhile: a race to retry
+                    raise asyncpg.SerializationError("an idempotency key changed hands")
+                existing[position] = holder
+        added = Counter(t.queue for t in created.values())
+        if added:
+            queues = sorted(added)
+            await conn.execute(sql.LOCK_DEPTHS, queues)
+            for queue, depth in await conn.fetch(sql.DEPTHS, queues):
+                limit = max_depth(queue)
+                if depth > limit:
+                    raise QueueFull(queue, depth - added[queue], limit)
+        return created, existing
+
+    async def claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
+        # Shielded: the decisions `lease` made are applied even if the caller is cancelled
+        # meanwhile (it gives the tasks back; see Store.claim).
+        return await asyncio.shield(self._claim(queue, limit, lease))
+
+    async def _claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
+        async def claim(conn: asyncpg.Connection) -> list[Change]:
+            async with conn.transaction():
+                changes: list[Change] = []
+                for row in await conn.fetch(sql.CLAIM, queue, limit):
+                    task = task_from_row(row)
+                    decision = lease(task)
+                    if decision.task is not None:
+                        changes.append(Change(task, decision.task, decision.events))
+                if changes:
+                    # Locked by this transaction: every guard holds.
+                    await self._write(conn, changes, None)
+                return changes
+
+        changes = await self._connector.run(claim)
+        self._announce((c.before.state, c.after) for c in changes)
+        return [c.after for c in changes if c.after is not None and c.after.state is State.LEASED]
+
+    async def apply(
+        self, changes: Sequence[Change], events: EventCounts | None = None
+    ) -> list[bool]:
+        if not changes and not events:
+            return []
+
+        async def apply(conn: asyncpg.Connection) -> list[bool]:
+            if len(_rounds(changes)) <= 1:
+                return await self._write(conn, changes, events)
+            async with conn.transaction():
+                return await self._write(conn, changes, events)
+
+        applied = await self._connector.run(apply)
+        self._announce(
+            (c.before.state, c.after) for c, ok in zip(changes, applied, strict=True) if ok
+        )
+        return applied
+
+    async def _write(
+        self, conn: asyncpg.Connection, changes: Sequence[Change], events: EventCounts | None
+    ) -> list[bool]:
+        """Applies `changes` (a round at a time, see `_rounds`) with their counts and
+        `events`; a transaction is open if there is more than one round."""
+        applied = [False] * len(changes)
+        shard = PostgresConnector.shard(conn)
+        rounds = _rounds(changes) or [[]]
+        for number, positions in enumerate(rounds):
+            batch = [changes[p] for p in positions]
+            deltas = _Deltas()
+            if number == 0 and events:
+                deltas.events(events)
+            updates = [c for c in batch if c.after is not None]
+            deletes = [c for c in batch if c.after is None]
+            for change in batch:
+                deltas.change(change)
+            arguments = (*deltas.arguments(shard), *_changed_arrays(updates))
+            if deletes:
+                rows = await conn.fetch(
+                    sql.APPLY_WITH_DELETES,
+                    *arguments,
+                    [c.before.id for c in deletes],
+                    [c.before.version for c in deletes],
+                )
+            else:
+                rows = await conn.fetch(sql.APPLY, *arguments)
+            done = {row[0] for row in rows}
+            for position in positions:
+                applied[position] = changes[position].before.id in done
+            # A later round's change of a task whose change failed here cannot apply
+            # either: its `before` never became current. The guard says so by itself.
+        return applied
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get(self, task_ids: Iterable[int]) -> dict[int, Task]:
+        ids = list(set(task_ids))
+        if not ids:
+            return {}
+
+        async def get(conn: asyncpg.Connection) -> dict[int, Task]:
+            return {row[0]: task_from_row(row) for row in await conn.fetch(sql.GET, ids)}
+
+        return await self._connector.run(get)
+
+    async def due(self, now: float, limit: int) -> list[Task]:
+        async def due(conn: asyncpg.Connection) -> list[Task]:
+            return [task_from_row(row) for row in await conn.fetch(sql.DUE, now, limit)]
+
+        found = await self._connector.run(due)
+        found.sort(key=_timer_of)
+        return found[:limit]
+
+    async def next_due(self) -> float | None:
+        async def next_due(conn: asyncpg.Connection) -> float | None:
+            value = await conn.fetchval(sql.NEXT_DUE)
+            return None if value is None else float(value)
+
+        return await self._connector.run(next_due)
+
+    async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
+        async def dead(conn: asyncpg.Connection) -> list[Task]:
+            rows = await conn.fetch(sql.LIST_DEAD, queue, after_id or 0, limit + 1)
+            return [task_from_row(row) for row in rows]
+
+        tasks = await self._connector.run(dead)
+        more = len(tasks) > limit
+        page = tasks[:limit]
+        return DeadPage(page, page[-1].id if more and page else None)
+
+    async def purge_finished(self, *, finished_before: float, limit: int) -> int:
+        self._purges += 1
+        fold = self._purges % FOLD_EVERY == 1
+
+        async def purge(conn: asyncpg.Connection) -> int:
+            deleted = int(
+                await conn.fetchval(
+                    sql.PURGE_FINISHED, finished_before, limit, PostgresConnector.shard(conn)
+                )
+            )
+            if fold:
+                await conn.execute(sql.FOLD_COUNTERS)
+            return deleted
+
+        return await self._connector.run(purge)
+
+    async def queue_counts(self, queues: Sequence[str] | None = None) -> list[QueueCounts]:
+        wanted = list(queues) if queues else None
+
+        async def counts(conn: asyncpg.Connection) -> list[QueueCounts]:
+            found: dict[str, QueueCounts] = {}
+            for queue, counter, value in await conn.fetch(sql.COUNTS, wanted):
+                entry = found.setdefault(queue, QueueCounts(queue=queue))
+                if (state := _COUNTER_STATES.get(counter)) is not None:
+                    entry.by_state[state] = int(value)
+                elif (event := _COUNTER_EVENTS.get(counter)) is not None and value:
+                    entry.totals[event] = int(value)
+            names = wanted if wanted is not None else sorted(found)
+            oldest = dict(await conn.fetch(sql.OLDEST_READY, names)) if names else {}
+            result = []
+            for name in names:
+                entry = found.get(name) or QueueCounts(queue=name)
+                entry.by_state = {state: entry.by_state.get(state, 0) for state in State}
+                entry.oldest_ready_at = oldest.get(name)
+                result.append(entry)
+            return result
+
+        return await self._connector.run(counts)
+
+
+def _timer_of(task: Task) -> float:
+    when = task.lease_deadline if task.state is State.LEASED else task.not_before
+    return when if when is not None else 0.0
+
+
+__all__ = ["PostgresStore", "SchemaTooNew"]
