@@ -308,16 +308,9 @@ class SqliteStore(IndexedStore):
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(f"{self._path}.lock", "w")  # noqa: SIM115 - held until close
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self._lock_file.close()
-            raise RuntimeError(f"database {self._path} is in use by another feeder") from exc
+        self._lock_file = lock_database(self._path)
         self._writer = self._connect()
-        self._writer.executescript(SCHEMA)
-        _add_missing_columns(self._writer)
-        _split_old_histories(self._writer)
+        upgrade(self._writer)
         self._reserve_pages = _cap_pages(self._writer)
         self._reader = self._connect()
         row = self._reader.execute("SELECT value FROM meta WHERE key='token_secret'").fetchone()
@@ -669,6 +662,26 @@ def _guarded(cursor: sqlite3.Cursor, expected: int) -> None:
         raise GuardFailed(
             f"{expected - cursor.rowcount} of {expected} rows were not at the expected version"
         )
+
+
+def lock_database(path: Path) -> Any:
+    """Takes the lock file that says a process has the database at `path` open (a feeder,
+    or a tool such as `feedwork db copy`); released when the returned file is closed.
+    Raises RuntimeError if another process holds it."""
+    lock_file = open(f"{path}.lock", "w")  # noqa: SIM115 - held by the caller
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock_file.close()
+        raise RuntimeError(f"database {path} is in use by another feeder") from exc
+    return lock_file
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Creates the schema, or brings a database an earlier feeder wrote up to it."""
+    conn.executescript(SCHEMA)
+    _add_missing_columns(conn)
+    _split_old_histories(conn)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
