@@ -32,6 +32,7 @@ EXIT_NOT_FOUND = 3
 _DELEGATES = {
     "feeder": ("feeder.__main__", "run a feeder (same as `python -m feeder`)"),
     "worker": ("worker.__main__", "run a worker process (same as `python -m worker`)"),
+    "db": ("feeder.dbtool", "database status, migrations, and SQLite-to-PostgreSQL copy"),
 }
 
 # Submit reads and sends files in slices of this many tasks (one Submit RPC each).
