@@ -56,9 +56,14 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         code = exc.sqlstate or ""
         return code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # What asyncpg raises on a connection whose session was cut in the middle of an
+        # operation (MagicStack/asyncpg#784): the connection is unusable, not the database.
+        return True
     if isinstance(exc, asyncpg.InterfaceError):
-        # "connection is closed" (it dropped under us); other interface errors are bugs.
-        return "closed" in str(exc)
+        # "connection is closed" (it dropped under us), or "released back to the pool"
+        # (asyncpg detaches a pooled connection that closed); others are bugs.
+        return "closed" in str(exc) or "released back to the pool" in str(exc)
     return isinstance(exc, OSError | TimeoutError)
 
 
@@ -154,7 +159,9 @@ class PostgresConnector:
             await first.close()
         self._pool = await asyncpg.create_pool(
             self._dsn,
-            min_size=1,
+            # No floor: during an outage asyncpg would try to restore it every second and
+            # log a traceback each time; connections open on demand instead.
+            min_size=0,
             max_size=self._pool_size,
             # A statement that hangs (a network partition) fails the call, not the feeder.
             command_timeout=30.0,
@@ -192,7 +199,17 @@ class PostgresConnector:
             raise StoreUnavailable("the store is closed")
         try:
             async with self._pool.acquire(timeout=10.0) as conn:
-                yield conn
+                try:
+                    yield conn
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        # A session cut mid-operation can leave asyncpg's side of the
+                        # connection in a state it cannot leave: never pool it again.
+                        # (If it is closed already, asyncpg has detached it from the pool
+                        # and refuses the call.)
+                        with contextlib.suppress(Exception):
+                            conn.terminate()
+                    raise
         except StoreUnavailable:
             raise
         except Exception as exc:
