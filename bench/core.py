@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,6 +101,15 @@ class Producer(ABC):
         """Releases the connection; outside the timed window."""
 
 
+class DbServer(Protocol):
+    """A database server on this machine that a case uses (e.g. the local PostgreSQL,
+    `bench.postgres_cpu.PostgresServer`), whose CPU the timed phases record."""
+
+    def cpu_seconds(self) -> Mapping[str, float] | None:
+        """CPU seconds the server has used so far: ``total``, and any parts (by kind of
+        process); None if it cannot be read."""
+
+
 class Case(ABC):
     """One system under test. A new instance is made per run; state may live on it."""
 
@@ -160,6 +169,11 @@ class Case(ABC):
         """Client processes other than this one (e.g. worker processes), whose CPU time is
         the client CPU of the drain. Empty: the client is this benchmark process."""
         return ()
+
+    def db_server(self) -> DbServer | None:
+        """The database server this case stores its tasks in, if it runs on this machine
+        and its CPU can be read (``db_cpu_s`` of the result); called after `setup`."""
+        return None
 
     @abstractmethod
     async def teardown(self) -> None:
@@ -266,37 +280,67 @@ def process_cpu_seconds(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+@dataclass(frozen=True)
+class _CpuSnapshot:
+    client: float | None
+    servers: dict[int, float | None]
+    db: Mapping[str, float] | None
+
+
 def _cpu_snapshot(
-    server_pids: Sequence[int], client_pids: Sequence[int] = ()
-) -> tuple[float | None, dict[int, float | None]]:
-    if client_pids:
+    server_pids: Sequence[int], client_pids: Sequence[int], db: DbServer | None, *, end: bool
+) -> _CpuSnapshot:
+    """CPU times so far. The client is read closest to the phase (last before it, first
+    after it), so that reading the others (a scan of /proc for the database server) is
+    not counted as client CPU."""
+
+    def client() -> float | None:
+        if not client_pids:
+            return time.process_time()
         times = [process_cpu_seconds(pid) for pid in client_pids]
-        client = None if None in times else sum(t for t in times if t is not None)
-    else:
-        client = time.process_time()
-    return client, {pid: process_cpu_seconds(pid) for pid in server_pids}
+        return None if None in times else sum(t for t in times if t is not None)
+
+    first = client() if end else None
+    servers = {pid: process_cpu_seconds(pid) for pid in server_pids}
+    db_times = None if db is None else db.cpu_seconds()
+    return _CpuSnapshot(first if end else client(), servers, db_times)
 
 
-def _cpu_usage(
-    before: tuple[float | None, dict[int, float | None]],
-    after: tuple[float | None, dict[int, float | None]],
-    seconds: float,
-) -> dict[str, Any]:
-    """CPU seconds used during the drain, and as a share of one core (1.0 = saturated)."""
+def _per_task_us(cpu_s: float, n: int) -> float | None:
+    return cpu_s / n * 1e6 if n > 0 else None
+
+
+def _cpu_usage(before: _CpuSnapshot, after: _CpuSnapshot, seconds: float, n: int) -> dict[str, Any]:
+    """CPU seconds used during the phase, as a share of one core (1.0 = saturated) and
+    in microseconds per task, for the client, the case's servers and its database."""
     usage: dict[str, Any] = {}
-    if before[0] is not None and after[0] is not None:
-        client = after[0] - before[0]
+
+    def share(cpu_s: float) -> float | None:
+        return cpu_s / seconds if seconds > 0 else None
+
+    if before.client is not None and after.client is not None:
+        client = after.client - before.client
         usage["client_cpu_s"] = client
-        usage["client_core_share"] = client / seconds if seconds > 0 else None
+        usage["client_core_share"] = share(client)
+        usage["client_cpu_us_per_task"] = _per_task_us(client, n)
     server = 0.0
-    for pid, start in before[1].items():
-        end = after[1].get(pid)
+    for pid, start in before.servers.items():
+        end = after.servers.get(pid)
         if start is None or end is None:
-            return usage
+            break
         server += end - start
-    if before[1]:
-        usage["server_cpu_s"] = server
-        usage["server_core_share"] = server / seconds if seconds > 0 else None
+    else:
+        if before.servers:
+            usage["server_cpu_s"] = server
+            usage["server_core_share"] = share(server)
+            usage["server_cpu_us_per_task"] = _per_task_us(server, n)
+    if before.db is not None and after.db is not None and after.db.keys() == before.db.keys():
+        parts = {key: after.db[key] - before.db[key] for key in before.db}
+        db = parts.pop("total")
+        usage["db_cpu_s"] = db
+        usage["db_core_share"] = share(db)
+        usage["db_cpu_us_per_task"] = _per_task_us(db, n)
+        usage["db_cpu_parts_s"] = parts
     return usage
 
 
@@ -380,17 +424,21 @@ async def _timed_phase(
     label: str,
     profiler: PhaseProfiler | None,
     body: Any,
+    n: int,
 ) -> tuple[float, dict[str, Any]]:
-    """Runs `body()` (returns seconds) with CPU accounting and the optional profiler."""
+    """Runs `body()` (returns seconds) of n tasks with CPU accounting and the optional
+    profiler."""
     pids = case.server_pids()
     clients = case.client_pids()
-    cpu_before = _cpu_snapshot(pids, clients)
+    db = case.db_server()
+    cpu_before = _cpu_snapshot(pids, clients, db, end=False)
     if profiler is None:
         seconds = await body()
     else:
         async with profiler.record(label, _profile_roles(case)):
             seconds = await body()
-    return seconds, _cpu_usage(cpu_before, _cpu_snapshot(pids, clients), seconds)
+    cpu_after = _cpu_snapshot(pids, clients, db, end=True)
+    return seconds, _cpu_usage(cpu_before, cpu_after, seconds, n)
 
 
 async def _submit_all(
@@ -455,7 +503,7 @@ async def run_workload(
                 return await _drain(consumers, state)
 
         phase = "submit" if workload.kind == "submit" else "drain"
-        seconds, result["cpu"] = await _timed_phase(case, label, profiler, timed)
+        seconds, result["cpu"] = await _timed_phase(case, label, profiler, timed, n)
         result["seconds"] = seconds
         result["tasks_per_s"] = n / seconds if seconds > 0 else None
         phase = "verify"

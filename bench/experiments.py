@@ -1,5 +1,6 @@
 """feedwork-only workloads that are not a drain: dispatch latency, the expiry storm, and
-the scale suite (cost growth with queue depth, restart recovery, memory) at 1M tasks.
+the scale suite (cost growth with queue depth, restart recovery, memory) at 1M tasks; the
+same questions for three feeders on PostgreSQL are in `bench.experiments_pg`.
 
 Each experiment starts its own feeder(s) (`bench.feeder_process`) on a fresh SQLite
 database in a temporary directory, drives it with raw grpc.aio stubs (or the worker SDK
@@ -26,6 +27,7 @@ from bench.cases.feedwork import new_directory, remove_directory
 from bench.core import (
     PAYLOAD_SIZE,
     PhaseProfiler,
+    Skip,
     load_average,
     make_payload,
     percentile,
@@ -238,39 +240,48 @@ async def _dispatch_run(
     }
 
 
+def raw_dispatch_consumers(
+    targets: Sequence[str],
+) -> Callable[[list[float], asyncio.Event], Awaitable[Callable[[], Awaitable[None]]]]:
+    """For `_dispatch_run`: one raw-stub consumer per target (a channel each) in a
+    Lease(max_tasks=1, wait=30s) loop, acking each task; records receive - stamp."""
+
+    async def start(latencies: list[float], _: asyncio.Event) -> Callable[[], Awaitable[None]]:
+        channels = [_stub(target) for target in targets]
+        for channel, _unused in channels:
+            await asyncio.wait_for(channel.channel_ready(), 10)
+
+        async def consume(index: int, stub: pb_grpc.FeederStub) -> None:
+            request = pb.LeaseRequest(
+                queue=QUEUE, max_tasks=1, worker_id=f"bench-{index}", wait=_duration(30)
+            )
+            while True:
+                reply = await stub.Lease(request, timeout=DISPATCH_WAIT + 10)
+                now = time.perf_counter()
+                for task in reply.tasks:
+                    latencies.append(now - _stamp_of(task.payload))
+                if reply.tasks:
+                    items = [pb.AckItem(lease_token=t.lease_token) for t in reply.tasks]
+                    await stub.Ack(pb.AckRequest(items=items), timeout=10)
+
+        tasks = [asyncio.create_task(consume(i, s)) for i, (_, s) in enumerate(channels)]
+
+        async def stop() -> None:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for channel, _unused in channels:
+                await channel.close(grace=None)
+
+        return stop
+
+    return start
+
+
 async def dispatch_raw(options: Options) -> list[dict[str, Any]]:
     result = _result("feedwork-raw", "dispatch", DISPATCH_TASKS)
     async with feeder_session() as feeder:
-
-        async def start(latencies: list[float], _: asyncio.Event) -> Any:
-            channels = [_stub(feeder.target) for _ in range(CONSUMERS)]
-            for channel, _unused in channels:
-                await asyncio.wait_for(channel.channel_ready(), 10)
-
-            async def consume(index: int, stub: pb_grpc.FeederStub) -> None:
-                request = pb.LeaseRequest(
-                    queue=QUEUE, max_tasks=1, worker_id=f"bench-{index}", wait=_duration(30)
-                )
-                while True:
-                    reply = await stub.Lease(request, timeout=DISPATCH_WAIT + 10)
-                    now = time.perf_counter()
-                    for task in reply.tasks:
-                        latencies.append(now - _stamp_of(task.payload))
-                    if reply.tasks:
-                        items = [pb.AckItem(lease_token=t.lease_token) for t in reply.tasks]
-                        await stub.Ack(pb.AckRequest(items=items), timeout=10)
-
-            tasks = [asyncio.create_task(consume(i, s)) for i, (_, s) in enumerate(channels)]
-
-            async def stop() -> None:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                for channel, _unused in channels:
-                    await channel.close(grace=None)
-
-            return stop
-
+        start = raw_dispatch_consumers([feeder.target] * CONSUMERS)
         pids = {"server": (feeder.pid,), "client": (os.getpid(),)}
         result["metrics"] = await _dispatch_run(
             feeder.target, start, options, "feedwork-raw.dispatch", pids
@@ -615,6 +626,19 @@ def _db_size(db: Path) -> int:
 # The registry
 
 
+async def _dispatch_pg(options: Options) -> list[dict[str, Any]]:
+    # bench.experiments_pg builds on this module's helpers: imported when run, not here.
+    from bench.experiments_pg import dispatch_pg
+
+    return await dispatch_pg(options)
+
+
+async def _expiry_pg(options: Options) -> list[dict[str, Any]]:
+    from bench.experiments_pg import expiry_pg
+
+    return await expiry_pg(options)
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -648,6 +672,20 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         reports=(("feedwork-raw", "expiry-storm"),),
     ),
     Experiment(
+        "dispatch-pg",
+        "3 feeders on one PostgreSQL database: Submit on feeder A to a long poll on B or C "
+        "(raw stubs)",
+        _dispatch_pg,
+        reports=(("feedwork-pg-3", "dispatch"),),
+    ),
+    Experiment(
+        "expiry-pg",
+        "3 feeders on one PostgreSQL database: 300 leases of 2 s leased through all of "
+        "them, how late after its deadline each is requeued",
+        _expiry_pg,
+        reports=(("feedwork-pg-3", "expiry"),),
+    ),
+    Experiment(
         "scale",
         "1M tasks queued: per-task drain cost vs 1k queued, restart recovery, feeder RSS "
         "(opt-in: --scale)",
@@ -659,17 +697,24 @@ EXPERIMENTS: tuple[Experiment, ...] = (
 
 
 async def run_experiment(experiment: Experiment, options: Options) -> list[dict[str, Any]]:
-    """Runs one experiment; never raises (a failure is an error result)."""
+    """Runs one experiment; never raises (a failure is an error result, a missing peer
+    server such as PostgreSQL a skipped one, as for a case)."""
     bound = 1800.0 if experiment.opt_in else max(120.0, 4 * options.phase_timeout)
     try:
         async with asyncio.timeout(bound):
             return await experiment.run(options)
+    except Skip as exc:
+        return _failed(experiment, "skipped", str(exc))
     except Exception as exc:
         status = "timeout" if isinstance(exc, TimeoutError) else "error"
         reason = f"{type(exc).__name__}: {exc}" if status == "error" else f"not done in {bound:g}s"
-        results = []
-        for case, workload in experiment.reports or (("feedwork", experiment.name),):
-            r = _result(case, workload, 0)
-            r["status"], r["reason"] = status, reason
-            results.append(r)
-        return results
+        return _failed(experiment, status, reason)
+
+
+def _failed(experiment: Experiment, status: str, reason: str) -> list[dict[str, Any]]:
+    results = []
+    for case, workload in experiment.reports or (("feedwork", experiment.name),):
+        r = _result(case, workload, 0)
+        r["status"], r["reason"] = status, reason
+        results.append(r)
+    return results

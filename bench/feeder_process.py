@@ -1,8 +1,10 @@
-"""The real feeder (`python -m feeder`) in a process of its own, on a SQLite file.
+"""The real feeder (`python -m feeder`) in a process of its own, on a SQLite file or a
+PostgreSQL database.
 
 `FeederProcess.start(directory)` runs ``python -m feeder --listen 127.0.0.1:0 --port-file F
---db D`` with D and F in `directory`, and returns once the port file appears (its timing is
-the `startup` of the result: process start to port file). The feeder cannot outlive the
+--db D`` with D and F in `directory` (or, with ``db=URL``, D is that PostgreSQL URL and only
+F is in `directory`), and returns once the port file appears (its timing is the `startup`
+of the result: process start to port file). The feeder cannot outlive the
 benchmark: it is started with PR_SET_PDEATHSIG (SIGKILL when the benchmark process dies,
 via setpriv), and `stop()` sends SIGTERM (graceful: the store is flushed), then SIGKILL
 after a bound.
@@ -15,7 +17,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,7 @@ class FeederProcess:
 
     @property
     def db(self) -> Path:
+        """The SQLite file (unless started with a PostgreSQL URL)."""
         return self.directory / DB_NAME
 
     @classmethod
@@ -81,9 +84,11 @@ class FeederProcess:
         ready_timeout: float = 120.0,
         log_level: str = "warning",
         on_spawn: Callable[[int], Awaitable[object]] | None = None,
+        db: str | None = None,
     ) -> FeederProcess:
         """Spawns the feeder; returns once its port file exists. `on_spawn(pid)` runs right
-        after the spawn (e.g. to attach a profiler to the start-up)."""
+        after the spawn (e.g. to attach a profiler to the start-up). `db`: a PostgreSQL URL
+        instead of a SQLite file in `directory` (the feeder migrates it at start)."""
         port_file = _prepare(directory)
         t0 = time.perf_counter()
         argv = [
@@ -95,7 +100,7 @@ class FeederProcess:
             "--port-file",
             str(port_file),
             "--db",
-            str(directory / DB_NAME),
+            db or str(directory / DB_NAME),
             "--log-level",
             log_level,
             *extra,
@@ -211,7 +216,7 @@ class FeederClient:
 
 
 async def preload(
-    target: str,
+    target: str | Sequence[str],
     n: int,
     payload: bytes,
     *,
@@ -219,8 +224,10 @@ async def preload(
     producers: int = 4,
     queue: str = QUEUE,
 ) -> None:
-    """Submits n tasks in batches with `producers` concurrent clients (own channels)."""
-    clients = [await FeederClient(target).connect() for _ in range(producers)]
+    """Submits n tasks in batches with `producers` concurrent clients (own channels);
+    given several feeders (of one database), client i submits through feeder i % N."""
+    targets = [target] if isinstance(target, str) else list(target)
+    clients = [await FeederClient(targets[i % len(targets)]).connect() for i in range(producers)]
     left = [n]
 
     async def produce(client: FeederClient) -> None:

@@ -25,8 +25,14 @@ COLUMNS = (
     ("p99 ms", ">"),
     ("cli cpu", ">"),
     ("srv cpu", ">"),
+    ("srv us/t", ">"),
+    ("db cpu", ">"),
+    ("db us/t", ">"),
     ("status", "<"),
 )
+# A phase whose database CPU is more than this share other databases' backends (someone
+# else using the server) gets a note: its db figures overstate the case.
+OTHER_DB_NOTE = 0.1
 
 
 def _num(value: float | None, digits: int) -> str:
@@ -73,6 +79,9 @@ def _row(result: dict[str, Any]) -> list[str]:
         _num(cycle.get("p99"), 2),
         _num(cpu.get("client_core_share"), 2),
         _num(cpu.get("server_core_share"), 2),
+        _num(cpu.get("server_cpu_us_per_task"), 1),
+        _num(cpu.get("db_core_share"), 2),
+        _num(cpu.get("db_cpu_us_per_task"), 1),
         status if status == "ok" else status.upper(),
     ]
 
@@ -112,6 +121,10 @@ def table(all_results: Sequence[dict[str, Any]]) -> str:
         "p50/p99 ms: drain: one lease+ack cycle of one consumer (one batch); submit: one call."
     )
     out.append("cli/srv cpu: CPU time during the drain / drain time (1.00 = one core busy).")
+    out.append(
+        "srv us/t: server CPU per task (feedwork-pg-N: the sum of the N feeders); db cpu, db "
+        "us/t: the local PostgreSQL server, all its processes (bench/postgres_cpu.py)."
+    )
     notes: list[str] = []
     for r in all_results:
         if r.get("reason"):
@@ -124,6 +137,10 @@ def table(all_results: Sequence[dict[str, Any]]) -> str:
     if notes:
         out.append("Problems:")
         out.extend(notes)
+    shared = [warning for r in results if (warning := _other_db_note(r))]
+    if shared:
+        out.append("PostgreSQL used by others meanwhile (db figures overstate these rows):")
+        out.extend(shared)
     seen: set[str] = set()
     durability = []
     for r in results:
@@ -136,6 +153,18 @@ def table(all_results: Sequence[dict[str, Any]]) -> str:
         out.append("Durability as configured:")
         out.extend(durability)
     return "\n".join(out)
+
+
+def _other_db_note(result: dict[str, Any]) -> str | None:
+    cpu = result.get("cpu") or {}
+    total, parts = cpu.get("db_cpu_s"), cpu.get("db_cpu_parts_s") or {}
+    other = parts.get("other_databases") or 0.0
+    if not total or other <= OTHER_DB_NOTE * total:
+        return None
+    return (
+        f"  {result['case']} {result['workload']}: {other:.3f} of {total:.3f} s of PostgreSQL "
+        "CPU in other databases' backends"
+    )
 
 
 def _mb(value: float | None) -> str:
@@ -161,6 +190,14 @@ def describe(result: dict[str, Any]) -> str:
             f"{m['deadline_spread_ms']:.0f} ms); probe Lease p50 {probe['p50']:.1f} ms, "
             f"p99 {probe['p99']:.1f} ms, max {probe['max']:.1f} ms (n={probe['count']}); "
             f"leasing took {m['leasing_seconds']:.1f} s"
+        )
+    if w == "expiry":
+        late = m["lateness_ms"]
+        return (
+            f"requeued after its deadline p50 {late['p50']:.0f} ms, p99 {late['p99']:.0f} ms, "
+            f"max {late['max']:.0f} ms (n={late['count']}); all READY "
+            f"{m['all_ready_after_last_deadline_ms']:.0f} ms after the last deadline "
+            f"(deadlines spread over {m['deadline_spread_ms']:.0f} ms)"
         )
     if w.startswith("cost-"):
         return (

@@ -48,6 +48,18 @@ class _Results:
         r = self.get(case, workload)
         return None if r is None else r.get("tasks_per_s")
 
+    def cpu(self, case: str, workload: str, key: str) -> float | None:
+        r = self.get(case, workload)
+        value = None if r is None else (r.get("cpu") or {}).get(key)
+        return None if value is None else float(value)
+
+    def other_db_share(self, case: str, workload: str) -> float:
+        """The share of the database CPU of a phase spent by other databases' backends."""
+        r = self.get(case, workload)
+        cpu = {} if r is None else (r.get("cpu") or {})
+        total, other = cpu.get("db_cpu_s"), (cpu.get("db_cpu_parts_s") or {}).get("other_databases")
+        return float(other) / float(total) if total and other else 0.0
+
     def metric(self, case: str, workload: str, *path: str) -> Any:
         r = self.get(case, workload)
         value: Any = None if r is None else r.get("metrics")
@@ -65,6 +77,29 @@ def _ratio(case: str, other: str, workload: str) -> Callable[[_Results], tuple[f
             shown = [f"{x:,.0f}" if x else "-" for x in (a, b)]
             return None, f"{case} {shown[0]} / {other} {shown[1]} tasks/s (not measured)"
         return a / b, f"{case} {a:,.0f} / {other} {b:,.0f} tasks/s"
+
+    return measure
+
+
+def _db_cpu_ratio(
+    case: str, other: str, workload: str
+) -> Callable[[_Results], tuple[float | None, str]]:
+    """PostgreSQL CPU per task of `case` over that of `other`, same workload, same run."""
+
+    def measure(rs: _Results) -> tuple[float | None, str]:
+        a = rs.cpu(case, workload, "db_cpu_us_per_task")
+        b = rs.cpu(other, workload, "db_cpu_us_per_task")
+        shown = [f"{x:.1f}" if x is not None else "-" for x in (a, b)]
+        detail = f"{case} {shown[0]} / {other} {shown[1]} us of PostgreSQL CPU per task"
+        if a is None or not b:
+            return None, f"{detail} (not measured)"
+        feeder = rs.cpu(case, workload, "server_cpu_us_per_task")
+        if feeder is not None:
+            detail += f"; feeder CPU {feeder:.1f} us/task"
+        shared = [name for name in (case, other) if rs.other_db_share(name, workload) > 0.1]
+        if shared:
+            detail += f" (PostgreSQL busy with other databases during {', '.join(shared)})"
+        return a / b, detail
 
     return measure
 
@@ -98,6 +133,16 @@ def _cost_growth(rs: _Results) -> tuple[float | None, str]:
     cpu = f"; feeder CPU {cpu_big:.1f} vs {cpu_small:.1f} us/task" if cpu_big and cpu_small else ""
     return value / small, (
         f"{big['workload']}: {value:.1f} us/task vs cost-1k-queued {small:.1f} us/task{cpu}"
+    )
+
+
+def _expiry_lateness(rs: _Results) -> tuple[float | None, str]:
+    late = rs.metric("feedwork-pg-3", "expiry", "lateness_ms")
+    if not late or late.get("max") is None:
+        return None, "feedwork-pg-3 expiry (expiry-pg) not run"
+    return float(late["max"]), (
+        f"feedwork-pg-3 expiry: requeued p50 {late['p50']:.0f}, p99 {late['p99']:.0f}, max "
+        f"{late['max']:.0f} ms after the deadline ({late['count']} leases)"
     )
 
 
@@ -210,6 +255,46 @@ TARGETS: tuple[Target, ...] = (
         _metric("feedwork-raw", "expiry-storm", "probe_lease_ms", "p99"),
         50.0,
         "max",
+        "ms",
+    ),
+    Target(
+        "pg-db-cpu-b64",
+        "PostgreSQL CPU per task, 1 feeder on PostgreSQL, drain b64 <= 1.5x bare SKIP LOCKED",
+        _db_cpu_ratio("feedwork-pg-1", "postgres-skip-locked", "drain-b64"),
+        1.5,
+        "max_eq",
+        "x",
+    ),
+    Target(
+        "pg-db-cpu-submit",
+        "PostgreSQL CPU per task, 1 feeder on PostgreSQL, submit b100 <= 1.5x bare INSERTs",
+        _db_cpu_ratio("feedwork-pg-1", "postgres-skip-locked", "submit-b100"),
+        1.5,
+        "max_eq",
+        "x",
+    ),
+    Target(
+        "pg-dispatch-p50",
+        "3 feeders on PostgreSQL: submit on one to a long poll on another p50 < 5 ms",
+        _metric("feedwork-pg-3", "dispatch", "latency_ms", "p50"),
+        5.0,
+        "max",
+        "ms",
+    ),
+    Target(
+        "pg-dispatch-p99",
+        "3 feeders on PostgreSQL: submit on one to a long poll on another p99 < 25 ms",
+        _metric("feedwork-pg-3", "dispatch", "latency_ms", "p99"),
+        25.0,
+        "max",
+        "ms",
+    ),
+    Target(
+        "pg-expiry-requeue",
+        "3 feeders on PostgreSQL: every expired lease requeued within 250 ms of its deadline",
+        _expiry_lateness,
+        250.0,
+        "max_eq",
         "ms",
     ),
 )

@@ -23,10 +23,12 @@ from typing import Any
 
 import asyncpg
 
-from bench.core import Case, Consumer, Producer, Skip, Workload, probe_tcp
+from bench.core import Case, Consumer, DbServer, Producer, Skip, Workload, probe_tcp
+from bench.postgres_cpu import PostgresServer, postmaster_of
 
 HOST, PORT = "127.0.0.1", 5432
-DSN = f"postgresql://postgres@{HOST}:{PORT}/postgres"
+DATABASE = "postgres"
+DSN = f"postgresql://postgres@{HOST}:{PORT}/{DATABASE}"
 SCHEMA = "feedwork_bench"
 TABLE = f"{SCHEMA}.jobs"
 LEASE_SECONDS = 30
@@ -102,6 +104,7 @@ class PostgresSkipLockedCase(Case):
     def __init__(self) -> None:
         self.admin: asyncpg.Connection | None = None
         self.consumers: list[PostgresConsumer] = []
+        self.server: PostgresServer | None = None
 
     async def check(self) -> None:
         await probe_tcp(HOST, PORT, "postgres")
@@ -129,6 +132,12 @@ class PostgresSkipLockedCase(Case):
         self.consumers = []
         for statement in CREATE:
             await self.admin.execute(statement)
+        # Per workload: the server may have been restarted (a new postmaster) meanwhile.
+        postmaster = postmaster_of(int(await self.admin.fetchval("SELECT pg_backend_pid()")))
+        self.server = None if postmaster is None else PostgresServer(postmaster, DATABASE)
+
+    def db_server(self) -> DbServer | None:
+        return self.server
 
     async def preload(self, n: int, payload: bytes) -> None:
         assert self.admin is not None
