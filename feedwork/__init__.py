@@ -4,6 +4,7 @@ The producer and admin API lives here (`FeederClient`, `AsyncFeederClient`, thei
 records and errors); the worker SDK is the `worker` package, the server `feeder`.
 """
 
+from feedwork.channel import TargetError
 from feedwork.client import DEFAULT_TARGET, AsyncFeederClient, FeederClient
 from feedwork.errors import (
     AlreadyExists,
@@ -52,6 +53,7 @@ __all__ = [
     "ResourceExhausted",
     "Stats",
     "SubmitResult",
+    "TargetError",
     "TaskInfo",
     "TaskSpec",
     "TaskState",

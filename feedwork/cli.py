@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from feedwork import render
+from feedwork.channel import TargetError, check_target
 from feedwork.client import DEFAULT_TARGET, FeederClient
 from feedwork.errors import FeedworkError, NotFound
 from feedwork.taskfile import TaskFileError, read_specs
@@ -55,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _complain(exc)
         return EXIT_USAGE
+    except TargetError as exc:  # well formed, but none of its names resolves
+        _complain(f"--target: {exc}")
+        return EXIT_USAGE
     except NotFound as exc:
         _complain(exc)
         return EXIT_NOT_FOUND
@@ -89,9 +93,12 @@ def _client_options() -> argparse.ArgumentParser:
     group = options.add_argument_group("connection")
     group.add_argument(
         "--target",
+        type=_target_option,
         default=os.environ.get("FEEDWORK_TARGET", DEFAULT_TARGET),
-        metavar="HOST:PORT",
-        help="feeder address (default: $FEEDWORK_TARGET or %(default)s)",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="feeder address, or several to spread over and fail over between; a DNS name "
+        "with several addresses or a gRPC URI (dns:///..., ipv4:..., unix:...) also "
+        "works (default: $FEEDWORK_TARGET or %(default)s)",
     )
     group.add_argument(
         "--timeout",
@@ -397,6 +404,14 @@ def _delegate(name: str, argv: list[str]) -> int:
 
 def _client(args: argparse.Namespace) -> FeederClient:
     return FeederClient(args.target, timeout=args.timeout, max_retry_delay=args.retry_for)
+
+
+def _target_option(text: str) -> str:
+    """argparse type of --target: checked before anything connects (exit 2 if bad)."""
+    try:
+        return check_target(text)
+    except TargetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_float(text: str) -> float:

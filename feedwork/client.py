@@ -2,7 +2,9 @@
 
 Every RPC is retried on transient failures (UNAVAILABLE and the like, as decided by
 `feedwork.retry.is_transient`) with exponential backoff for up to `max_retry_delay`
-seconds in all; each try has its own deadline of `timeout` seconds.
+seconds in all; each try has its own deadline of `timeout` seconds. A target may name
+several feeders (see `feedwork.channel`): calls spread over those that are up, and a retry
+after one of them died goes to another.
 
 Retrying Submit is only safe with an idempotency key: a reply lost after the feeder
 stored the tasks would otherwise create them twice. So every task submitted without a
@@ -24,6 +26,7 @@ import grpc
 import tenacity
 
 from feedwork import _wire
+from feedwork.channel import aio_channel, sync_channel
 from feedwork.errors import FeedworkError, WaitTimeout, error_from_rpc
 from feedwork.retry import async_retrying, sync_retrying
 from feedwork.types import (
@@ -88,7 +91,9 @@ def _task_spec(
 class FeederClient:
     """A blocking client for producers and operators.
 
-    Use it as a context manager, or call `close()`. One client may be shared by threads.
+    `target` is HOST:PORT, a list HOST:PORT,HOST:PORT,... or a gRPC URI (a malformed one
+    raises `feedwork.channel.TargetError`, a `ValueError`). Use it as a context manager,
+    or call `close()`. One client may be shared by threads.
     """
 
     def __init__(
@@ -101,7 +106,7 @@ class FeederClient:
         self.target = target
         self._timeout = timeout
         self._max_retry_delay = max_retry_delay
-        self._channel = grpc.insecure_channel(target)
+        self._channel = sync_channel(target)
         self._stub = pb_grpc.FeederStub(self._channel)  # type: ignore[no-untyped-call]
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -249,7 +254,7 @@ class AsyncFeederClient:
         self.target = target
         self._timeout = timeout
         self._max_retry_delay = max_retry_delay
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = aio_channel(target)
         self._stub = pb_grpc.FeederStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from feedwork.channel import TargetError, resolve_target
 from feedwork.errors import FeedworkError
 from worker.config import WorkerConfig, load_handler, parse_config
 from worker.handlers import Handler
@@ -17,7 +18,8 @@ log = logging.getLogger("feedwork.worker")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the worker(s); returns the exit status: 0 after a graceful stop, 1 when the
-    worker failed, 2 for a handler that cannot be loaded (130: second signal)."""
+    worker failed, 2 for a handler that cannot be loaded or a --target whose feeder names
+    do not resolve (130: second signal)."""
     config = parse_config(argv)
     configure_logging(config.log_level)
     try:
@@ -25,6 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = load_handler(config.handler)
     except (ImportError, AttributeError, TypeError, ValueError) as exc:
         log.error("cannot load handler %r: %s", config.handler, exc)
+        return 2
+    try:
+        resolve_target(config.target)  # the same: names that do not resolve fail once, here
+    except TargetError as exc:
+        log.error("--target: %s", exc)
         return 2
     if config.processes > 1:
         return run_processes(config)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from feedwork.channel import TargetError, check_target
 from worker.handlers import Handler
 
 ENV_PREFIX = "FEEDWORK_"
@@ -104,6 +105,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _target(text: str) -> str:
+    # Checked here, so a malformed target is a usage error (exit 2) and not a failed run.
+    try:
+        return check_target(text)
+    except TargetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -179,7 +188,13 @@ class _Option:
 
 
 _OPTIONS = (
-    _Option("target", str, "localhost:50051", "feeder address, host:port"),
+    _Option(
+        "target",
+        _target,
+        "localhost:50051",
+        "feeder address, host:port; or several, host:port,host:port,..., to spread over and "
+        "fail over between (a DNS name with several addresses or a gRPC URI also works)",
+    ),
     _Option("queue", str, None, "queue to take tasks from (required)"),
     _Option("handler", str, None, "handler to run, as 'package.module:function' (required)"),
     _Option("concurrency", _positive_int, 1, "tasks run at once per process"),

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from feedwork.channel import aio_channel, check_target, names_one_address, resolve_target
 from feedwork.v1 import feeder_pb2_grpc
 from worker.acker import MAX_BATCH_SIZE, Acker
 from worker.config import default_worker_id
@@ -33,19 +34,15 @@ from worker.stream import ConsumeStream, StreamUnsupported
 
 log = logging.getLogger("feedwork.worker")
 
-CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    # Payloads and results may be up to a few MiB each and come in batches.
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.max_send_message_length", -1),
-    # gRPC's own reconnect backoff grows to 2 minutes by default; a restarted feeder
-    # should be found within seconds.
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-)
-
 # The longest long poll the feeder accepts.
 MAX_WAIT = 60.0
+# A call made while a channel connects goes over whichever connection comes up first
+# (round_robin picks among the connections that are up: grpc/grpc#26118), so every worker
+# of a fleet started together would open its long-lived stream on the same feeder. With
+# several feeders, leasing first waits up to FIRST_CONNECT_WAIT for one connection, then
+# CONNECT_SETTLE for the others; each stream then goes to a feeder picked at random.
+FIRST_CONNECT_WAIT = 0.5
+CONNECT_SETTLE = 0.1
 
 __all__ = ["Worker", "WorkerCounters"]
 
@@ -67,6 +64,11 @@ class _Parts:
 
 class Worker:
     """Leases tasks from one queue of a feeder and runs `handler` on each.
+
+    `target` names one feeder or several (HOST:PORT,HOST:PORT,..., a DNS name with several
+    addresses, or a gRPC URI; see `feedwork.channel`): the worker's Consume stream or Lease
+    calls go to feeders that are up, and when one dies the worker carries on with another,
+    its acks included (feeders on one database take each other's lease tokens).
 
     `run()` blocks until the worker is stopped by SIGTERM/SIGINT or `stop()`; `run_async()`
     does the same inside a running event loop. `counters` tells what it has done.
@@ -101,7 +103,7 @@ class Worker:
             raise ValueError("transport must be 'stream' or 'unary'")
         if not 1 <= ack_batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"ack_batch_size must be between 1 and {MAX_BATCH_SIZE}")
-        self.target = target
+        self.target = check_target(target)
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
@@ -129,11 +131,14 @@ class Worker:
 
     async def run_async(self, *, handle_signals: bool = False) -> None:
         """Runs on the current event loop until stopped. Raises `feedwork.errors.FeedworkError`
-        if the feeder refuses to lease for good (e.g. an invalid queue name)."""
+        if the feeder refuses to lease for good (e.g. an invalid queue name), and
+        `feedwork.channel.TargetError` if none of the target's feeder names resolves."""
         self._parts = None  # a stop() until the new parts exist is kept in _early_stop
         self._loop = asyncio.get_running_loop()
         self.counters = WorkerCounters()
-        async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
+        # Names in a list are looked up once, here, off the loop (it may be an app's).
+        resolved = await asyncio.to_thread(resolve_target, self.target)
+        async with aio_channel(resolved) as channel:
             stub = feeder_pb2_grpc.FeederStub(channel)  # type: ignore[no-untyped-call]
             parts = self._parts = self._build(stub)
             if self._early_stop is not None:
@@ -230,7 +235,10 @@ class Worker:
         parts.acker.start()
         parts.heartbeater.start()
         connecting = asyncio.create_task(_announce_ready(channel, parts.monitor))
-        leasing = asyncio.create_task(_lease(parts), name="feedwork-leaser")
+        leasing = asyncio.create_task(
+            _lease(parts, channel, settle=not names_one_address(self.target)),
+            name="feedwork-leaser",
+        )
         stopping = asyncio.create_task(parts.stop_requested.wait())
         try:
             await asyncio.wait({leasing, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -303,8 +311,13 @@ class Worker:
         self._request_stop(now=False)
 
 
-async def _lease(parts: _Parts) -> None:
+async def _lease(parts: _Parts, channel: grpc.aio.Channel, *, settle: bool) -> None:
     """Leases until cancelled: over the Consume stream, or with Lease calls."""
+    if settle:
+        # Not up within the wait: lease anyway, the calls retry until a feeder is.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.channel_ready(), FIRST_CONNECT_WAIT)
+            await asyncio.sleep(CONNECT_SETTLE)
     if parts.stream is not None:
         try:
             await parts.stream.run()

@@ -8,9 +8,11 @@ back to the unary calls whenever it is not, so a report is never stuck behind a 
 stream.
 
 When the stream breaks, the credits the feeder had not used yet are gone with it: their
-slots are freed and granted again on the next stream. The stream is reopened with backoff
-for as long as the worker runs; only a refusal no retry can fix (an invalid queue name)
-ends it, and a feeder without Consume (UNIMPLEMENTED) makes the worker use Lease instead.
+slots are freed and granted again on the next stream. The stream is reopened for as long
+as the worker runs: at once after a stream that worked (with several feeders, on one that
+is up), then with backoff while none opens. Only a refusal no retry can fix (an invalid
+queue name) ends it, and a feeder without Consume (UNIMPLEMENTED) makes the worker use
+Lease instead.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from feedwork.errors import error_from_rpc, error_from_status
 from feedwork.retry import status_code
 from feedwork.v1 import feeder_pb2 as pb
 from worker.connection import ConnectionMonitor
-from worker.leaser import Slots, reconnecting
+from worker.leaser import Slots, reconnecting, retryable
 
 log = logging.getLogger("feedwork.worker")
 
@@ -38,6 +40,11 @@ MAX_CREDITS_PER_MESSAGE = 1000
 MAX_UNUSED_CREDITS = 10_000
 # A report not answered within this long is sent again by the acker (acks are idempotent).
 REPORT_TIMEOUT = 10.0
+# A stream that stayed up this long, or brought anything, was working: once it breaks, the
+# next one opens at once (on another feeder, if the target names several) and the backoff
+# starts afresh. Counted over a worker's life instead, a few feeder restarts would grow
+# every later wait to the backoff cap, and a worker must find a live feeder within ~2 s.
+WORKING_STREAM = 1.0
 
 
 class StreamLost(Exception):
@@ -85,6 +92,7 @@ class ConsumeStream:
         self._owed = 0
         self._flush_scheduled = False
         self._sending: set[asyncio.Future[None]] = set()
+        self._heard = False  # the open stream brought a message
         self.messages_sent = 0  # for tests and benchmarks: messages up the stream
 
     @property
@@ -93,9 +101,10 @@ class ConsumeStream:
 
     async def run(self) -> None:
         try:
-            async for attempt in reconnecting(self._monitor, "Consume"):
-                with attempt:
-                    await self._session()
+            while True:  # a fresh reconnect policy after each working stream
+                async for attempt in reconnecting(self._monitor, "Consume"):
+                    with attempt:
+                        await self._session_until_broken()
         except grpc.RpcError as exc:
             if status_code(exc) is grpc.StatusCode.UNIMPLEMENTED:
                 raise StreamUnsupported(str(exc)) from exc
@@ -129,6 +138,19 @@ class ConsumeStream:
         if response.error_code:
             raise error_from_status(response.error_code, response.error_message)
         return response
+
+    async def _session_until_broken(self) -> None:
+        """One session. A working stream that breaks returns (see WORKING_STREAM); one
+        that never worked raises, and is retried with growing backoff."""
+        opened = self._clock()
+        self._heard = False
+        try:
+            await self._session()
+        except grpc.RpcError as exc:
+            worked = self._heard or self._clock() - opened >= WORKING_STREAM
+            if not worked or not retryable(exc):
+                raise
+            self._monitor.failed(exc, call="Consume")
 
     async def _session(self) -> None:
         granted = await self._slots.reserve_free()
@@ -215,6 +237,7 @@ class ConsumeStream:
             response = await call.read()
             if response is grpc.aio.EOF:
                 return
+            self._heard = True
             self._monitor.succeeded()
             if response.tasks:
                 tasks = list(response.tasks)
@@ -234,7 +257,9 @@ class ConsumeStream:
         now = self._clock()
         if self._lease_duration is None:
             return now
-        deadline = min(t.lease_deadline.seconds + t.lease_deadline.nanos * 1e-9 for t in tasks)
+        deadline: float = min(
+            t.lease_deadline.seconds + t.lease_deadline.nanos * 1e-9 for t in tasks
+        )
         gone = self._lease_duration - (deadline - self._wall_clock())
         return now - min(max(gone, 0.0), self._lease_duration)
 
@@ -247,7 +272,7 @@ class ConsumeStream:
             await call.write(request)
 
 
-class _Ended(grpc.RpcError):
+class _Ended(grpc.RpcError):  # type: ignore[misc]  # grpc is untyped here
     """The feeder ended the stream cleanly (it does so when draining): reconnect."""
 
     def __init__(self, message: str) -> None:

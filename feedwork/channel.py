@@ -1,0 +1,244 @@
+"""The one place where feedwork's clients turn a feeder target into a gRPC channel.
+
+`FeederClient`, `AsyncFeederClient`, the `Worker`, the CLI (through `FeederClient`) and the
+healthcheck all build their channels here, so what a target may be, how calls spread over
+several feeders and how soon a dead feeder is noticed are decided once. (Transport
+security and credentials belong here too.)
+
+A target is one of:
+
+- `HOST:PORT`: gRPC's DNS resolver (`dns:///HOST:PORT`). Every address the name resolves
+  to gets calls, and gRPC looks the name up again when a connection fails.
+- a list `HOST:PORT,HOST:PORT,...` (`[::1]:50051` for IPv6): names are looked up once,
+  here, and the addresses become one of gRPC's static address lists (`ipv4:` or `ipv6:`,
+  IPv4 written as `::ffff:a.b.c.d` when the families are mixed). gRPC has no resolver for
+  several names, and Python cannot register one; a name whose addresses change is better
+  given alone, as one DNS name with several addresses.
+- a gRPC URI (`dns:`, `ipv4:`, `ipv6:`, `unix:`, `unix-abstract:`, `vsock:`), as is.
+
+Calls spread over the addresses with gRPC's `round_robin` policy, which only picks
+connections that are up: a dead feeder drops out as soon as its connection breaks, and
+the retries of feedwork.retry land on the others. Client-side health checking
+(`healthCheckConfig`, checked with grpcio 1.85) also keeps new calls off a feeder that
+reports NOT_SERVING, as a feeder does while it drains for shutdown (or cannot reach its
+database), and sends them again once it reports SERVING. It watches the
+server-wide status "": the standard health servicer reports that one as SERVING unless told
+otherwise, and a server without a health service counts as healthy, so neither kind of
+server is shunned by mistake.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+log = logging.getLogger("feedwork.channel")
+
+TARGET_FORMS = (
+    "HOST:PORT, a list HOST:PORT,HOST:PORT,... ([::1]:PORT for IPv6), "
+    "or a gRPC URI such as dns:///HOST:PORT, ipv4:IP:PORT,IP:PORT or unix:PATH"
+)
+
+# Schemes of the resolvers grpcio ships: a target that starts with one is a gRPC URI.
+URI_SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock"})
+
+SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": ""},
+    }
+)
+
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # Payloads and results may be up to a few MiB each and come in batches.
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    # gRPC's own reconnect backoff grows to 2 minutes by default; a restarted feeder
+    # should be found within seconds.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.service_config", SERVICE_CONFIG),
+    # Ours, not one from a DNS TXT record: a record could switch spreading off.
+    ("grpc.service_config_disable_resolution", 1),
+)
+
+# Host names as DNS and container runtimes spell them (underscores included).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
+
+Lookup = Callable[[str, int], Sequence[str]]
+
+
+class TargetError(ValueError):
+    """A feeder target that is malformed, or whose feeders cannot be found."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str  # a name or an IP address (IPv6 without brackets)
+    port: int
+
+
+def check_target(target: str) -> str:
+    """`target` unchanged if it is well formed, else `TargetError`. Looks nothing up."""
+    _parse(target)
+    return target
+
+
+def names_one_address(target: str) -> bool:
+    """True when `target` can only ever mean one address (an IP address and port, a Unix
+    socket): a client then has no choice of feeder to wait for. Looks nothing up."""
+    parsed = _parse(target)
+    if isinstance(parsed, list):
+        return len(parsed) == 1 and _ip(parsed[0].host) is not None
+    scheme, _, rest = parsed.partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        return "," not in rest
+    return scheme != "dns"  # unix, unix-abstract, vsock: one socket
+
+
+def lookup_host(host: str, port: int) -> list[str]:
+    """The IP addresses of `host`, from the system resolver (hosts file, DNS)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
+
+
+def resolve_target(target: str, *, lookup: Lookup = lookup_host) -> str:
+    """The gRPC target URI for a feeder target (see the module docstring).
+
+    Only the names in a list are looked up (with `lookup`, default `lookup_host`); a name
+    that does not resolve is left out with a warning, and `TargetError` is raised when
+    none does. A gRPC URI, this function's own result included, comes back unchanged.
+    """
+    parsed = _parse(target)
+    if isinstance(parsed, str):
+        return parsed
+    if len(parsed) == 1:
+        return f"dns:///{_host_port(parsed[0].host, parsed[0].port)}"
+    found: dict[tuple[str, int], None] = {}  # ordered and without duplicates
+    unresolved: list[str] = []
+    for address in parsed:
+        ip = _ip(address.host)
+        if ip is not None:
+            found[str(ip), address.port] = None
+            continue
+        try:
+            hosts = lookup(address.host, address.port)
+        except OSError as exc:
+            unresolved.append(f"{address.host} ({exc.strerror or exc})")
+            continue
+        if not hosts:
+            unresolved.append(f"{address.host} (no address)")
+        found.update(((str(ipaddress.ip_address(host)), address.port), None) for host in hosts)
+    if not found:
+        raise TargetError(
+            f"feeder target {target!r}: no address found for " + ", ".join(unresolved)
+        )
+    if unresolved:
+        log.warning("feeder target %r: left out %s", target, ", ".join(unresolved))
+    return _address_list(list(found))
+
+
+def channel_options(extra: Iterable[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """`CHANNEL_OPTIONS`, with any of them replaced by `extra` (a later value wins)."""
+    return list({**dict(CHANNEL_OPTIONS), **dict(extra)}.items())
+
+
+def sync_channel(target: str, *, options: Iterable[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A blocking channel to the feeders of `target` (see the module docstring)."""
+    return grpc.insecure_channel(resolve_target(target), options=channel_options(options))
+
+
+def aio_channel(target: str, *, options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """The asyncio twin of `sync_channel`; create it inside the loop that uses it. Names
+    in a list are looked up here, blocking: call `resolve_target` in a thread first to
+    avoid that (its result is passed through)."""
+    return grpc.aio.insecure_channel(resolve_target(target), options=channel_options(options))
+
+
+# ---------------------------------------------------------------------------------------
+# parsing
+
+
+def _parse(target: str) -> str | list[Address]:
+    """A gRPC URI as is, or the addresses of HOST:PORT[,HOST:PORT...]."""
+    if not isinstance(target, str) or not target.strip():
+        raise _error(target, "it is empty")
+    text = target.strip()
+    scheme, colon, rest = text.partition(":")
+    if colon and scheme in URI_SCHEMES:
+        if not rest.strip("/") or any(char.isspace() for char in text):
+            raise _error(target, f"incomplete or malformed {scheme}: URI")
+        return text
+    entries = [entry.strip() for entry in text.split(",")]
+    if "" in entries:
+        raise _error(target, "empty entry in the list")
+    addresses = []
+    for entry in entries:
+        try:
+            addresses.append(_address(entry))
+        except ValueError as exc:
+            where = f"{entry!r}: " if len(entries) > 1 else ""
+            raise _error(target, f"{where}{exc}") from None
+    return addresses
+
+
+def _address(entry: str) -> Address:
+    if entry.startswith("["):
+        host, bracket, rest = entry[1:].partition("]")
+        if not bracket:
+            raise ValueError("no closing ']'")
+        if not isinstance(_ip(host), ipaddress.IPv6Address):
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address")
+        colon, port = (":", rest[1:]) if rest.startswith(":") else ("", rest)
+    else:
+        host, colon, port = entry.rpartition(":")
+        if ":" in host:
+            raise ValueError(f"write IPv6 addresses in brackets, as in [{host}]:{port}")
+        if not host and colon:
+            raise ValueError("no host")
+        if host and _ip(host) is None and not _HOST_NAME.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name")
+    if not colon:
+        raise ValueError("no port")
+    if not port.isdecimal() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+    return Address(host, int(port))
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _address_list(addresses: list[tuple[str, int]]) -> str:
+    ips = [(ipaddress.ip_address(host), port) for host, port in addresses]
+    if all(isinstance(ip, ipaddress.IPv4Address) for ip, _ in ips):
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in ips)
+    # One list holds one family: IPv4 addresses join IPv6 ones as IPv4-mapped addresses,
+    # which gRPC connects to over IPv4 (its dual-stack socket code falls back to AF_INET
+    # for them on a host without IPv6).
+    return "ipv6:" + ",".join(f"[{_ipv6_text(ip)}]:{port}" for ip, port in ips)
+
+
+def _ipv6_text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    text = f"::ffff:{ip}" if isinstance(ip, ipaddress.IPv4Address) else str(ip)
+    return text.replace("%", "%25")  # a zone (fe80::1%eth0), percent-encoded in the URI
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _error(target: object, reason: str) -> TargetError:
+    return TargetError(f"bad feeder target {target!r}: {reason} (want {TARGET_FORMS})")
