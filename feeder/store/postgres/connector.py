@@ -165,7 +165,18 @@ class PostgresConnector:
             max_size=self._pool_size,
             # A statement that hangs (a network partition) fails the call, not the feeder.
             command_timeout=30.0,
-            server_settings={"application_name": APPLICATION_NAME},
+            server_settings={
+                "application_name": APPLICATION_NAME,
+                # Every statement is prepared once per connection and run with arrays
+                # (whose sizes a custom plan would not use anyway): plan it once, not at
+                # each execution (planning a batch write cost about as much as running it).
+                "plan_cache_mode": "force_generic_plan",
+                # Every statement reaches tasks through an index. A queue table churns
+                # faster than its statistics follow: a plan made while it was small (a
+                # new database) would scan the whole table for every batch, and a
+                # generic plan is kept for the life of the connection.
+                "enable_seqscan": "off",
+            },
         )
         self._listening = asyncio.create_task(self._listen_forever(), name="feedwork-listen")
         # The first listen connection usually takes a few ms; a feeder that starts without

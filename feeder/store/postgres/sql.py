@@ -8,6 +8,8 @@ stored (ready, due, dead, finished), and keep counts. Batches travel as arrays t
 
 from __future__ import annotations
 
+import hashlib
+
 from feeder.core.model import State
 from feeder.store.rows import COLUMNS
 
@@ -37,7 +39,10 @@ counted AS (
 # -- submit --------------------------------------------------------------------------------
 # New tasks: a task with an idempotency key is inserted only if its key was free (the
 # unique key decides between feeders submitting the same key at once: the second waits for
-# the first to commit, then finds the key taken).
+# the first to commit, then finds the key taken). Also returns, per queue of $18, its
+# pending tasks before this statement: the submit holds the queue's depth lock (see
+# `depth_lock`), so every submit to it that committed before is counted, and those that
+# come after wait for this one.
 INSERT_TASKS = f"""
 WITH new AS (
     SELECT * FROM unnest(
@@ -60,7 +65,14 @@ WITH new AS (
     WHERE idempotency_key IS NULL OR id IN (SELECT task_id FROM keyed)
     RETURNING id
 ), {_COUNT.strip()}
-SELECT id FROM applied
+SELECT id, NULL AS queue, NULL AS depth FROM applied
+UNION ALL
+SELECT NULL, q.queue, coalesce((
+    SELECT sum(value) FROM feedwork.counters c
+    WHERE c.queue = q.queue AND c.counter IN ('state:{int(State.SCHEDULED)}', 'state:{READY}',
+                                              'state:{LEASED}')
+), 0)::bigint
+FROM unnest($18::text[]) AS q(queue)
 """
 # The tasks that hold the given keys (of the specs whose key was taken).
 TASKS_BY_KEY = f"""
@@ -69,19 +81,23 @@ FROM unnest($1::text[], $2::text[]) AS k(queue, key)
 JOIN feedwork.task_keys USING (queue, key)
 JOIN {T} t ON t.id = feedwork.task_keys.task_id
 """
-# Submits to a queue take its depth lock (in queue order, so two submits never deadlock)
-# once their tasks are inserted, and hold it to their commit: any submit that took it
-# before has committed, so the depth read next counts its tasks.
-LOCK_DEPTHS = """
-SELECT pg_advisory_xact_lock(hashtextextended('feedwork.depth:' || q, 0))
-FROM unnest($1::text[]) AS q ORDER BY q
-"""
-DEPTHS = f"""
-SELECT queue, sum(value)::bigint FROM feedwork.counters
-WHERE queue = ANY($1::text[])
-  AND counter IN ('state:{int(State.SCHEDULED)}', 'state:{READY}', 'state:{LEASED}')
-GROUP BY queue
-"""
+
+
+def depth_lock(queues: list[str]) -> str:
+    """The statement that opens a submit's transaction and takes the depth lock of each
+    queue, in one round trip (the simple query protocol: no parameters, so the lock keys
+    are integers computed here, never text). Keys in order, so two submits to the same
+    queues never wait for each other in a cycle."""
+    keys = sorted({depth_lock_key(queue) for queue in queues})
+    return "BEGIN; " + "; ".join(f"SELECT pg_advisory_xact_lock({key})" for key in keys)
+
+
+def depth_lock_key(queue: str) -> int:
+    """The advisory lock key of a queue's depth: the same on every feeder."""
+    digest = hashlib.blake2b(f"feedwork.depth:{queue}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 NEXT_IDS = "SELECT nextval('feedwork.task_ids') FROM generate_series(1, $1)"
 ID_BLOCK = (
     "SELECT increment_by FROM pg_sequences"
@@ -101,6 +117,8 @@ FOR UPDATE SKIP LOCKED
 
 # -- apply ---------------------------------------------------------------------------------
 # Every column a decision may change, and the guard: the version the decision was made from.
+# The tasks are found by `id = ANY(ids)` (primary key probes) before the join with the
+# decided values: a join alone may be planned as a scan of the whole table.
 _CHANGED = """
     SELECT * FROM unnest(
         $6::bigint[], $7::int[], $8::smallint[], $9::float8[], $10::int[], $11::int[],
@@ -119,7 +137,7 @@ _UPDATE = f"""
         last_leased_at = v.last_leased_at, last_ended_at = v.last_ended_at,
         last_outcome = v.last_outcome, last_error = v.last_error, version = v.version
     FROM changed v
-    WHERE t.id = v.id AND t.version = v.guard
+    WHERE t.id = ANY($6::bigint[]) AND t.id = v.id AND t.version = v.guard
     RETURNING t.id"""
 # Updates only (nearly every write: leases, acks, nacks, extends, expiry).
 APPLY = f"""
@@ -135,7 +153,7 @@ WITH changed AS ({_CHANGED}
 ), updated AS ({_UPDATE}
 ), deleted AS (
     DELETE FROM {T} t USING unnest($25::bigint[], $26::int[]) AS d(id, guard)
-    WHERE t.id = d.id AND t.version = d.guard
+    WHERE t.id = ANY($25::bigint[]) AND t.id = d.id AND t.version = d.guard
     RETURNING t.id, t.queue, t.idempotency_key
 ), unkeyed AS (
     DELETE FROM feedwork.task_keys k USING deleted d

@@ -308,8 +308,17 @@ class PostgresStore:
                 deltas.add(task_id, task.queue, _STATE_COUNTERS[task.state], 1)
                 for event in decision.events:
                     deltas.add(task_id, task.queue, _EVENT_COUNTERS[event], 1)
-            async with conn.transaction():
-                return await self._insert(conn, tasks, deltas, max_depth)
+            queues = sorted({task.queue for task in tasks.values()})
+            await conn.execute(sql.depth_lock(queues))  # BEGIN, and the locks
+            try:
+                result = await self._insert(conn, tasks, deltas, queues, max_depth)
+            except BaseException:
+                # (A connection that broke rolled back by itself, and is not pooled again.)
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+            return result
 
         created, existing = await self._connector.run(insert)
         self._announce((None, task) for task in created.values())
@@ -327,10 +336,12 @@ class PostgresStore:
         conn: asyncpg.Connection,
         tasks: dict[int, Task],
         deltas: _Deltas,
+        queues: list[str],
         max_depth: Callable[[str], int],
     ) -> tuple[dict[int, Task], dict[int, Task]]:
-        """Inserts `tasks` (by position) in the open transaction: (created, existing) by
-        position, the latter for tasks whose key another task holds."""
+        """Inserts `tasks` (by position) in the open transaction, which holds the depth locks
+        of `queues`: (created, existing) by position, the latter for tasks whose key another
+        task holds. Raises QueueFull if a queue would exceed its max_depth."""
         columns: list[list[Any]] = [[] for _ in range(12)]
         for task in tasks.values():
             for column, value in zip(
@@ -344,10 +355,18 @@ class PostgresStore:
             ):  # fmt: skip
                 column.append(value)
         rows = await conn.fetch(
-            sql.INSERT_TASKS, *deltas.arguments(PostgresConnector.shard(conn)), *columns
+            sql.INSERT_TASKS,
+            *deltas.arguments(PostgresConnector.shard(conn)),
+            *columns,
+            queues,
         )
-        inserted = {row[0] for row in rows}
+        inserted = {row[0] for row in rows if row[0] is not None}
         created = {p: t for p, t in tasks.items() if t.id in inserted}
+        added = Counter(t.queue for t in created.values())
+        for row in rows:
+            queue, depth = row[1], row[2]
+            if queue is not None and added[queue] and depth + added[queue] > max_depth(queue):
+                raise QueueFull(queue, depth, max_depth(queue))
         taken = {p: t for p, t in tasks.items() if t.id not in inserted}
         existing: dict[int, Task] = {}
         if taken:
@@ -367,14 +386,6 @@ class PostgresStore:
                 if holder is None:  # the key's task was deleted meanwhile: a race to retry
                     raise asyncpg.SerializationError("an idempotency key changed hands")
                 existing[position] = holder
-        added = Counter(t.queue for t in created.values())
-        if added:
-            queues = sorted(added)
-            await conn.execute(sql.LOCK_DEPTHS, queues)
-            for queue, depth in await conn.fetch(sql.DEPTHS, queues):
-                limit = max_depth(queue)
-                if depth > limit:
-                    raise QueueFull(queue, depth - added[queue], limit)
         return created, existing
 
     async def claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
