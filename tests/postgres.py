@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -101,3 +104,37 @@ def databases(template: str | None) -> Iterator[str]:
         yield dsn_of(name)
     finally:
         drop_database(name)
+
+
+def _cluster() -> tuple[str, str]:
+    """(version, name) of the local PostgreSQL cluster that `make services` starts."""
+    root = Path("/etc/postgresql")
+    versions = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if not versions or shutil.which("pg_ctlcluster") is None:
+        raise RuntimeError(
+            "restarting PostgreSQL needs the local Debian cluster (pg_ctlcluster and"
+            " /etc/postgresql); this test cannot run against FEEDWORK_TEST_POSTGRES"
+        )
+    return versions[-1], "main"
+
+
+def stop_server() -> None:
+    """Stops the local PostgreSQL at once (fast shutdown: sessions are cut, open
+    transactions roll back), as a crash or a restart looks to its clients."""
+    version, name = _cluster()
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "stop", "-m", "fast"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def start_server() -> None:
+    version, name = _cluster()
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )

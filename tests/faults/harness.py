@@ -163,12 +163,13 @@ class FeederProc(Proc):
         self,
         workdir: Path,
         *,
-        db: Path | None = None,
+        db: Path | str | None = None,
         port: int | None = None,
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         name: str = "feeder",
     ) -> None:
+        """`db`: a SQLite file (default `workdir/feedwork.db`) or a PostgreSQL URL."""
         self.db = db or workdir / "feedwork.db"
         self.port = port or free_port()
         self.port_file = workdir / f"{name}.port"

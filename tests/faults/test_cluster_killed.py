@@ -1,0 +1,167 @@
+"""kill -9 one of three feeders on one PostgreSQL database, again and again, under load.
+
+Three `python -m feeder` processes share a database; 8 workers and 2 producers are given
+all three (`--target a,b,c`) and spread over them. At random moments one feeder (any of
+them, the maintenance leader included) is killed with SIGKILL and restarted a little later,
+while the other two carry on. In the end:
+
+- every task whose Submit returned is COMPLETED (nothing lost), with exactly one ACKED
+  attempt (nothing completed twice), and no lease was executed twice;
+- one task per distinct idempotency key (no duplicates created by retried Submits);
+- every execution beyond a task's first was a redelivery the feeders counted;
+- no worker was restarted: each one carried on through the surviving feeders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from feedwork.client import FeederClient
+from feedwork.types import TaskSpec
+from tests.faults.harness import (
+    FeederProc,
+    WorkerPool,
+    assert_clean,
+    audit,
+    check_duplicates_counted,
+    feeder_stub,
+    free_port,
+    queue_stats,
+    read_ledger,
+    record,
+    running,
+    scaled,
+    summary,
+    totals_figures,
+    wait_for,
+    wait_settled,
+)
+from tests.faults.test_feeder_killed import Producer
+
+KILLS = scaled(10, 40)
+FEEDERS = 3
+WORKERS = 8
+CONCURRENCY = 4
+PRODUCERS = 2
+LEASE = 5.0
+QUEUE = "feeder-kills"  # the queue the shared Producer submits to
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(scaled(180, 900))]
+
+
+def test_one_of_three_feeders_killed_again_and_again(tmp_path: Path, postgres_dsn: str) -> None:
+    seed = int(os.environ.get("FEEDWORK_CHAOS_SEED") or time.time_ns() % 1_000_000)
+    rng = random.Random(seed)
+    ledger = tmp_path / "ledger.txt"
+    ports = [free_port() for _ in range(FEEDERS)]
+    feeders = [
+        FeederProc(
+            tmp_path,
+            db=postgres_dsn,
+            port=port,
+            name=f"feeder{i}",
+            args=["--lease-duration", f"{LEASE:g}s"],
+        )
+        for i, port in enumerate(ports)
+    ]
+    target = ",".join(f.target for f in feeders)
+    workers = WorkerPool(
+        tmp_path, target, queue=QUEUE, ledger=ledger, concurrency=CONCURRENCY, wait=2.0
+    )
+    started = time.monotonic()
+    with running(*feeders, workers):
+        for feeder in feeders:
+            feeder.start()
+        workers.start(WORKERS)
+        stop = threading.Event()
+        producers = [Producer(f"p{i}", target, stop, seed + i) for i in range(PRODUCERS)]
+        for producer in producers:
+            producer.start()
+
+        restarts: list[float] = []
+        downtimes: list[float] = []
+        kills_by_feeder = [0] * FEEDERS
+        try:
+            while sum(kills_by_feeder) < KILLS:
+                time.sleep(rng.uniform(0.3, 1.5))
+                victim = rng.randrange(FEEDERS)
+                feeders[victim].kill9()
+                kills_by_feeder[victim] += 1
+                down = rng.uniform(0.0, 1.5)
+                time.sleep(down)
+                restarts.append(feeders[victim].start())
+                downtimes.append(down + restarts[-1])
+        finally:
+            stop.set()
+        for producer in producers:
+            producer.join(timeout=90)
+            assert not producer.is_alive(), f"{producer.name} is stuck"
+        assert not [e for p in producers for e in p.errors], [p.errors for p in producers]
+        chaos_seconds = time.monotonic() - started
+
+        # No worker died, and after the chaos every one of them runs tasks again.
+        assert all(w.alive() for w in workers.procs), "a worker died"
+        after = len(read_ledger(ledger))
+        pids = {w.pid for w in workers.procs}
+        probe_ids: list[str] = []
+        with FeederClient(target) as client:
+
+            def everyone_worked() -> bool:
+                batch = [
+                    TaskSpec(QUEUE, payload=json.dumps({"sleep": 0.05})) for _ in range(WORKERS)
+                ]
+                probe_ids.extend(r.task_id for r in client.submit_many(batch))
+                seen = {pid for _, _, pid in read_ledger(ledger)[after:]}
+                return pids <= seen
+
+            wait_for(everyone_worked, within=30, what="every worker to run a task", every=0.3)
+
+        task_ids = sorted({t for p in producers for t in p.keys.values()} | set(probe_ids), key=int)
+        keys = sum(len(p.keys) for p in producers) + len(probe_ids)
+        with feeder_stub(feeders[0].target) as stub:
+            wait_settled(stub, QUEUE, len(task_ids), within=90)
+            result, _ = audit(stub, task_ids, ledger)
+            stats = queue_stats(stub, QUEUE)
+        # Every feeder reports the same counts (they are the database's).
+        for feeder in feeders[1:]:
+            with feeder_stub(feeder.target) as stub:
+                assert queue_stats(stub, QUEUE) == stats
+        elapsed = time.monotonic() - started
+
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)
+    assert len(task_ids) == keys
+    assert stats.totals.submitted == keys, (stats.totals.submitted, keys)
+    assert stats.completed == keys
+    assert sum(kills_by_feeder) >= KILLS
+    record(
+        "cluster_feeder_killed",
+        {
+            "seed": seed,
+            "feeders": FEEDERS,
+            "kills": sum(kills_by_feeder),
+            "kills_by_feeder": kills_by_feeder,
+            "workers": WORKERS,
+            "worker_restarts": 0,
+            "tasks": len(task_ids),
+            "distinct_keys": keys,
+            "duplicates_created": stats.totals.submitted - keys,
+            "submit_batches": sum(p.batches for p in producers),
+            "submits_retried": sum(p.retried for p in producers),
+            "lost_replies_recovered": sum(p.recovered for p in producers),
+            "deliberate_resends": sum(p.resent for p in producers),
+            "feeder_restart_s": summary(restarts),
+            "feeder_down_s": summary(downtimes),
+            **result.figures(),
+            "feeder_totals": totals_figures(stats.totals),
+            "chaos_seconds": round(chaos_seconds, 1),
+            "seconds": round(elapsed, 1),
+        },
+    )

@@ -1,0 +1,174 @@
+"""PostgreSQL itself goes away under load: three feeders, 8 workers and 2 producers keep
+running while the database server is stopped (fast shutdown: every session cut, open
+transactions rolled back) and started again a little later.
+
+Meanwhile the feeders answer UNAVAILABLE (the clients retry) and report NOT_SERVING; they
+reconnect by themselves, report SERVING again, and nothing already accepted is lost:
+
+- every task whose Submit returned is COMPLETED exactly once, no lease executed twice;
+- one task per distinct idempotency key;
+- no feeder and no worker was restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from feedwork.client import FeederClient
+from feedwork.types import TaskSpec
+from tests import postgres
+from tests.faults.harness import (
+    FeederProc,
+    WorkerPool,
+    assert_clean,
+    audit,
+    check_duplicates_counted,
+    feeder_stub,
+    free_port,
+    healthy,
+    queue_stats,
+    read_ledger,
+    record,
+    running,
+    scaled,
+    summary,
+    totals_figures,
+    wait_for,
+    wait_settled,
+)
+from tests.faults.test_feeder_killed import Producer
+
+RESTARTS = scaled(2, 5)
+FEEDERS = 3
+WORKERS = 8
+CONCURRENCY = 4
+PRODUCERS = 2
+LEASE = 5.0
+QUEUE = "feeder-kills"  # the queue the shared Producer submits to
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(scaled(240, 900))]
+
+
+def test_postgres_restarted_under_load(tmp_path: Path, postgres_dsn: str) -> None:
+    seed = int(os.environ.get("FEEDWORK_CHAOS_SEED") or time.time_ns() % 1_000_000)
+    rng = random.Random(seed)
+    ledger = tmp_path / "ledger.txt"
+    feeders = [
+        FeederProc(
+            tmp_path,
+            db=postgres_dsn,
+            port=free_port(),
+            name=f"feeder{i}",
+            args=["--lease-duration", f"{LEASE:g}s"],
+        )
+        for i in range(FEEDERS)
+    ]
+    target = ",".join(f.target for f in feeders)
+    workers = WorkerPool(
+        tmp_path, target, queue=QUEUE, ledger=ledger, concurrency=CONCURRENCY, wait=2.0
+    )
+    started = time.monotonic()
+    outages: list[float] = []
+    not_serving_after: list[float] = []
+    serving_again_after: list[float] = []
+    with running(*feeders, workers):
+        for feeder in feeders:
+            feeder.start()
+        workers.start(WORKERS)
+        stop = threading.Event()
+        producers = [Producer(f"p{i}", target, stop, seed + i) for i in range(PRODUCERS)]
+        for producer in producers:
+            producer.start()
+        try:
+            for _ in range(RESTARTS):
+                time.sleep(rng.uniform(1.0, 3.0))
+                down = rng.uniform(1.0, 3.0)
+                stopped_at = time.monotonic()
+                postgres.stop_server()
+                try:
+                    # Health follows the database on every feeder.
+                    wait_for(
+                        lambda: not any(healthy(f.target) for f in feeders),
+                        within=10,
+                        what="every feeder to report NOT_SERVING",
+                    )
+                    not_serving_after.append(time.monotonic() - stopped_at)
+                    time.sleep(max(0.0, down - (time.monotonic() - stopped_at)))
+                finally:
+                    postgres.start_server()
+                back_at = time.monotonic()
+                outages.append(back_at - stopped_at)
+                wait_for(
+                    lambda: all(healthy(f.target) for f in feeders),
+                    within=30,
+                    what="every feeder to report SERVING again",
+                )
+                serving_again_after.append(time.monotonic() - back_at)
+            time.sleep(2.0)  # a little work after the last restart
+        finally:
+            stop.set()
+        for producer in producers:
+            producer.join(timeout=120)
+            assert not producer.is_alive(), f"{producer.name} is stuck"
+        assert not [e for p in producers for e in p.errors], [p.errors for p in producers]
+
+        assert all(f.alive() for f in feeders), "a feeder died"
+        assert all(w.alive() for w in workers.procs), "a worker died"
+        after = len(read_ledger(ledger))
+        pids = {w.pid for w in workers.procs}
+        probe_ids: list[str] = []
+        with FeederClient(target) as client:
+
+            def everyone_worked() -> bool:
+                batch = [
+                    TaskSpec(QUEUE, payload=json.dumps({"sleep": 0.05})) for _ in range(WORKERS)
+                ]
+                probe_ids.extend(r.task_id for r in client.submit_many(batch))
+                seen = {pid for _, _, pid in read_ledger(ledger)[after:]}
+                return pids <= seen
+
+            wait_for(everyone_worked, within=60, what="every worker to run a task", every=0.3)
+
+        task_ids = sorted({t for p in producers for t in p.keys.values()} | set(probe_ids), key=int)
+        keys = sum(len(p.keys) for p in producers) + len(probe_ids)
+        with feeder_stub(feeders[0].target) as stub:
+            wait_settled(stub, QUEUE, len(task_ids), within=90)
+            result, _ = audit(stub, task_ids, ledger)
+            stats = queue_stats(stub, QUEUE)
+        elapsed = time.monotonic() - started
+
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)
+    assert len(task_ids) == keys
+    assert stats.totals.submitted == keys, (stats.totals.submitted, keys)
+    assert stats.completed == keys
+    record(
+        "postgres_restarted",
+        {
+            "seed": seed,
+            "feeders": FEEDERS,
+            "restarts": len(outages),
+            "workers": WORKERS,
+            "feeder_restarts": 0,
+            "worker_restarts": 0,
+            "tasks": len(task_ids),
+            "distinct_keys": keys,
+            "duplicates_created": stats.totals.submitted - keys,
+            "submit_batches": sum(p.batches for p in producers),
+            "submits_retried": sum(p.retried for p in producers),
+            "lost_replies_recovered": sum(p.recovered for p in producers),
+            "database_down_s": summary(outages),
+            "not_serving_after_s": summary(not_serving_after),
+            "serving_again_after_s": summary(serving_again_after),
+            **result.figures(),
+            "feeder_totals": totals_figures(stats.totals),
+            "seconds": round(elapsed, 1),
+        },
+    )
