@@ -1,5 +1,10 @@
 # One image for the feeder and the workers; the command picks the role.
-FROM python:3.11-slim
+#
+# BASE_IMAGE is any image with Python 3.11+ whose `python` and `pip` are on PATH. Without
+# a registry, docker/build-images.sh builds one from Debian bookworm and passes
+# --build-arg BASE_IMAGE=feedwork/python:3.11-bookworm (see docs/DOCKER.md).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app

@@ -12,7 +12,7 @@ PROTOC    = $(BIN)/python -m grpc_tools.protoc -I protos
 .PHONY: help venv run test lint proto proto-check pytest services bench chaos clean
 
 help: ## show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(STAMP) ## create .venv and install feedwork with its dev and bench extras
 
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 run: venv ## run the demo: a feeder, 16 workers, 1000 tasks, each completed exactly once
 	$(BIN)/feedwork demo --iterations 1000 --workers 16
 
-test: venv lint proto-check services pytest ## lint, check generated code, run every test
+test: venv lint proto-check services compose-check pytest ## lint, check generated code, run every test
 
 pytest: venv services ## run the test suite only
 	$(BIN)/python -m pytest
@@ -47,6 +47,20 @@ proto-check: venv ## fail if the committed generated code differs from a fresh `
 
 services: ## start the local services the tests need (PostgreSQL), if they are not up
 	@scripts/ensure-services.sh
+
+.PHONY: compose-check docker-cluster
+COMPOSE_HOST := -f docker-compose.yml -f docker/compose.host.yml
+
+compose-check: services ## validate the compose files with docker-compose (default and cluster profile)
+	@if ! command -v docker-compose >/dev/null 2>&1; then \
+		echo "compose-check: docker-compose not installed; skipped" >&2; exit 0; fi; \
+	for profile in "" "--profile cluster"; do \
+		docker-compose $$profile config -q && \
+		docker-compose $(COMPOSE_HOST) $$profile config -q || exit 1; \
+	done && echo "compose files are valid (default and cluster profile; published ports and host networking)"
+
+docker-cluster: venv ## the compose cluster on a real Docker engine, then clean up (root; 1 min, 2-3 without images)
+	timeout 1800 docker/cluster-run.sh $(CLUSTER_ARGS)
 
 bench: venv services ## run the benchmarks
 	$(BIN)/python -m bench

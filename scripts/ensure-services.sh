@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts the local services the tests use, when they are installed but not running.
+# Starts the local services the tests use, when they are installed but not running, and
+# installs docker-compose (for `make compose-check`) when it is missing and apt-get can.
 # Safe to run again: a running service is left alone. A missing tool is not an error
 # (the tests that need the service skip), only a warning.
 set -uo pipefail
@@ -29,5 +30,33 @@ ensure_postgres() {
     echo "ensure-services: PostgreSQL did not come up; its tests will skip" >&2
 }
 
+# docker-compose (Debian's, the Python v1) validates the compose files in `make test`
+# (`make compose-check`). Installed without recommends: the validation needs no engine.
+ensure_docker_compose() {
+    if command -v docker-compose >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "ensure-services: docker-compose not found (and no root apt-get to install it);" \
+            "the compose files go unchecked" >&2
+        return 0
+    fi
+    echo "ensure-services: installing docker-compose (apt-get)" >&2
+    local log
+    log=$(mktemp)
+    export DEBIAN_FRONTEND=noninteractive
+    if ! timeout 300 apt-get install -y -qq --no-install-recommends docker-compose >"$log" 2>&1; then
+        # A fresh machine may have no package lists yet.
+        timeout 300 apt-get update -qq >>"$log" 2>&1
+        timeout 300 apt-get install -y -qq --no-install-recommends docker-compose >>"$log" 2>&1 ||
+            {
+                tail -n 5 "$log" >&2
+                echo "ensure-services: could not install docker-compose; the compose files go unchecked" >&2
+            }
+    fi
+    rm -f "$log"
+}
+
 ensure_postgres
+ensure_docker_compose
 exit 0
