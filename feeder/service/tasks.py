@@ -446,10 +446,14 @@ class TaskService:
             (invalid, None, None) if ref is None else (missing, ref.task_id, None) for ref in refs
         ]
         todo = [i for i, ref in enumerate(refs) if ref is not None]
-        for _ in range(MAX_RACES):
+        for race in range(MAX_RACES):
             if not todo:
                 return results
-            todo = await self._decide_round(refs, todo, decide, results, missing)
+            # The first round decides from the records the store recalls (the feeder that
+            # leased a task knows its record), later rounds from fresh reads.
+            todo = await self._decide_round(
+                refs, todo, decide, results, missing, recalled=race == 0
+            )
         raise StoreUnavailable("too many concurrent changes to the same tasks; retry")
 
     async def _decide_round(
@@ -459,12 +463,21 @@ class TaskService:
         decide: Callable[[Task, LeaseRef, int], Decision[OutcomeT]],
         results: list[tuple[OutcomeT, int | None, Task | None]],
         missing: OutcomeT,
+        *,
+        recalled: bool,
     ) -> list[int]:
-        records = await self._store.get({refs[i].task_id for i in todo})  # type: ignore[union-attr]
+        ids = {refs[i].task_id for i in todo}  # type: ignore[union-attr]
+        if recalled:
+            records, current = await self._store.recall(ids)
+            unverified = set(records) - current
+        else:
+            records, unverified = await self._store.get(ids), set()
         # Items of one batch that name the same task see each other's effect, in order.
         latest: dict[int, Task] = dict(records)
         changes: list[Change] = []
         change_items: list[int] = []
+        deferred: list[int] = []
+        deferred_tasks: set[int] = set()
         events: Counter[tuple[str, Event]] = Counter()
         for i in todo:
             ref = refs[i]
@@ -473,12 +486,23 @@ class TaskService:
             if task is None:
                 results[i] = (missing, ref.task_id, None)
                 continue
+            if ref.task_id in deferred_tasks:
+                deferred.append(i)  # after an earlier item on the same task, in order
+                continue
             decision = decide(task, ref, i)
+            if decision.task is None and ref.task_id in unverified:
+                # Made from a record that may be out of date, and no guard would say so:
+                # decided again from a fresh read.
+                deferred.append(i)
+                deferred_tasks.add(ref.task_id)
+                continue
             results[i] = (decision.outcome, ref.task_id, decision.task or task)
             if decision.task is not None:
                 changes.append(Change(task, decision.task, decision.events))
                 change_items.append(i)
                 latest[ref.task_id] = decision.task
+                # Later items on it build on this change, which its guard confirms.
+                unverified.discard(ref.task_id)
             else:
                 # Counted now: a decision that changes nothing cannot lose a race.
                 for event in decision.events:
@@ -486,11 +510,11 @@ class TaskService:
         if not changes:
             if events:
                 await self._store.apply([], events)
-            return []
+            return deferred
         applied = await self._store.apply(changes, events)
         retry = [i for i, ok in zip(change_items, applied, strict=True) if not ok]
         if not retry:
-            return []
+            return deferred
         # A failed guard invalidates later decisions on the same task too.
         failed_tasks = {refs[i].task_id for i in retry}  # type: ignore[union-attr]
         retry += [
@@ -498,7 +522,7 @@ class TaskService:
             for i in todo
             if i not in retry and refs[i].task_id in failed_tasks  # type: ignore[union-attr]
         ]
-        return sorted(set(retry))
+        return sorted(set(retry) | set(deferred))
 
     # -- inspection and administration --------------------------------------------------
 

@@ -210,6 +210,15 @@ class Store(Protocol):
         """Current records of the tasks that exist; missing ids are left out."""
         ...
 
+    async def recall(self, task_ids: Iterable[int]) -> tuple[dict[int, Task], set[int]]:
+        """Records of the tasks as this store last wrote them, which may be out of date
+        when other feeders share the database, and the ids among them that are known to
+        be current (read now). A decision made from a record that is not known current
+        must be applied (its guard tells whether the record was current), or, if it
+        changes nothing, made again from `get`. Saves a read per acked task on the
+        feeder that leased it."""
+        ...
+
     async def apply(
         self, changes: Sequence[Change], events: Mapping[tuple[str, Event], int] | None = None
     ) -> list[bool]:

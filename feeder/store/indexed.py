@@ -213,6 +213,11 @@ class IndexedStore:
                 self._cached_from_disk(task)
         return found
 
+    async def recall(self, task_ids: Iterable[int]) -> tuple[dict[int, Task], set[int]]:
+        # The index holds every current record: nothing is out of date.
+        found = await self.get(task_ids)
+        return found, set(found)
+
     def _cached_from_disk(self, task: Task) -> None:
         """Hook: a record read from disk is now held in memory."""
 

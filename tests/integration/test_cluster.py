@@ -201,3 +201,29 @@ async def test_while_the_database_is_unreachable_calls_are_unavailable_and_healt
         leased = await lease(feeder, n=10)
         assert sorted(t.task_id for t in leased) == sorted([task_id, other_id])
         await feeder.server.stop(0)  # before its proxy goes
+
+
+async def test_a_feeder_decides_right_from_a_record_of_its_own_that_is_out_of_date(
+    feeder_factory: FeederFactory,
+) -> None:
+    """A feeder remembers the tasks it leased (to ack them without a read). Another feeder
+    may have changed one since: its answers must still be those of the current record."""
+    a, b = await cluster(feeder_factory, 2)
+    [task_id] = await submit_ids(a, pb.TaskSpec(queue="q"))
+    first = await lease_one(a, duration=60.0)  # a remembers attempt 1, leased
+    # Released through b, and leased again through b: a has heard of neither.
+    [released] = await nack(b, pb.NackItem(lease_token=first.lease_token, release=True))
+    assert released.outcome == pb.NACK_OUTCOME_RELEASED
+    second = await lease_one(b, duration=60.0)
+    assert (second.task_id, second.attempt) == (task_id, 2)
+    # Through a, whose record still says attempt 1 is leased: attempt 2 is a valid lease,
+    # not an unknown token (an answer that changes nothing is not taken from an old
+    # record), and it extends and acks as it would on b.
+    [extended] = await extend(a, pb.ExtendItem(lease_token=second.lease_token))
+    assert extended.outcome == pb.EXTEND_OUTCOME_EXTENDED
+    # The released first attempt cannot ack any more (a's record says it could).
+    assert await ack(a, first.lease_token) == [pb.ACK_OUTCOME_REJECTED]
+    assert await ack(a, second.lease_token, result=b"two") == [pb.ACK_OUTCOME_ACKED]
+    assert await ack(b, second.lease_token) == [pb.ACK_OUTCOME_DUPLICATE]
+    task = await get(b, task_id)
+    assert (task.state, task.result, task.attempts) == (pb.TASK_STATE_COMPLETED, b"two", 2)

@@ -666,6 +666,23 @@ def test_get_returns_current_records_and_leaves_out_missing_ids(make_store: Stor
     run(make_store, body)
 
 
+def test_recall_gives_what_the_store_last_wrote_and_says_what_is_current(
+    make_store: StoreFactory,
+) -> None:
+    async def body(store: Store) -> None:
+        a, b, _c = await submit_tasks(store, [spec(), spec(), spec()])
+        leased = {t.id: t for t in await claim(store, limit=2, now=T0 + 1)}
+        done = await step(store, leased[b.id], ack_d(leased[b.id], T0 + 2))
+        records, current = await store.recall([a.id, b.id, 999_999])
+        # Through one store alone, what it recalls is what is there.
+        assert records == await store.get([a.id, b.id]) == {a.id: leased[a.id], b.id: done}
+        assert current <= set(records)
+        # A record not known current is one this store wrote.
+        assert all(records[i] in (leased[a.id], done) for i in set(records) - current)
+
+    run(make_store, body)
+
+
 def test_get_never_returns_a_task_deleted_concurrently(make_store: StoreFactory) -> None:
     async def body(store: Store) -> None:
         task, other = await submit_tasks(store, [spec(), spec()])

@@ -304,3 +304,26 @@ def test_counts_and_totals_add_up_across_both_stores(make_shared_store: StoreFac
             }
 
     run_two(make_shared_store, body)
+
+
+def test_a_store_recalls_its_own_record_as_not_current_once_the_other_changed_it(
+    make_shared_store: StoreFactory,
+) -> None:
+    async def body(a: Store, b: Store) -> None:
+        await submit_tasks(a, [spec()])
+        (leased,) = await claim(a, now=T0 + 1)
+        extended = machine.extend(leased, 1, lease_duration=99.0, now=T0 + 2).task
+        assert extended is not None
+        assert await b.apply([Change(leased, extended)]) == [True]
+        records, current = await a.recall([leased.id])
+        if leased.id in current:
+            assert records[leased.id] == extended
+        else:  # remembered from a's own claim: out of date, and not claimed current
+            assert records[leased.id] == leased
+        # A decision from it loses its guard; `get` has the current record.
+        done = ack_d(records[leased.id], T0 + 3).task
+        if records[leased.id] == leased:
+            assert await a.apply([Change(leased, done)]) == [False]
+        assert await a.get([leased.id]) == {leased.id: extended}
+
+    run_two(make_shared_store, body)

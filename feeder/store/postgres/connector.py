@@ -71,6 +71,10 @@ def _is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _CONFLICT_CODES
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    return None
+
+
 def unavailable(exc: BaseException) -> StoreUnavailable:
     detail = str(exc) or type(exc).__name__
     return StoreUnavailable(f"PostgreSQL is unavailable: {detail}")
@@ -165,6 +169,10 @@ class PostgresConnector:
             max_size=self._pool_size,
             # A statement that hangs (a network partition) fails the call, not the feeder.
             command_timeout=30.0,
+            # asyncpg still rolls back a transaction left open; the statements that undo
+            # session state (RESET ALL, advisory unlocks, UNLISTEN, CLOSE ALL) would cost a
+            # round trip per release, and the store's pooled sessions keep none.
+            reset=_keep_session,
             server_settings={
                 "application_name": APPLICATION_NAME,
                 # Every statement is prepared once per connection and run with arrays

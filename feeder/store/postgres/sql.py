@@ -8,6 +8,7 @@ stored (ready, due, dead, finished), and keep counts. Batches travel as arrays t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from feeder.core.model import State
@@ -20,17 +21,20 @@ READY, LEASED, SCHEDULED, DEAD = (
 FINAL = f"({int(State.COMPLETED)}, {int(State.CANCELLED)})"
 
 # -- counters ------------------------------------------------------------------------------
-# Counter deltas of a statement arrive as arrays (task id, queue, counter, delta); a delta
-# counts only if its task's write applied (id 0: it belongs to no task and always counts).
-# Sorted, so that two transactions that share a shard lock its rows in the same order.
+# A statement's counter changes arrive as arrays (kind, queue, counter, delta): the
+# counters each kind of change moves (see store._Counts); `applied` has the id and the
+# kind of each write that applied, and a kind counts as often as it applied (kind -1:
+# belongs to no change, always counts once). Sorted, so that two transactions that share
+# a shard lock its rows in the same order.
 _COUNT = """
 counted AS (
     INSERT INTO feedwork.counters (queue, counter, shard, value)
-    SELECT c.queue, c.counter, $1, sum(c.delta)
-    FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[]) AS c(id, queue, counter, delta)
-    WHERE c.id = 0 OR c.id IN (SELECT id FROM applied)
+    SELECT c.queue, c.counter, $1, sum(c.delta * coalesce(a.n, 1))
+    FROM unnest($2::int[], $3::text[], $4::text[], $5::bigint[]) AS c(kind, queue, counter, delta)
+    LEFT JOIN (SELECT kind, count(*) AS n FROM applied GROUP BY kind) AS a USING (kind)
+    WHERE c.kind < 0 OR a.n IS NOT NULL
     GROUP BY c.queue, c.counter
-    HAVING sum(c.delta) <> 0
+    HAVING sum(c.delta * coalesce(a.n, 1)) <> 0
     ORDER BY c.queue, c.counter
     ON CONFLICT (queue, counter, shard)
         DO UPDATE SET value = feedwork.counters.value + excluded.value
@@ -39,7 +43,7 @@ counted AS (
 # -- submit --------------------------------------------------------------------------------
 # New tasks: a task with an idempotency key is inserted only if its key was free (the
 # unique key decides between feeders submitting the same key at once: the second waits for
-# the first to commit, then finds the key taken). Also returns, per queue of $18, its
+# the first to commit, then finds the key taken). Also returns, per queue of $19, its
 # pending tasks before this statement: the submit holds the queue's depth lock (see
 # `depth_lock`), so every submit to it that committed before is counted, and those that
 # come after wait for this one.
@@ -47,15 +51,16 @@ INSERT_TASKS = f"""
 WITH new AS (
     SELECT * FROM unnest(
         $6::bigint[], $7::text[], $8::bytea[], $9::text[], $10::int[], $11::smallint[],
-        $12::int[], $13::float8[], $14::float8[], $15::float8[], $16::float8[], $17::text[]
+        $12::int[], $13::float8[], $14::float8[], $15::float8[], $16::float8[], $17::text[],
+        $18::int[]
     ) AS n(id, queue, payload, headers, priority, state, max_attempts, created_at, ready_at,
-           not_before, lease_duration, idempotency_key)
+           not_before, lease_duration, idempotency_key, kind)
 ), keyed AS (
     INSERT INTO feedwork.task_keys (queue, key, task_id)
     SELECT queue, idempotency_key, id FROM new WHERE idempotency_key IS NOT NULL
     ON CONFLICT DO NOTHING
     RETURNING task_id
-), applied AS (
+), inserted AS (
     INSERT INTO {T} (id, queue, payload, headers, priority, state, max_attempts, created_at,
                      ready_at, attempt, failures, not_before, lease_duration, idempotency_key,
                      version)
@@ -64,6 +69,8 @@ WITH new AS (
     FROM new
     WHERE idempotency_key IS NULL OR id IN (SELECT task_id FROM keyed)
     RETURNING id
+), applied AS (
+    SELECT id, new.kind FROM inserted JOIN new USING (id)
 ), {_COUNT.strip()}
 SELECT id, NULL AS queue, NULL AS depth FROM applied
 UNION ALL
@@ -72,7 +79,7 @@ SELECT NULL, q.queue, coalesce((
     WHERE c.queue = q.queue AND c.counter IN ('state:{int(State.SCHEDULED)}', 'state:{READY}',
                                               'state:{LEASED}')
 ), 0)::bigint
-FROM unnest($18::text[]) AS q(queue)
+FROM unnest($19::text[]) AS q(queue)
 """
 # The tasks that hold the given keys (of the specs whose key was taken).
 TASKS_BY_KEY = f"""
@@ -116,53 +123,83 @@ FOR UPDATE SKIP LOCKED
 """
 
 # -- apply ---------------------------------------------------------------------------------
-# Every column a decision may change, and the guard: the version the decision was made from.
-# The tasks are found by `id = ANY(ids)` (primary key probes) before the join with the
-# decided values: a join alone may be planned as a scan of the whole table.
-_CHANGED = """
-    SELECT * FROM unnest(
-        $6::bigint[], $7::int[], $8::smallint[], $9::float8[], $10::int[], $11::int[],
-        $12::float8[], $13::float8[], $14::float8[], $15::bytea[], $16::float8[], $17::text[],
-        $18::int[], $19::text[], $20::float8[], $21::float8[], $22::smallint[], $23::text[],
-        $24::int[]
-    ) AS v(id, guard, state, ready_at, attempt, failures, not_before, lease_deadline,
-           lease_granted, result, finished_at, history, last_attempt, last_worker,
-           last_leased_at, last_ended_at, last_outcome, last_error, version)"""
-_UPDATE = f"""
-    UPDATE {T} t SET
-        state = v.state, ready_at = v.ready_at, attempt = v.attempt, failures = v.failures,
-        not_before = v.not_before, lease_deadline = v.lease_deadline,
-        lease_granted = v.lease_granted, result = v.result, finished_at = v.finished_at,
-        history = v.history, last_attempt = v.last_attempt, last_worker = v.last_worker,
-        last_leased_at = v.last_leased_at, last_ended_at = v.last_ended_at,
-        last_outcome = v.last_outcome, last_error = v.last_error, version = v.version
-    FROM changed v
-    WHERE t.id = ANY($6::bigint[]) AND t.id = v.id AND t.version = v.guard
-    RETURNING t.id"""
-# Updates only (nearly every write: leases, acks, nacks, extends, expiry).
-APPLY = f"""
-WITH changed AS ({_CHANGED}
-), applied AS ({_UPDATE}
-), {_COUNT.strip()}
-SELECT id FROM applied
-"""
-# Updates and deletions (purges), with the deleted tasks' idempotency keys. The ids of one
-# statement are distinct: a task changed twice in one batch takes two statements.
-APPLY_WITH_DELETES = f"""
-WITH changed AS ({_CHANGED}
-), updated AS ({_UPDATE}
-), deleted AS (
-    DELETE FROM {T} t USING unnest($25::bigint[], $26::int[]) AS d(id, guard)
-    WHERE t.id = ANY($25::bigint[]) AND t.id = d.id AND t.version = d.guard
-    RETURNING t.id, t.queue, t.idempotency_key
-), unkeyed AS (
-    DELETE FROM feedwork.task_keys k USING deleted d
-    WHERE k.queue = d.queue AND k.key = d.idempotency_key AND k.task_id = d.id
-), applied AS (
-    SELECT id FROM updated UNION ALL SELECT id FROM deleted
-), {_COUNT.strip()}
-SELECT id FROM applied
-"""
+# The columns a decision may change, in the order of `store._changed_values`, with their
+# array types. (The others, queue, payload, headers..., are set once, when a task is made.)
+CHANGEABLE: tuple[tuple[str, str], ...] = (
+    ("state", "smallint"),
+    ("ready_at", "float8"),
+    ("attempt", "int"),
+    ("failures", "int"),
+    ("not_before", "float8"),
+    ("lease_deadline", "float8"),
+    ("lease_granted", "float8"),
+    ("result", "bytea"),
+    ("finished_at", "float8"),
+    ("history", "text"),
+    ("last_attempt", "int"),
+    ("last_worker", "text"),
+    ("last_leased_at", "float8"),
+    ("last_ended_at", "float8"),
+    ("last_outcome", "smallint"),
+    ("last_error", "text"),
+    ("version", "int"),
+)
+
+
+@functools.lru_cache(maxsize=256)
+def apply_statement(groups: tuple[tuple[int, ...], ...], deletes: bool) -> str:
+    """The statement that applies guarded changes: one UPDATE per group of changes that
+    change the same columns (`groups`: indexes into CHANGEABLE), and the deletions if
+    `deletes`, with their counts (see `_COUNT`), in one statement: one round trip, all or
+    nothing. The ids of one statement are distinct (a task changed twice in one batch
+    takes two statements).
+
+    Parameters after the counts' $1-$5: per group, ids, guards (the versions the
+    decisions were made from), kinds, then one array per changed column; then, for
+    deletions, ids, guards and kinds. Only the columns a change alters are written: a
+    lease or an ack leaves most of the row as it is, and every array costs decoding.
+    Tasks are found by `id = ANY(ids)` (primary key probes) before the join with the
+    decided values, which could otherwise be planned as a scan of the whole table."""
+    parts: list[str] = []
+    sources: list[str] = []
+    number = 6
+    for index, group in enumerate(groups):
+        ids, guards, kinds = number, number + 1, number + 2
+        arrays = [f"${ids}::bigint[]", f"${guards}::int[]", f"${kinds}::int[]"]
+        names = ["id", "guard", "kind"]
+        for offset, column in enumerate(group):
+            name, kind = CHANGEABLE[column]
+            arrays.append(f"${number + 3 + offset}::{kind}[]")
+            names.append(name)
+        number += 3 + len(group)
+        sets = ", ".join(f"{CHANGEABLE[c][0]} = v.{CHANGEABLE[c][0]}" for c in group)
+        parts.append(
+            f"u{index} AS (\n    UPDATE {T} t SET {sets}\n"
+            f"    FROM unnest({', '.join(arrays)}) AS v({', '.join(names)})\n"
+            f"    WHERE t.id = ANY(${ids}::bigint[]) AND t.id = v.id AND t.version = v.guard\n"
+            f"    RETURNING t.id, v.kind\n)"
+        )
+        sources.append(f"SELECT id, kind FROM u{index}")
+    if deletes:
+        ids, guards, kinds = number, number + 1, number + 2
+        parts.append(
+            f"deleted AS (\n    DELETE FROM {T} t\n"
+            f"    USING unnest(${ids}::bigint[], ${guards}::int[], ${kinds}::int[])"
+            " AS d(id, guard, kind)\n"
+            f"    WHERE t.id = ANY(${ids}::bigint[]) AND t.id = d.id AND t.version = d.guard\n"
+            "    RETURNING t.id, t.queue, t.idempotency_key, d.kind\n)"
+        )
+        parts.append(
+            "unkeyed AS (\n    DELETE FROM feedwork.task_keys k USING deleted d\n"
+            "    WHERE k.queue = d.queue AND k.key = d.idempotency_key AND k.task_id = d.id\n)"
+        )
+        sources.append("SELECT id, kind FROM deleted")
+    if not sources:
+        sources.append("SELECT NULL::bigint AS id, NULL::int AS kind WHERE false")
+    parts.append(f"applied AS (\n    {' UNION ALL '.join(sources)}\n)")
+    parts.append(_COUNT.strip())
+    return "WITH " + ",\n".join(parts) + "\nSELECT id FROM applied\n"
+
 
 # -- reads ---------------------------------------------------------------------------------
 GET = f"SELECT {COLUMNS} FROM {T} WHERE id = ANY($1::bigint[])"

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -64,6 +64,9 @@ TIMER_RECHECK = 0.5
 READY_RECHECK = 2.0
 # Fold counter shards into one row per counter every this many purges (see the schema).
 FOLD_EVERY = 10
+# Leased tasks whose record this feeder remembers for `recall` (their acks, nacks and
+# extends then need no read); least recently written first out.
+RECALL_CACHE = 10_000
 
 EventCounts = Mapping[tuple[str, Event], int]
 _STATE_COUNTERS = {state: f"state:{int(state)}" for state in State}
@@ -72,76 +75,99 @@ _COUNTER_STATES = {name: state for state, name in _STATE_COUNTERS.items()}
 _COUNTER_EVENTS = {name: event for event, name in _EVENT_COUNTERS.items()}
 
 
-class _Deltas:
-    """Counter deltas of one statement, as the arrays `sql._COUNT` takes."""
+class _Counts:
+    """Counter changes of one statement, as the arrays `sql._COUNT` takes.
 
-    __slots__ = ("counters", "deltas", "ids", "queues")
+    Changes are grouped by kind (queue, state before, state after, events): the counters a
+    kind moves are sent once, each change names its kind, and the statement multiplies by
+    how many changes of each kind applied. A batch of 64 acks is one kind, three counter
+    rows, rather than three rows per task to filter, sort and sum.
+    """
+
+    __slots__ = ("_kinds", "counters", "deltas", "kinds", "queues")
 
     def __init__(self) -> None:
-        self.ids: list[int] = []
+        self._kinds: dict[tuple[str, State | None, State | None, tuple[Event, ...]], int] = {}
+        self.kinds: list[int] = []
         self.queues: list[str] = []
         self.counters: list[str] = []
         self.deltas: list[int] = []
 
-    def add(self, task_id: int, queue: str, counter: str, delta: int) -> None:
-        self.ids.append(task_id)
+    def _add(self, kind: int, queue: str, counter: str, delta: int) -> None:
+        self.kinds.append(kind)
         self.queues.append(queue)
         self.counters.append(counter)
         self.deltas.append(delta)
 
-    def change(self, change: Change) -> None:
-        """The counts `change` moves if it applies: its task's state, and its events."""
-        before, after = change.before, change.after
-        task_id, queue = before.id, before.queue
-        if after is None or after.state is not before.state:
-            self.add(task_id, queue, _STATE_COUNTERS[before.state], -1)
-            if after is not None:
-                self.add(task_id, queue, _STATE_COUNTERS[after.state], 1)
-        for event in change.events:
-            self.add(task_id, queue, _EVENT_COUNTERS[event], 1)
+    def kind(
+        self, queue: str, before: State | None, after: State | None, events: tuple[Event, ...]
+    ) -> int:
+        """The kind of a change of a task of `queue` from state `before` (None: a new task)
+        to `after` (None: deleted) with `events`."""
+        key = (queue, before, after, events)
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = self._kinds[key] = len(self._kinds)
+            if before is not after:
+                if before is not None:
+                    self._add(kind, queue, _STATE_COUNTERS[before], -1)
+                if after is not None:
+                    self._add(kind, queue, _STATE_COUNTERS[after], 1)
+            for event in events:
+                self._add(kind, queue, _EVENT_COUNTERS[event], 1)
+        return kind
+
+    def change(self, change: Change) -> int:
+        after = change.after
+        before = change.before
+        return self.kind(
+            before.queue, before.state, None if after is None else after.state, change.events
+        )
 
     def events(self, events: EventCounts) -> None:
-        """Counts that belong to no task: they always count."""
+        """Counts that belong to no change: they always count (kind -1)."""
         for (queue, event), count in events.items():
             if count:
-                self.add(0, queue, _EVENT_COUNTERS[event], count)
+                self._add(-1, queue, _EVENT_COUNTERS[event], count)
 
     def arguments(self, shard: int) -> tuple[Any, ...]:
-        return (shard, self.ids, self.queues, self.counters, self.deltas)
+        return (shard, self.kinds, self.queues, self.counters, self.deltas)
 
 
-def _changed_arrays(changes: Sequence[Change]) -> list[list[Any]]:
-    """The `sql._CHANGED` arrays of updates (every `after` is a record)."""
-    columns: list[list[Any]] = [[] for _ in range(19)]
-    (
-        ids, guards, states, ready_ats, attempts, failures, not_befores, deadlines, granted,
-        results, finished, histories, last_attempts, last_workers, last_leased, last_ended,
-        last_outcomes, last_errors, versions,
-    ) = columns  # fmt: skip
+def _changed_values(task: Task) -> tuple[Any, ...]:
+    """The values of the columns a decision may change (sql.CHANGEABLE), in that order."""
+    return (
+        int(task.state), task.ready_at, task.attempt, task.failures, task.not_before,
+        task.lease_deadline, task.lease_granted, task.result, task.finished_at,
+        *history_columns(task.history), task.version,
+    )  # fmt: skip
+
+
+def _grouped(
+    changes: Sequence[Change], counts: _Counts
+) -> tuple[tuple[tuple[int, ...], ...], list[list[Any]]]:
+    """Updates grouped by the columns they alter (`before` against `after`: the guard
+    makes sure the row holds `before`, so the other columns already have their values),
+    as `sql.apply_statement` takes them: (the groups' columns, and per group the ids, the
+    guards, the kinds of change and an array per altered column)."""
+    groups: dict[tuple[int, ...], list[tuple[Change, tuple[Any, ...]]]] = {}
     for change in changes:
-        t = change.after
-        assert t is not None
-        ids.append(t.id)
-        guards.append(change.before.version)
-        states.append(int(t.state))
-        ready_ats.append(t.ready_at)
-        attempts.append(t.attempt)
-        failures.append(t.failures)
-        not_befores.append(t.not_before)
-        deadlines.append(t.lease_deadline)
-        granted.append(t.lease_granted)
-        results.append(t.result)
-        finished.append(t.finished_at)
-        history, attempt, worker, leased_at, ended_at, outcome, error = history_columns(t.history)
-        histories.append(history)
-        last_attempts.append(attempt)
-        last_workers.append(worker)
-        last_leased.append(leased_at)
-        last_ended.append(ended_at)
-        last_outcomes.append(outcome)
-        last_errors.append(error)
-        versions.append(t.version)
-    return columns
+        after = change.after
+        assert after is not None
+        values = _changed_values(after)
+        old = _changed_values(change.before)
+        altered = tuple(
+            i for i, (new, was) in enumerate(zip(values, old, strict=True)) if new != was
+        )
+        groups.setdefault(altered, []).append((change, values))
+    arrays: list[list[Any]] = []
+    kind_of = counts.change
+    for columns, members in groups.items():
+        arrays.append([change.before.id for change, _ in members])
+        arrays.append([change.before.version for change, _ in members])
+        arrays.append([kind_of(change) for change, _ in members])
+        arrays.extend([values[column] for _, values in members] for column in columns)
+    return tuple(groups), arrays
 
 
 def _rounds(changes: Sequence[Change]) -> list[list[int]]:
@@ -211,6 +237,7 @@ class PostgresStore:
         )
         self._secret: bytes | None = None
         self._ids = _IdBlocks()
+        self._recent: OrderedDict[int, Task] = OrderedDict()
         self._purges = 0
         self._closed = False
 
@@ -299,19 +326,18 @@ class PostgresStore:
         async def insert(conn: asyncpg.Connection) -> tuple[dict[int, Task], dict[int, Task]]:
             ids = await self._ids.take(len(fresh), conn)
             tasks: dict[int, Task] = {}
-            deltas = _Deltas()
+            counts = _Counts()
+            kinds: list[int] = []
             for position, task_id in zip(fresh, ids, strict=True):
                 decision = create(specs[position], task_id)
                 task = decision.task
                 assert task is not None
                 tasks[position] = task
-                deltas.add(task_id, task.queue, _STATE_COUNTERS[task.state], 1)
-                for event in decision.events:
-                    deltas.add(task_id, task.queue, _EVENT_COUNTERS[event], 1)
+                kinds.append(counts.kind(task.queue, None, task.state, decision.events))
             queues = sorted({task.queue for task in tasks.values()})
             await conn.execute(sql.depth_lock(queues))  # BEGIN, and the locks
             try:
-                result = await self._insert(conn, tasks, deltas, queues, max_depth)
+                result = await self._insert(conn, tasks, counts, kinds, queues, max_depth)
             except BaseException:
                 # (A connection that broke rolled back by itself, and is not pooled again.)
                 with contextlib.suppress(Exception):
@@ -335,7 +361,8 @@ class PostgresStore:
         self,
         conn: asyncpg.Connection,
         tasks: dict[int, Task],
-        deltas: _Deltas,
+        counts: _Counts,
+        kinds: list[int],
         queues: list[str],
         max_depth: Callable[[str], int],
     ) -> tuple[dict[int, Task], dict[int, Task]]:
@@ -356,8 +383,9 @@ class PostgresStore:
                 column.append(value)
         rows = await conn.fetch(
             sql.INSERT_TASKS,
-            *deltas.arguments(PostgresConnector.shard(conn)),
+            *counts.arguments(PostgresConnector.shard(conn)),
             *columns,
+            kinds,
             queues,
         )
         inserted = {row[0] for row in rows if row[0] is not None}
@@ -408,6 +436,7 @@ class PostgresStore:
                 return changes
 
         changes = await self._connector.run(claim)
+        self._remember(changes, [True] * len(changes))
         self._announce((c.before.state, c.after) for c in changes)
         return [c.after for c in changes if c.after is not None and c.after.state is State.LEASED]
 
@@ -424,6 +453,7 @@ class PostgresStore:
                 return await self._write(conn, changes, events)
 
         applied = await self._connector.run(apply)
+        self._remember(changes, applied)
         self._announce(
             (c.before.state, c.after) for c, ok in zip(changes, applied, strict=True) if ok
         )
@@ -439,23 +469,18 @@ class PostgresStore:
         rounds = _rounds(changes) or [[]]
         for number, positions in enumerate(rounds):
             batch = [changes[p] for p in positions]
-            deltas = _Deltas()
+            counts = _Counts()
             if number == 0 and events:
-                deltas.events(events)
+                counts.events(events)
             updates = [c for c in batch if c.after is not None]
             deletes = [c for c in batch if c.after is None]
-            for change in batch:
-                deltas.change(change)
-            arguments = (*deltas.arguments(shard), *_changed_arrays(updates))
+            groups, arrays = _grouped(updates, counts)
             if deletes:
-                rows = await conn.fetch(
-                    sql.APPLY_WITH_DELETES,
-                    *arguments,
-                    [c.before.id for c in deletes],
-                    [c.before.version for c in deletes],
-                )
-            else:
-                rows = await conn.fetch(sql.APPLY, *arguments)
+                arrays.append([c.before.id for c in deletes])
+                arrays.append([c.before.version for c in deletes])
+                arrays.append([counts.change(c) for c in deletes])
+            statement = sql.apply_statement(groups, bool(deletes))
+            rows = await conn.fetch(statement, *counts.arguments(shard), *arrays)
             done = {row[0] for row in rows}
             for position in positions:
                 applied[position] = changes[position].before.id in done
@@ -463,7 +488,36 @@ class PostgresStore:
             # either: its `before` never became current. The guard says so by itself.
         return applied
 
+    def _remember(self, changes: Sequence[Change], applied: Sequence[bool]) -> None:
+        """Keeps the records of leased tasks this feeder wrote, for `recall`; forgets any
+        other it held (a task that is no longer leased, or a write that lost its guard)."""
+        recent = self._recent
+        leased = State.LEASED
+        for change, ok in zip(changes, applied, strict=True):
+            after = change.after
+            if ok and after is not None and after.state is leased:
+                recent[after.id] = after
+                recent.move_to_end(after.id)
+            else:
+                recent.pop(change.before.id, None)
+        while len(recent) > RECALL_CACHE:
+            recent.popitem(last=False)
+
     # -- reads ----------------------------------------------------------------------------
+
+    async def recall(self, task_ids: Iterable[int]) -> tuple[dict[int, Task], set[int]]:
+        found: dict[int, Task] = {}
+        missing: list[int] = []
+        recent = self._recent
+        for task_id in set(task_ids):
+            task = recent.get(task_id)
+            if task is None:
+                missing.append(task_id)
+            else:
+                found[task_id] = task
+        fresh = await self.get(missing) if missing else {}
+        found.update(fresh)
+        return found, set(fresh)
 
     async def get(self, task_ids: Iterable[int]) -> dict[int, Task]:
         ids = list(set(task_ids))

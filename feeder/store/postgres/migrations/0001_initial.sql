@@ -14,9 +14,11 @@ CREATE SEQUENCE feedwork.task_ids AS bigint START WITH 1 INCREMENT BY 1024;
 
 -- One row per task, as feeder.store.rows lays it out (shared with the SQLite store).
 -- Times are seconds since the epoch from the feeders' clocks (the state machine's `now`).
+-- Names compare byte by byte (COLLATE "C"): queue names and keys are identifiers, and a
+-- locale's collation would make every index comparison a call into the C library.
 CREATE TABLE feedwork.tasks (
     id bigint PRIMARY KEY,
-    queue text NOT NULL,
+    queue text COLLATE "C" NOT NULL,
     payload bytea NOT NULL,
     headers text,
     priority integer NOT NULL,
@@ -59,8 +61,8 @@ CREATE INDEX tasks_finished ON feedwork.tasks (finished_at) WHERE state IN (4, 6
 -- tasks: every lease and ack writes a new version of the task row, and each version would
 -- add an entry to such an index.
 CREATE TABLE feedwork.task_keys (
-    queue text NOT NULL,
-    key text NOT NULL,
+    queue text COLLATE "C" NOT NULL,
+    key text COLLATE "C" NOT NULL,
     task_id bigint NOT NULL,
     PRIMARY KEY (queue, key)
 );
@@ -69,8 +71,8 @@ CREATE TABLE feedwork.task_keys (
 -- connection adds to a shard of its own, so feeders committing at once do not queue up
 -- on one row per queue; a counter's value is the sum of its shards.
 CREATE TABLE feedwork.counters (
-    queue text NOT NULL,
-    counter text NOT NULL,
+    queue text COLLATE "C" NOT NULL,
+    counter text COLLATE "C" NOT NULL,
     shard integer NOT NULL,
     value bigint NOT NULL,
     PRIMARY KEY (queue, counter, shard)
