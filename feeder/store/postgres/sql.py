@@ -81,6 +81,55 @@ SELECT NULL, q.queue, coalesce((
 ), 0)::bigint
 FROM unnest($19::text[]) AS q(queue)
 """
+# The same for a batch without idempotency keys (every task is inserted, so its counts are
+# known beforehand and come as kind -1): no key table, nothing to join. With the plain
+# variant below, PostgreSQL CPU per submitted task (batch 100) went from 13.0 to 12.6 us
+# against 9.0 for a bare INSERT (medians of 3). $18 are the queues.
+INSERT_UNKEYED_TASKS = f"""
+WITH applied AS (
+    INSERT INTO {T} (id, queue, payload, headers, priority, state, max_attempts, created_at,
+                     ready_at, attempt, failures, not_before, lease_duration, idempotency_key,
+                     version)
+    SELECT id, queue, payload, headers, priority, state, max_attempts, created_at, ready_at,
+           0, 0, not_before, lease_duration, idempotency_key, 1
+    FROM unnest(
+        $6::bigint[], $7::text[], $8::bytea[], $9::text[], $10::int[], $11::smallint[],
+        $12::int[], $13::float8[], $14::float8[], $15::float8[], $16::float8[], $17::text[]
+    ) AS n(id, queue, payload, headers, priority, state, max_attempts, created_at, ready_at,
+           not_before, lease_duration, idempotency_key)
+    RETURNING id, 0 AS kind
+), {_COUNT.strip()}
+SELECT id, NULL AS queue, NULL AS depth FROM applied
+UNION ALL
+SELECT NULL, q.queue, coalesce((
+    SELECT sum(value) FROM feedwork.counters c
+    WHERE c.queue = q.queue AND c.counter IN ('state:{int(State.SCHEDULED)}', 'state:{READY}',
+                                              'state:{LEASED}')
+), 0)::bigint
+FROM unnest($18::text[]) AS q(queue)
+"""
+# The same for plain tasks: no key, ready at once, no headers, no lease duration of their
+# own (most tasks): 7 arrays to decode instead of 12.
+INSERT_PLAIN_TASKS = f"""
+WITH applied AS (
+    INSERT INTO {T} (id, queue, payload, priority, state, max_attempts, created_at,
+                     ready_at, attempt, failures, version)
+    SELECT id, queue, payload, priority, {READY}, max_attempts, created_at, created_at,
+           0, 0, 1
+    FROM unnest(
+        $6::bigint[], $7::text[], $8::bytea[], $9::int[], $10::int[], $11::float8[]
+    ) AS n(id, queue, payload, priority, max_attempts, created_at)
+    RETURNING id, 0 AS kind
+), {_COUNT.strip()}
+SELECT id, NULL AS queue, NULL AS depth FROM applied
+UNION ALL
+SELECT NULL, q.queue, coalesce((
+    SELECT sum(value) FROM feedwork.counters c
+    WHERE c.queue = q.queue AND c.counter IN ('state:{int(State.SCHEDULED)}', 'state:{READY}',
+                                              'state:{LEASED}')
+), 0)::bigint
+FROM unnest($12::text[]) AS q(queue)
+"""
 # The tasks that hold the given keys (of the specs whose key was taken).
 TASKS_BY_KEY = f"""
 SELECT {", ".join("t." + c.strip() for c in COLUMNS.split(","))}

@@ -84,10 +84,11 @@ class _Counts:
     rows, rather than three rows per task to filter, sort and sum.
     """
 
-    __slots__ = ("_kinds", "counters", "deltas", "kinds", "queues")
+    __slots__ = ("_always", "_kinds", "counters", "deltas", "kinds", "queues")
 
     def __init__(self) -> None:
         self._kinds: dict[tuple[str, State | None, State | None, tuple[Event, ...]], int] = {}
+        self._always: Counter[tuple[str, str]] = Counter()
         self.kinds: list[int] = []
         self.queues: list[str] = []
         self.counters: list[str] = []
@@ -124,14 +125,36 @@ class _Counts:
             before.queue, before.state, None if after is None else after.state, change.events
         )
 
+    def created(self, task: Task, events: tuple[Event, ...]) -> None:
+        """The counts of a new task that is certain to be stored (kind -1)."""
+        always = self._always
+        always[(task.queue, _STATE_COUNTERS[task.state])] += 1
+        for event in events:
+            always[(task.queue, _EVENT_COUNTERS[event])] += 1
+
     def events(self, events: EventCounts) -> None:
         """Counts that belong to no change: they always count (kind -1)."""
         for (queue, event), count in events.items():
-            if count:
-                self._add(-1, queue, _EVENT_COUNTERS[event], count)
+            self._always[(queue, _EVENT_COUNTERS[event])] += count
 
     def arguments(self, shard: int) -> tuple[Any, ...]:
+        for (queue, counter), delta in self._always.items():
+            if delta:
+                self._add(-1, queue, counter, delta)
+        self._always.clear()
         return (shard, self.kinds, self.queues, self.counters, self.deltas)
+
+
+def _plain(task: Task) -> bool:
+    """A new task with nothing but the usual: see sql.INSERT_PLAIN_TASKS."""
+    return (
+        task.state is State.READY
+        and task.ready_at == task.created_at
+        and not task.headers
+        and task.lease_duration is None
+        and task.not_before is None
+        and task.idempotency_key is None
+    )
 
 
 def _changed_values(task: Task) -> tuple[Any, ...]:
@@ -327,13 +350,19 @@ class PostgresStore:
             ids = await self._ids.take(len(fresh), conn)
             tasks: dict[int, Task] = {}
             counts = _Counts()
-            kinds: list[int] = []
+            kinds: list[int] | None = []
+            keyed = any(specs[position].idempotency_key for position in fresh)
             for position, task_id in zip(fresh, ids, strict=True):
                 decision = create(specs[position], task_id)
                 task = decision.task
                 assert task is not None
                 tasks[position] = task
-                kinds.append(counts.kind(task.queue, None, task.state, decision.events))
+                if keyed:
+                    kinds.append(counts.kind(task.queue, None, task.state, decision.events))
+                else:  # every one is inserted: its counts are known now
+                    counts.created(task, decision.events)
+            if not keyed:
+                kinds = None
             queues = sorted({task.queue for task in tasks.values()})
             await conn.execute(sql.depth_lock(queues))  # BEGIN, and the locks
             try:
@@ -362,7 +391,7 @@ class PostgresStore:
         conn: asyncpg.Connection,
         tasks: dict[int, Task],
         counts: _Counts,
-        kinds: list[int],
+        kinds: list[int] | None,
         queues: list[str],
         max_depth: Callable[[str], int],
     ) -> tuple[dict[int, Task], dict[int, Task]]:
@@ -381,13 +410,15 @@ class PostgresStore:
                 strict=True,
             ):  # fmt: skip
                 column.append(value)
-        rows = await conn.fetch(
-            sql.INSERT_TASKS,
-            *counts.arguments(PostgresConnector.shard(conn)),
-            *columns,
-            kinds,
-            queues,
-        )
+        counted = counts.arguments(PostgresConnector.shard(conn))
+        if kinds is None and all(_plain(t) for t in tasks.values()):
+            rows = await conn.fetch(
+                sql.INSERT_PLAIN_TASKS, *counted, *(columns[i] for i in (0, 1, 2, 4, 6, 7)), queues
+            )
+        elif kinds is None:  # no idempotency keys
+            rows = await conn.fetch(sql.INSERT_UNKEYED_TASKS, *counted, *columns, queues)
+        else:
+            rows = await conn.fetch(sql.INSERT_TASKS, *counted, *columns, kinds, queues)
         inserted = {row[0] for row in rows if row[0] is not None}
         created = {p: t for p, t in tasks.items() if t.id in inserted}
         added = Counter(t.queue for t in created.values())
