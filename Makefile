@@ -31,9 +31,11 @@ test: venv lint proto-check services compose-check pytest ## lint, check generat
 pytest: venv services ## run the test suite only
 	$(BIN)/python -m pytest
 
-lint: venv ## ruff check and ruff format --check
+lint: venv ## ruff check, ruff format --check, mypy --strict, the feeder's layer rule
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy feeder feedwork worker scripts/check_layers.py
+	$(BIN)/python scripts/check_layers.py
 
 proto: venv ## regenerate feedwork/v1 from protos/
 	$(PROTOC) --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)

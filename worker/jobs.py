@@ -257,5 +257,5 @@ class Jobs:
         # No duration asked for: the feeder used the task's or queue's. Estimate it from
         # the deadline; a skewed clock only moves the first extension earlier or later.
         deadline = message.lease_deadline
-        remaining = deadline.seconds + deadline.nanos * 1e-9 - self._wall_clock()
+        remaining: float = deadline.seconds + deadline.nanos * 1e-9 - self._wall_clock()
         return min(max(remaining, MIN_LEASE), MAX_LEASE)

@@ -350,7 +350,7 @@ class PostgresStore:
             ids = await self._ids.take(len(fresh), conn)
             tasks: dict[int, Task] = {}
             counts = _Counts()
-            kinds: list[int] | None = []
+            kinds: list[int] = []
             keyed = any(specs[position].idempotency_key for position in fresh)
             for position, task_id in zip(fresh, ids, strict=True):
                 decision = create(specs[position], task_id)
@@ -361,12 +361,12 @@ class PostgresStore:
                     kinds.append(counts.kind(task.queue, None, task.state, decision.events))
                 else:  # every one is inserted: its counts are known now
                     counts.created(task, decision.events)
-            if not keyed:
-                kinds = None
             queues = sorted({task.queue for task in tasks.values()})
             await conn.execute(sql.depth_lock(queues))  # BEGIN, and the locks
             try:
-                result = await self._insert(conn, tasks, counts, kinds, queues, max_depth)
+                result = await self._insert(
+                    conn, tasks, counts, kinds if keyed else None, queues, max_depth
+                )
             except BaseException:
                 # (A connection that broke rolled back by itself, and is not pooled again.)
                 with contextlib.suppress(Exception):
