@@ -327,3 +327,23 @@ def test_a_store_recalls_its_own_record_as_not_current_once_the_other_changed_it
         assert await a.get([leased.id]) == {leased.id: extended}
 
     run_two(make_shared_store, body)
+
+
+def test_max_depth_is_exact_under_many_concurrent_single_submits(
+    make_shared_store: StoreFactory,
+) -> None:
+    """Sixty submits of one task each, through both stores at once, to a queue that takes
+    thirty: exactly thirty are stored, whatever order they commit in."""
+
+    async def body(a: Store, b: Store) -> None:
+        outcomes = await asyncio.gather(
+            *(submit(s, [spec()], max_depth=30) for s in (a, b) * 30), return_exceptions=True
+        )
+        refused = [o for o in outcomes if isinstance(o, QueueFull)]
+        assert len(refused) == 30, [o for o in outcomes if not isinstance(o, list | QueueFull)]
+        assert {(r.queue, r.max_depth) for r in refused} == {("q", 30)}
+        assert all(r.depth >= 29 for r in refused)
+        assert await counts(a) == {State.READY: 30}
+        assert await totals(b) == {Event.SUBMITTED: 30}
+
+    run_two(make_shared_store, body)

@@ -145,6 +145,12 @@ class _Counts:
         return (shard, self.kinds, self.queues, self.counters, self.deltas)
 
 
+def _queue_full(error: asyncpg.PostgresError) -> QueueFull:
+    """The QueueFull that feedwork.refuse_submit's error stands for."""
+    depth, max_depth, queue = (getattr(error, "detail", "") or "0 0 ?").split(" ", 2)
+    return QueueFull(queue, int(depth), int(max_depth))
+
+
 def _plain(task: Task) -> bool:
     """A new task with nothing but the usual: see sql.INSERT_PLAIN_TASKS."""
     return (
@@ -361,21 +367,14 @@ class PostgresStore:
                     kinds.append(counts.kind(task.queue, None, task.state, decision.events))
                 else:  # every one is inserted: its counts are known now
                     counts.created(task, decision.events)
-            queues = sorted({task.queue for task in tasks.values()})
-            await conn.execute(sql.depth_lock(queues))  # BEGIN, and the locks
-            try:
-                result = await self._insert(
-                    conn, tasks, counts, kinds if keyed else None, queues, max_depth
-                )
-            except BaseException:
-                # (A connection that broke rolled back by itself, and is not pooled again.)
-                with contextlib.suppress(Exception):
-                    await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
-            return result
+            return await self._insert(conn, tasks, counts, kinds if keyed else None, max_depth)
 
-        created, existing = await self._connector.run(insert)
+        try:
+            created, existing = await self._connector.run(insert)
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == sql.QUEUE_FULL:
+                raise _queue_full(exc) from None
+            raise
         self._announce((None, task) for task in created.values())
         results: list[Submitted] = []
         for position in range(len(specs)):
@@ -392,12 +391,11 @@ class PostgresStore:
         tasks: dict[int, Task],
         counts: _Counts,
         kinds: list[int] | None,
-        queues: list[str],
         max_depth: Callable[[str], int],
     ) -> tuple[dict[int, Task], dict[int, Task]]:
-        """Inserts `tasks` (by position) in the open transaction, which holds the depth locks
-        of `queues`: (created, existing) by position, the latter for tasks whose key another
-        task holds. Raises QueueFull if a queue would exceed its max_depth."""
+        """Inserts `tasks` (by position) in one statement: (created, existing) by position,
+        the latter for tasks whose key another task holds. Raises asyncpg's error with
+        SQLSTATE sql.QUEUE_FULL, storing nothing, if a queue would exceed its max_depth."""
         columns: list[list[Any]] = [[] for _ in range(12)]
         for task in tasks.values():
             for column, value in zip(
@@ -410,22 +408,23 @@ class PostgresStore:
                 strict=True,
             ):  # fmt: skip
                 column.append(value)
+        adding = Counter(task.queue for task in tasks.values())
+        queues = sorted(adding)
+        limits = (queues, [max_depth(queue) for queue in queues])
         counted = counts.arguments(PostgresConnector.shard(conn))
         if kinds is None and all(_plain(t) for t in tasks.values()):
-            rows = await conn.fetch(
-                sql.INSERT_PLAIN_TASKS, *counted, *(columns[i] for i in (0, 1, 2, 4, 6, 7)), queues
-            )
+            plain = [columns[i] for i in (0, 1, 2, 4, 6, 7)]
+            per_queue = [adding[queue] for queue in queues]
+            rows = await conn.fetch(sql.INSERT_PLAIN_TASKS, *counted, *plain, *limits, per_queue)
         elif kinds is None:  # no idempotency keys
-            rows = await conn.fetch(sql.INSERT_UNKEYED_TASKS, *counted, *columns, queues)
+            per_queue = [adding[queue] for queue in queues]
+            rows = await conn.fetch(
+                sql.INSERT_UNKEYED_TASKS, *counted, *columns, *limits, per_queue
+            )
         else:
-            rows = await conn.fetch(sql.INSERT_TASKS, *counted, *columns, kinds, queues)
-        inserted = {row[0] for row in rows if row[0] is not None}
+            rows = await conn.fetch(sql.INSERT_TASKS, *counted, *columns, kinds, *limits)
+        inserted = {row[0] for row in rows}
         created = {p: t for p, t in tasks.items() if t.id in inserted}
-        added = Counter(t.queue for t in created.values())
-        for row in rows:
-            queue, depth = row[1], row[2]
-            if queue is not None and added[queue] and depth + added[queue] > max_depth(queue):
-                raise QueueFull(queue, depth, max_depth(queue))
         taken = {p: t for p, t in tasks.items() if t.id not in inserted}
         existing: dict[int, Task] = {}
         if taken:
@@ -442,8 +441,10 @@ class PostgresStore:
             }
             for position, task in taken.items():
                 holder = found.get((task.queue, task.idempotency_key))
-                if holder is None:  # the key's task was deleted meanwhile: a race to retry
-                    raise asyncpg.SerializationError("an idempotency key changed hands")
+                if holder is None:
+                    # Purged between the insert and this read. The rest of the batch is
+                    # stored; sent again, this spec finds its key free.
+                    raise StoreUnavailable("an idempotency key was released meanwhile; retry")
                 existing[position] = holder
         return created, existing
 

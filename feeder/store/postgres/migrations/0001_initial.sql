@@ -77,3 +77,22 @@ CREATE TABLE feedwork.counters (
     value bigint NOT NULL,
     PRIMARY KEY (queue, counter, shard)
 );
+
+-- Per queue, how many tasks submits have made pending, ever. Submits to a queue update its
+-- row, so they take turns: see sql.py (_GATE) for how that makes max_depth exact when
+-- several feeders submit to one queue at once.
+CREATE TABLE feedwork.queue_gates (
+    queue text COLLATE "C" PRIMARY KEY,
+    admitted bigint NOT NULL
+);
+
+-- Refuses a submit that would take a queue past its max_depth: the submit's statement calls
+-- it, and its error undoes the whole statement. It decides nothing (the feeder passes the
+-- limit, the statement the depth); SQLSTATE FWQ01, the figures in DETAIL for the feeder.
+CREATE FUNCTION feedwork.refuse_submit(queue text, depth bigint, max_depth bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'queue % is full', queue
+        USING ERRCODE = 'FWQ01', DETAIL = format('%s %s %s', depth, max_depth, queue);
+END
+$$;
