@@ -381,7 +381,7 @@ def render(data: dict[str, Any]) -> str:
         "## How they are checked",
         "",
         METHOD,
-        "Run them with `make test` (every test, CI size: the fault tests take about 6",
+        "Run them with `make test` (every test, CI size: the fault tests take about 4",
         "minutes on 2 cores) or `make chaos` (fault tests only, full size, then this report);",
         "one test: `.venv/bin/pytest tests/faults/test_feeder_killed.py`. Set",
         "`FEEDWORK_CHAOS_SEED` to replay the kill schedule of the feeder test.",
