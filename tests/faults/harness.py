@@ -406,6 +406,30 @@ def submit(
     return [r.task_id for r in reply.results]
 
 
+def every_worker_runs_again(
+    target: str, workers: WorkerPool, ledger: Path, queue: str, *, within: float
+) -> list[str]:
+    """Submits short probe tasks until every worker of the pool has run one since now (none
+    of them restarted: they found their feeders again by themselves); returns the probes'
+    task ids, which the caller audits with the rest."""
+    from feedwork.client import FeederClient
+    from feedwork.types import TaskSpec
+
+    after = len(read_ledger(ledger))
+    pids = {w.pid for w in workers.procs}
+    probe_ids: list[str] = []
+    with FeederClient(target) as client:
+
+        def everyone_worked() -> bool:
+            batch = [TaskSpec(queue, payload=json.dumps({"sleep": 0.05})) for _ in range(len(pids))]
+            probe_ids.extend(r.task_id for r in client.submit_many(batch))
+            seen = {pid for _, _, pid in read_ledger(ledger)[after:]}
+            return pids <= seen
+
+        wait_for(everyone_worked, within=within, what="every worker to run a task", every=0.3)
+    return probe_ids
+
+
 # -- the ledger and the audit -----------------------------------------------------------------
 
 

@@ -14,7 +14,6 @@ while the other two carry on. In the end:
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
@@ -23,24 +22,21 @@ from pathlib import Path
 
 import pytest
 
-from feedwork.client import FeederClient
-from feedwork.types import TaskSpec
 from tests.faults.harness import (
     FeederProc,
     WorkerPool,
     assert_clean,
     audit,
     check_duplicates_counted,
+    every_worker_runs_again,
     feeder_stub,
     free_port,
     queue_stats,
-    read_ledger,
     record,
     running,
     scaled,
     summary,
     totals_figures,
-    wait_for,
     wait_settled,
 )
 from tests.faults.test_feeder_killed import Producer
@@ -108,20 +104,7 @@ def test_one_of_three_feeders_killed_again_and_again(tmp_path: Path, postgres_ds
 
         # No worker died, and after the chaos every one of them runs tasks again.
         assert all(w.alive() for w in workers.procs), "a worker died"
-        after = len(read_ledger(ledger))
-        pids = {w.pid for w in workers.procs}
-        probe_ids: list[str] = []
-        with FeederClient(target) as client:
-
-            def everyone_worked() -> bool:
-                batch = [
-                    TaskSpec(QUEUE, payload=json.dumps({"sleep": 0.05})) for _ in range(WORKERS)
-                ]
-                probe_ids.extend(r.task_id for r in client.submit_many(batch))
-                seen = {pid for _, _, pid in read_ledger(ledger)[after:]}
-                return pids <= seen
-
-            wait_for(everyone_worked, within=30, what="every worker to run a task", every=0.3)
+        probe_ids = every_worker_runs_again(target, workers, ledger, QUEUE, within=30)
 
         task_ids = sorted({t for p in producers for t in p.keys.values()} | set(probe_ids), key=int)
         keys = sum(len(p.keys) for p in producers) + len(probe_ids)

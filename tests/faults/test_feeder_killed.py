@@ -33,15 +33,14 @@ from tests.faults.harness import (
     assert_clean,
     audit,
     check_duplicates_counted,
+    every_worker_runs_again,
     feeder_stub,
     queue_stats,
-    read_ledger,
     record,
     running,
     scaled,
     summary,
     totals_figures,
-    wait_for,
     wait_settled,
 )
 
@@ -159,20 +158,7 @@ def test_feeder_killed_at_random_moments(tmp_path: Path) -> None:
         # The workers reconnect by themselves: after the last restart, every one of them
         # runs tasks again (none was restarted by us).
         assert all(w.alive() for w in workers.procs), "a worker died"
-        after_restart = len(read_ledger(ledger))
-        pids = {w.pid for w in workers.procs}
-        probe_ids: list[str] = []
-        with FeederClient(feeder.target) as client:
-
-            def everyone_worked() -> bool:
-                batch = [
-                    TaskSpec(QUEUE, payload=json.dumps({"sleep": 0.05})) for _ in range(WORKERS)
-                ]
-                probe_ids.extend(r.task_id for r in client.submit_many(batch))
-                seen = {pid for _, _, pid in read_ledger(ledger)[after_restart:]}
-                return pids <= seen
-
-            wait_for(everyone_worked, within=30, what="every worker to run a task", every=0.3)
+        probe_ids = every_worker_runs_again(feeder.target, workers, ledger, QUEUE, within=30)
 
         task_ids = sorted({t for p in producers for t in p.keys.values()} | set(probe_ids), key=int)
         keys = sum(len(p.keys) for p in producers) + len(probe_ids)

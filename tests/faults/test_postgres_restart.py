@@ -12,7 +12,6 @@ reconnect by themselves, report SERVING again, and nothing already accepted is l
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
@@ -21,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from feedwork.client import FeederClient
-from feedwork.types import TaskSpec
 from tests import postgres
 from tests.faults.harness import (
     FeederProc,
@@ -30,11 +27,11 @@ from tests.faults.harness import (
     assert_clean,
     audit,
     check_duplicates_counted,
+    every_worker_runs_again,
     feeder_stub,
     free_port,
     healthy,
     queue_stats,
-    read_ledger,
     record,
     running,
     scaled,
@@ -121,20 +118,7 @@ def test_postgres_restarted_under_load(tmp_path: Path, postgres_dsn: str) -> Non
 
         assert all(f.alive() for f in feeders), "a feeder died"
         assert all(w.alive() for w in workers.procs), "a worker died"
-        after = len(read_ledger(ledger))
-        pids = {w.pid for w in workers.procs}
-        probe_ids: list[str] = []
-        with FeederClient(target) as client:
-
-            def everyone_worked() -> bool:
-                batch = [
-                    TaskSpec(QUEUE, payload=json.dumps({"sleep": 0.05})) for _ in range(WORKERS)
-                ]
-                probe_ids.extend(r.task_id for r in client.submit_many(batch))
-                seen = {pid for _, _, pid in read_ledger(ledger)[after:]}
-                return pids <= seen
-
-            wait_for(everyone_worked, within=60, what="every worker to run a task", every=0.3)
+        probe_ids = every_worker_runs_again(target, workers, ledger, QUEUE, within=60)
 
         task_ids = sorted({t for p in producers for t in p.keys.values()} | set(probe_ids), key=int)
         keys = sum(len(p.keys) for p in producers) + len(probe_ids)
