@@ -31,6 +31,7 @@ import yaml
 from feedwork.client import FeederClient
 from feedwork.types import TaskSpec
 from tests.faults.harness import free_port
+from tests.processes import die_with_parent
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -160,7 +161,7 @@ def test_the_cluster_profile_runs_and_loses_nothing_when_a_feeder_dies(
         for replica in range(replicas):
             log = open(tmp_path / f"{name}-{replica}.log", "wb")  # noqa: SIM115 - the process's
             process = subprocess.Popen(
-                local.command(service["command"]),
+                die_with_parent(local.command(service["command"])),
                 env=env,
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,

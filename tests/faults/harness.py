@@ -37,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc
+from tests.processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAOS = os.environ.get("FEEDWORK_CHAOS", "").strip().lower() not in ("", "0", "false", "no")
@@ -99,7 +100,7 @@ class Proc:
     def spawn(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, *self.argv],
+                die_with_parent([sys.executable, *self.argv]),
                 cwd=self.workdir,
                 env=self.env,
                 stdin=subprocess.DEVNULL,

@@ -39,6 +39,7 @@ from feeder.store.memory import MemoryStore
 from feedwork import AsyncFeederClient, FeederClient, TaskSpec
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc
+from tests.processes import die_with_parent
 from worker import Task, Worker
 from worker.acker import Acker
 
@@ -126,7 +127,9 @@ class FeederProcesses:
             ]  # fmt: skip
             with (self._workdir / f"feeder{index}.log").open("wb") as log:
                 self._processes.append(
-                    subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+                    subprocess.Popen(
+                        die_with_parent(command), env=env, stdout=log, stderr=subprocess.STDOUT
+                    )
                 )
         deadline = time.monotonic() + 30
         for process, port_file in zip(self._processes, port_files, strict=True):
