@@ -125,6 +125,7 @@ class PostgresConnector:
         self._available = False
         self._outbox = _Outbox(Counter())
         self._sending: asyncio.Task[None] | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -194,6 +195,8 @@ class PostgresConnector:
 
     async def close(self) -> None:
         self._closing = True
+        if self._releasing:
+            await asyncio.wait(self._releasing, timeout=5.0)
         for task in (self._sending, self._listening):
             if task is not None:
                 task.cancel()
@@ -235,6 +238,36 @@ class PostgresConnector:
             if is_unavailable(exc):
                 raise unavailable(exc) from exc
             raise
+
+    async def hold(self) -> asyncpg.Connection:
+        """A pooled connection for the caller to give back with `release_after`."""
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        try:
+            conn: asyncpg.Connection = await self._pool.acquire(timeout=10.0)
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+        return conn
+
+    def release_after(self, conn: asyncpg.Connection, statement: str) -> None:
+        """Runs `statement` on `conn` (from `hold`) in the background, then puts it back in
+        the pool; if that fails, closes it (which also drops its session state)."""
+        task = asyncio.create_task(self._release_after(conn, statement))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_after(self, conn: asyncpg.Connection, statement: str) -> None:
+        try:
+            await conn.execute(statement)
+        except Exception:
+            with contextlib.suppress(Exception):
+                conn.terminate()
+        finally:
+            if self._pool is not None:
+                with contextlib.suppress(Exception):
+                    await self._pool.release(conn)
 
     async def run(self, work: Callable[[asyncpg.Connection], Awaitable[R]]) -> R:
         """`work(conn)` on a pooled connection, retried when it loses a deadlock or a

@@ -18,8 +18,10 @@ from importlib import resources
 import asyncpg
 
 SCHEMA = "feedwork"
-# pg_advisory_lock keys of feedwork ("fw" and a purpose), apart from anything else's.
-MIGRATION_LOCK = 0x6677_0001
+# Advisory locks of feedwork are (LOCK_CLASS, purpose) in the two-int key space, which
+# PostgreSQL keeps apart from the one-bigint space where claims mark task ids.
+LOCK_CLASS = 0x6677  # "fw"
+MIGRATION_LOCK = 1
 _FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
 BOOTSTRAP = f"""
@@ -104,7 +106,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
     """Applies every pending migration; returns those this call applied. Raises
     SchemaTooNew (changing nothing) on a database a newer feedwork has migrated."""
     # Session lock, not a transaction lock: it must span one transaction per migration.
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    await conn.execute("SELECT pg_advisory_lock($1, $2)", LOCK_CLASS, MIGRATION_LOCK)
     try:
         found = await status(conn)
         if found.unknown:
@@ -124,4 +126,4 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
                 )
         return found.pending
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, MIGRATION_LOCK)

@@ -178,15 +178,23 @@ ID_BLOCK = (
 )
 
 # -- claim ---------------------------------------------------------------------------------
-# Locked until the claim commits; tasks another claim has locked are skipped, not waited
-# for, so concurrent claims (of this feeder or another) take disjoint tasks.
+# The ready tasks of a queue in lease order, each marked with a session advisory lock on its
+# id as it is read; a task another claim has marked is passed over. The inner LIMIT bounds
+# how many marks one claim may try ($3) whatever the plan; the outer one stops at $2
+# (rows are pulled one at a time, so an uncontended claim reads $2 rows). No row lock:
+# the claim's write is guarded by version like any other (see store._claim).
 CLAIM = f"""
-SELECT {COLUMNS} FROM {T}
-WHERE queue = $1 AND state = {READY}
-ORDER BY priority DESC, ready_at, id
+SELECT c.* FROM (
+    SELECT {COLUMNS} FROM {T}
+    WHERE queue = $1 AND state = {READY}
+    ORDER BY priority DESC, ready_at, id
+    LIMIT $3
+) AS c
+WHERE pg_try_advisory_lock(c.id)
 LIMIT $2
-FOR UPDATE SKIP LOCKED
 """
+# Drops a claim's marks (the pooled connection holds no other advisory lock).
+UNMARK = "SELECT pg_advisory_unlock_all()"
 
 # -- apply ---------------------------------------------------------------------------------
 # The columns a decision may change, in the order of `store._changed_values`, with their

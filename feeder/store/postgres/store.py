@@ -51,13 +51,13 @@ from feeder.store.base import (
 )
 from feeder.store.postgres import sql
 from feeder.store.postgres.connector import PostgresConnector, is_unavailable, unavailable
-from feeder.store.postgres.migrate import SchemaTooNew, migrate
+from feeder.store.postgres.migrate import LOCK_CLASS, SchemaTooNew, migrate
 from feeder.store.rows import headers_json, history_columns, task_from_row
 
 log = logging.getLogger("feedwork.feeder.store")
 
-# pg_advisory_lock key of the maintenance role (see migrate.MIGRATION_LOCK).
-LEADER_LOCK = 0x6677_0002
+# The advisory lock of the maintenance role (see migrate.LOCK_CLASS).
+LEADER_LOCK = 2
 # Timers due sooner than this from now are announced to the other feeders; the maintenance
 # leader re-reads the earliest timer this often anyway (`timer_recheck`).
 TIMER_RECHECK = 0.5
@@ -305,7 +305,7 @@ class PostgresStore:
             conn.add_termination_listener(lambda _conn: lost.set())
             try:
                 # Waits (without polling) until whoever holds the role lets go or dies.
-                await conn.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK)
+                await conn.execute("SELECT pg_advisory_lock($1, $2)", LOCK_CLASS, LEADER_LOCK)
             except Exception as exc:
                 if is_unavailable(exc):
                     raise unavailable(exc) from exc
@@ -454,23 +454,41 @@ class PostgresStore:
         return await asyncio.shield(self._claim(queue, limit, lease))
 
     async def _claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
-        async def claim(conn: asyncpg.Connection) -> list[Change]:
-            async with conn.transaction():
-                changes: list[Change] = []
-                for row in await conn.fetch(sql.CLAIM, queue, limit):
-                    task = task_from_row(row)
-                    decision = lease(task)
-                    if decision.task is not None:
-                        changes.append(Change(task, decision.task, decision.events))
-                if changes:
-                    # Locked by this transaction: every guard holds.
-                    await self._write(conn, changes, None)
-                return changes
-
-        changes = await self._connector.run(claim)
-        self._remember(changes, [True] * len(changes))
-        self._announce((c.before.state, c.after) for c in changes)
-        return [c.after for c in changes if c.after is not None and c.after.state is State.LEASED]
+        """Two round trips: read and mark up to `limit` ready tasks (sql.CLAIM), then apply
+        the lease decisions in one guarded statement, committed on its own. The marks are
+        session advisory locks on the task ids, taken as the rows are read: concurrent
+        claims, here or on other feeders, pass over marked tasks as SKIP LOCKED would, so
+        they take disjoint tasks; the version guards are what makes that certain (a task
+        read as ready that another claim has leased meanwhile fails its guard). The marks
+        are dropped after the commit, off the caller's path."""
+        connector = self._connector
+        conn = await connector.hold()
+        changes: list[Change] = []
+        applied: list[bool] = []
+        try:
+            for row in await conn.fetch(sql.CLAIM, queue, limit, 2 * limit + 16):
+                task = task_from_row(row)
+                decision = lease(task)
+                if decision.task is not None:
+                    changes.append(Change(task, decision.task, decision.events))
+            if changes:
+                applied = await self._write(conn, changes, None)
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+        finally:
+            connector.release_after(conn, sql.UNMARK)
+        self._remember(changes, applied)
+        self._announce(
+            (c.before.state, c.after) for c, ok in zip(changes, applied, strict=True) if ok
+        )
+        leased = State.LEASED
+        return [
+            c.after
+            for c, ok in zip(changes, applied, strict=True)
+            if ok and c.after is not None and c.after.state is leased
+        ]
 
     async def apply(
         self, changes: Sequence[Change], events: EventCounts | None = None
