@@ -412,6 +412,21 @@ def test_claim_applies_the_lease_decider(make_store: StoreFactory) -> None:
     run(make_store, body)
 
 
+def test_a_large_claim_takes_tasks_in_order(make_store: StoreFactory) -> None:
+    """More tasks than one claim statement of the PostgreSQL store takes (it chunks)."""
+
+    async def body(store: Store) -> None:
+        tasks = await submit_tasks(store, [spec(payload=bytes([i % 256])) for i in range(150)])
+        first = await claim(store, limit=130, now=T0 + 1)
+        assert [t.id for t in first] == [t.id for t in tasks[:130]]
+        rest = await claim(store, limit=130, now=T0 + 1)
+        assert [t.id for t in rest] == [t.id for t in tasks[130:]]
+        assert await claim(store, now=T0 + 1) == []
+        assert await counts(store) == {State.LEASED: 150}
+
+    run(make_store, body)
+
+
 def test_concurrent_claims_get_disjoint_tasks(make_store: StoreFactory) -> None:
     async def body(store: Store) -> None:
         tasks = await submit_tasks(store, [spec(payload=bytes([i])) for i in range(20)])

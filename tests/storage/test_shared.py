@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -345,5 +345,30 @@ def test_max_depth_is_exact_under_many_concurrent_single_submits(
         assert all(r.depth >= 29 for r in refused)
         assert await counts(a) == {State.READY: 30}
         assert await totals(b) == {Event.SUBMITTED: 30}
+
+    run_two(make_shared_store, body)
+
+
+def test_claims_leave_no_marks_behind(make_shared_store: StoreFactory) -> None:
+    """A claim marks the tasks it reads (advisory locks on their ids, for the other claims
+    to pass over) and drops every mark once its leases are committed."""
+
+    async def body(a: Store, b: Store) -> None:
+        await submit_tasks(a, [spec(payload=bytes([i % 256])) for i in range(300)])
+        leased = await asyncio.gather(*(s.claim("q", 70, leaser(T0 + 1)) for s in (a, b) * 3))
+        assert sum(len(batch) for batch in leased) == 300
+
+        async def marks(conn: Any) -> int:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
+                )
+            )
+
+        for _ in range(100):  # dropped off the claim's path: a moment after it returns
+            if await a._connector.run(marks) == 0:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.01)
+        assert await a._connector.run(marks) == 0  # type: ignore[attr-defined]
 
     run_two(make_shared_store, body)

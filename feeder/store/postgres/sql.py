@@ -179,10 +179,12 @@ ID_BLOCK = (
 
 # -- claim ---------------------------------------------------------------------------------
 # The ready tasks of a queue in lease order, each marked with a session advisory lock on its
-# id as it is read; a task another claim has marked is passed over. The inner LIMIT bounds
-# how many marks one claim may try ($3) whatever the plan; the outer one stops at $2
-# (rows are pulled one at a time, so an uncontended claim reads $2 rows). No row lock:
-# the claim's write is guarded by version like any other (see store._claim).
+# id as it is read; a task another claim has marked is passed over. The marks are taken in
+# the outer query, as rows are pulled, so whatever the plan a claim holds at most $2 of
+# them (the volatile function keeps PostgreSQL from pushing the condition down into the
+# ordered subquery); the inner LIMIT only bounds how far it looks ($3 rows) when the head
+# of the queue is marked by others. An uncontended claim reads $2 rows. No row lock: the
+# claim's write is guarded by version like any other (see store._claim).
 CLAIM = f"""
 SELECT c.* FROM (
     SELECT {COLUMNS} FROM {T}

@@ -64,6 +64,11 @@ TIMER_RECHECK = 0.5
 READY_RECHECK = 2.0
 # Fold counter shards into one row per counter every this many purges (see the schema).
 FOLD_EVERY = 10
+# The most tasks one claim statement marks (see _claim), and how many times that many
+# ready tasks it looks at, at most, for unmarked ones (a bound on its work when the head
+# of the queue is marked by other claims).
+CLAIM_CHUNK = 64
+CLAIM_WINDOW = 8
 # Leased tasks whose record this feeder remembers for `recall` (their acks, nacks and
 # extends then need no read); least recently written first out.
 RECALL_CACHE = 10_000
@@ -460,19 +465,32 @@ class PostgresStore:
         claims, here or on other feeders, pass over marked tasks as SKIP LOCKED would, so
         they take disjoint tasks; the version guards are what makes that certain (a task
         read as ready that another claim has leased meanwhile fails its guard). The marks
-        are dropped after the commit, off the caller's path."""
+        are dropped after the commit, off the caller's path.
+
+        A connection holds at most CLAIM_CHUNK marks at once (PostgreSQL's lock table has
+        room for max_locks_per_transaction, 64 by default, per connection): a larger claim
+        takes its tasks a chunk at a time."""
         connector = self._connector
         conn = await connector.hold()
         changes: list[Change] = []
         applied: list[bool] = []
         try:
-            for row in await conn.fetch(sql.CLAIM, queue, limit, 2 * limit + 16):
-                task = task_from_row(row)
-                decision = lease(task)
-                if decision.task is not None:
-                    changes.append(Change(task, decision.task, decision.events))
-            if changes:
-                applied = await self._write(conn, changes, None)
+            while len(changes) < limit:
+                if changes:
+                    await conn.execute(sql.UNMARK)
+                chunk = min(CLAIM_CHUNK, limit - len(changes))
+                rows = await conn.fetch(sql.CLAIM, queue, chunk, CLAIM_WINDOW * chunk + 256)
+                decided = []
+                for row in rows:
+                    task = task_from_row(row)
+                    decision = lease(task)
+                    if decision.task is not None:
+                        decided.append(Change(task, decision.task, decision.events))
+                if decided:
+                    changes += decided
+                    applied += await self._write(conn, decided, None)
+                if len(rows) < chunk:
+                    break  # nothing more is ready (unmarked)
         except Exception as exc:
             if is_unavailable(exc):
                 raise unavailable(exc) from exc
