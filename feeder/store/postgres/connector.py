@@ -260,7 +260,8 @@ class PostgresConnector:
 
     async def _release_after(self, conn: asyncpg.Connection, statement: str) -> None:
         try:
-            await conn.execute(statement)
+            # fetchval, not execute: a prepared statement, not parsed again each time.
+            await conn.fetchval(statement)
         except Exception:
             with contextlib.suppress(Exception):
                 conn.terminate()

@@ -477,7 +477,7 @@ class PostgresStore:
         try:
             while len(changes) < limit:
                 if changes:
-                    await conn.execute(sql.UNMARK)
+                    await conn.fetchval(sql.UNMARK)
                 chunk = min(CLAIM_CHUNK, limit - len(changes))
                 rows = await conn.fetch(sql.CLAIM, queue, chunk, CLAIM_WINDOW * chunk + 256)
                 decided = []
