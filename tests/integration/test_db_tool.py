@@ -198,3 +198,26 @@ async def test_an_old_sqlite_file_copies_too(
     finally:
         await conn.close()
     assert split == leased_ever == 5
+
+
+async def test_feeders_starting_at_once_on_an_empty_database_migrate_it_once(
+    empty_dsn: str, tmp_path: Path
+) -> None:
+    servers = [
+        FeederServer(Settings(listen="127.0.0.1:0", db=empty_dsn, shutdown_grace=0.5))
+        for _ in range(3)
+    ]
+    try:
+        await asyncio.gather(*(server.start() for server in servers))
+        conn = await asyncpg.connect(empty_dsn)
+        try:
+            applied = await conn.fetch("SELECT version FROM feedwork.schema_migrations")
+            secrets = await conn.fetchval("SELECT count(*) FROM feedwork.meta")
+        finally:
+            await conn.close()
+        assert [row["version"] for row in applied] == [1]
+        assert secrets == 1
+        # One secret for all: a token issued by one feeder verifies on the others.
+        assert len({server.store.token_secret for server in servers}) == 1
+    finally:
+        await asyncio.gather(*(server.stop(0) for server in servers))
