@@ -18,13 +18,16 @@ A target is one of:
 
 Calls spread over the addresses with gRPC's `round_robin` policy, which only picks
 connections that are up: a dead feeder drops out as soon as its connection breaks, and
-the retries of feedwork.retry land on the others. Client-side health checking
-(`healthCheckConfig`, checked with grpcio 1.85) also keeps new calls off a feeder that
-reports NOT_SERVING, as a feeder does while it drains for shutdown (or cannot reach its
-database), and sends them again once it reports SERVING. It watches the
-server-wide status "": the standard health servicer reports that one as SERVING unless told
-otherwise, and a server without a health service counts as healthy, so neither kind of
-server is shunned by mistake.
+the retries of feedwork.retry land on the others. A feeder that is up but cannot serve
+(it lost its database, or drains for shutdown) answers UNAVAILABLE, and the retry goes to
+the next address in turn.
+
+No client-side health checking (`healthCheckConfig`), although it would keep calls off
+such a feeder before they fail: with grpcio 1.85.3 it crashed client processes
+(a segmentation fault in gRPC's health client, on a connectivity change of a subchannel,
+while feeders were killed and restarted under load; three crashes in a day of fault and
+failover test runs). Its cost was one failed call and a retry per call sent to such a
+feeder, which is what we pay now.
 """
 
 from __future__ import annotations
@@ -50,12 +53,7 @@ TARGET_FORMS = (
 # Schemes of the resolvers grpcio ships: a target that starts with one is a gRPC URI.
 URI_SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock"})
 
-SERVICE_CONFIG = json.dumps(
-    {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "healthCheckConfig": {"serviceName": ""},
-    }
-)
+SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     # Payloads and results may be up to a few MiB each and come in batches.

@@ -145,11 +145,12 @@ def test_targets_that_name_one_address(target: str, one: bool) -> None:
     assert names_one_address(target) is one
 
 
-def test_every_channel_spreads_calls_and_checks_health() -> None:
+def test_every_channel_spreads_calls() -> None:
     options = dict(channel_options())
     config = json.loads(options["grpc.service_config"])
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
-    assert config["healthCheckConfig"] == {"serviceName": ""}
+    # No client-side health checking: it crashes grpcio 1.85.3 (see feedwork.channel).
+    assert "healthCheckConfig" not in config
     assert options["grpc.service_config_disable_resolution"] == 1
     # A dead feeder's address is tried again within 2 s, not gRPC's default 2 minutes.
     assert options["grpc.max_reconnect_backoff_ms"] <= 2000
