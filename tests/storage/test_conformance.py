@@ -500,6 +500,42 @@ def test_apply_chains_changes_of_one_task(make_store: StoreFactory) -> None:
     run(make_store, body)
 
 
+def test_apply_of_a_batch_stores_each_change_its_own_values(make_store: StoreFactory) -> None:
+    """Acks of one batch share most values (state, finish time) and differ in others
+    (results, attempts, versions): each task gets exactly its own, and a stale change
+    among them applies nowhere."""
+
+    async def body(store: Store) -> None:
+        tasks = await submit_tasks(store, [spec() for _ in range(6)])
+        # Two of them are on a second attempt (and a higher version) when the batch comes.
+        again = []
+        for task in tasks[:2]:
+            leased = await step(store, task, lease_d(task, T0 + 1))
+            again.append(await step(store, leased, nack_d(leased, T0 + 1, release=True)))
+        leased = await claim(store, now=T0 + 2)
+        assert sorted(t.attempt for t in leased) == [1, 1, 1, 1, 2, 2]
+        stale = leased[3]
+        await step(
+            store, stale, machine.extend(stale, stale.attempt, lease_duration=60.0, now=T0 + 3)
+        )
+        results = [b"r%d" % t.id if t.id % 2 else b"same" for t in leased]
+        results[0] = None  # an ack without a result
+        done = [ack_d(t, T0 + 4, r).task for t, r in zip(leased, results, strict=True)]
+        applied = await store.apply([Change(t, d) for t, d in zip(leased, done, strict=True)])
+        assert applied == [True, True, True, False, True, True]
+        now = await store.get([t.id for t in leased])
+        for position, (before, after) in enumerate(zip(leased, done, strict=True)):
+            if position == 3:
+                assert now[before.id].state is State.LEASED
+            else:
+                assert now[before.id] == after
+                assert now[before.id].result == results[position]
+                assert now[before.id].attempt == before.attempt
+        assert await counts(store) == {State.COMPLETED: 5, State.LEASED: 1}
+
+    run(make_store, body)
+
+
 def test_delete_removes_the_task_and_frees_its_key(make_store: StoreFactory) -> None:
     async def body(store: Store) -> None:
         task, keep = await submit_tasks(store, [spec(idempotency_key="k"), spec()])

@@ -177,13 +177,12 @@ def _changed_values(task: Task) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _grouped(
-    changes: Sequence[Change], counts: _Counts
-) -> tuple[tuple[tuple[int, ...], ...], list[list[Any]]]:
+def _grouped(changes: Sequence[Change], counts: _Counts) -> tuple[tuple[sql.Group, ...], list[Any]]:
     """Updates grouped by the columns they alter (`before` against `after`: the guard
     makes sure the row holds `before`, so the other columns already have their values),
-    as `sql.apply_statement` takes them: (the groups' columns, and per group the ids, the
-    guards, the kinds of change and an array per altered column)."""
+    as `sql.apply_statement` takes them: (the groups, and per group the ids, the guards,
+    then the kinds of change and each altered column, as one value where the whole group
+    shares it, else as an array)."""
     groups: dict[tuple[int, ...], list[tuple[Change, tuple[Any, ...]]]] = {}
     for change in changes:
         after = change.after
@@ -194,14 +193,30 @@ def _grouped(
             i for i, (new, was) in enumerate(zip(values, old, strict=True)) if new != was
         )
         groups.setdefault(altered, []).append((change, values))
-    arrays: list[list[Any]] = []
+    specs: list[sql.Group] = []
+    parameters: list[Any] = []
     kind_of = counts.change
     for columns, members in groups.items():
-        arrays.append([change.before.id for change, _ in members])
-        arrays.append([change.before.version for change, _ in members])
-        arrays.append([kind_of(change) for change, _ in members])
-        arrays.extend([values[column] for _, values in members] for column in columns)
-    return tuple(groups), arrays
+        parameters.append([change.before.id for change, _ in members])
+        parameters.append([change.before.version for change, _ in members])
+        fields = [
+            [kind_of(change) for change, _ in members],
+            *([values[column] for _, values in members] for column in columns),
+        ]
+        shared = tuple(_shared(field) for field in fields)
+        parameters.extend(
+            field[0] if one else field for field, one in zip(fields, shared, strict=True)
+        )
+        specs.append((columns, shared))
+    return tuple(specs), parameters
+
+
+def _shared(values: list[Any]) -> bool:
+    """Whether every value is the same (and of the same type: 1 and 1.0 and True are
+    equal in Python, but not one parameter of one type)."""
+    first = values[0]
+    kind = type(first)
+    return all(value == first and type(value) is kind for value in values)
 
 
 def _rounds(changes: Sequence[Change]) -> list[list[int]]:
@@ -542,13 +557,13 @@ class PostgresStore:
                 counts.events(events)
             updates = [c for c in batch if c.after is not None]
             deletes = [c for c in batch if c.after is None]
-            groups, arrays = _grouped(updates, counts)
+            groups, parameters = _grouped(updates, counts)
             if deletes:
-                arrays.append([c.before.id for c in deletes])
-                arrays.append([c.before.version for c in deletes])
-                arrays.append([counts.change(c) for c in deletes])
+                parameters.append([c.before.id for c in deletes])
+                parameters.append([c.before.version for c in deletes])
+                parameters.append([counts.change(c) for c in deletes])
             statement = sql.apply_statement(groups, bool(deletes))
-            rows = await conn.fetch(statement, *counts.arguments(shard), *arrays)
+            rows = await conn.fetch(statement, *counts.arguments(shard), *parameters)
             done = {row[0] for row in rows}
             for position in positions:
                 applied[position] = changes[position].before.id in done
