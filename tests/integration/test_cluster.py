@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from feeder.store.postgres import connector
 from feedwork.v1 import feeder_pb2 as pb
 from tests.conftest import FeederFactory, RunningFeeder
 from tests.faults.proxy import ChaosProxy
@@ -200,6 +201,44 @@ async def test_while_the_database_is_unreachable_calls_are_unavailable_and_healt
         assert await status() == health_pb2.HealthCheckResponse.SERVING
         leased = await lease(feeder, n=10)
         assert sorted(t.task_id for t in leased) == sorted([task_id, other_id])
+        await feeder.server.stop(0)  # before its proxy goes
+
+
+async def test_a_database_that_stops_answering_turns_health_not_serving(
+    feeder_factory: FeederFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A silent cut (no reset, nothing closed: what a partition looks like) is found by
+    the listen connection's check, not only a connection that drops."""
+    monkeypatch.setattr(connector, "LISTEN_CHECK", 0.3)
+    monkeypatch.setattr(connector, "LISTEN_CHECK_TIMEOUT", 0.5)
+    dsn = await feeder_factory.postgres_dsn()  # type: ignore[attr-defined]
+    host_port = dsn.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    with ChaosProxy((host, int(port))) as proxy:
+        feeder = await feeder_factory(
+            store_kind="postgres", db=dsn.replace(host_port, proxy.target)
+        )
+        health = health_pb2_grpc.HealthStub(feeder.channel)
+
+        async def status() -> int:
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            return int(reply.status)
+
+        async def becomes(wanted: int, within: float) -> float:
+            started = time.monotonic()
+            while time.monotonic() - started < within:
+                if await status() == wanted:
+                    return time.monotonic() - started
+                await asyncio.sleep(0.02)
+            raise AssertionError(f"health not {wanted} within {within} s")
+
+        [task_id] = await submit_ids(feeder, pb.TaskSpec(queue="q"))
+        assert await status() == health_pb2.HealthCheckResponse.SERVING
+        proxy.stall(3.0)  # holds every byte, both ways, for 3 s; closes nothing
+        await becomes(health_pb2.HealthCheckResponse.NOT_SERVING, within=2.5)
+        await becomes(health_pb2.HealthCheckResponse.SERVING, within=15.0)
+        [leased] = await lease(feeder, n=10)
+        assert leased.task_id == task_id
         await feeder.server.stop(0)  # before its proxy goes
 
 

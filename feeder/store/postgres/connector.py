@@ -11,8 +11,12 @@ connections that hold advisory locks, and nothing else (no task logic).
   transaction queues on, so none rides on the data transactions.) Notifications sent by
   this feeder come back to it and are ignored.
 - The listen connection is the feeder's view of whether the database is up: when it drops,
-  the store is unavailable (health NOT_SERVING) and it reconnects by itself, with backoff;
-  once it is back, anything may have changed meanwhile (`missed`).
+  or stops answering the `SELECT 1` it is sent every LISTEN_CHECK seconds, the store is
+  unavailable (health NOT_SERVING) and it reconnects by itself, with backoff; once it is
+  back, anything may have changed meanwhile (`missed`). The check catches what the
+  connection's own end does not report: a cut without a reset (a partition), and a loss
+  that is never signalled (a feeder once kept reporting SERVING for 10 s after PostgreSQL
+  stopped under load; the cause was not found, the check bounds its effect).
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ APPLICATION_NAME = "feedwork-feeder"
 # Counter shards (see the counters table): 1..SHARDS by connection; 0 is the folded total.
 SHARDS = 31
 CONNECT_TIMEOUT = 5.0
+# How often the listen connection is checked, and how long its answer may take.
+LISTEN_CHECK = 3.0
+LISTEN_CHECK_TIMEOUT = 5.0
 # Deadlocks and serialization failures between concurrent transactions: retried this often.
 CONFLICT_RETRIES = 5
 R = TypeVar("R")
@@ -125,6 +132,8 @@ class PostgresConnector:
         self._available = False
         self._outbox = _Outbox(Counter())
         self._sending: asyncio.Task[None] | None = None
+        # One operation at a time on the listen connection: the NOTIFYs and the checks.
+        self._listen_lock = asyncio.Lock()
         self._releasing: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -328,11 +337,12 @@ class PostgresConnector:
             if conn is None:
                 return  # not listening: the others' re-checks find the tasks
             try:
-                await conn.execute(
-                    "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-                    CHANNEL,
-                    outbox.payloads(),
-                )
+                async with self._listen_lock:
+                    await conn.execute(
+                        "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                        CHANNEL,
+                        outbox.payloads(),
+                    )
             except Exception as exc:
                 log.debug("could not notify the other feeders: %s", exc)
                 return
@@ -375,7 +385,7 @@ class PostgresConnector:
                 log.info("PostgreSQL is reachable again")
                 self._on_missed()  # notifications sent meanwhile are lost
             first = False
-            await lost.wait()
+            await self._until_lost(conn, lost)
             self._listen = None
             self._listen_up.clear()
             if not self._closing:
@@ -383,6 +393,20 @@ class PostgresConnector:
                 self._set_available(False)
                 with contextlib.suppress(Exception):
                     conn.terminate()
+
+    async def _until_lost(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
+        """Returns when the listen connection is gone: closed (`lost`), or not answering."""
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), LISTEN_CHECK)
+                return
+            try:
+                async with self._listen_lock:
+                    await conn.fetchval("SELECT 1", timeout=LISTEN_CHECK_TIMEOUT)
+            except Exception as exc:
+                if not lost.is_set():
+                    log.warning("the listen connection does not answer (%s)", exc or type(exc))
+                return
 
     async def _start_listening(self, lost: asyncio.Event) -> asyncpg.Connection:
         conn = await self.connect()
