@@ -342,6 +342,7 @@ class PostgresConnector:
                         "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
                         CHANNEL,
                         outbox.payloads(),
+                        timeout=LISTEN_CHECK_TIMEOUT,
                     )
             except Exception as exc:
                 log.debug("could not notify the other feeders: %s", exc)
@@ -401,12 +402,17 @@ class PostgresConnector:
                 await asyncio.wait_for(lost.wait(), LISTEN_CHECK)
                 return
             try:
-                async with self._listen_lock:
-                    await conn.fetchval("SELECT 1", timeout=LISTEN_CHECK_TIMEOUT)
+                # The timeout covers the wait for the lock too: a NOTIFY stuck on a
+                # connection that does not answer holds it.
+                await asyncio.wait_for(self._check(conn), LISTEN_CHECK_TIMEOUT)
             except Exception as exc:
                 if not lost.is_set():
                     log.warning("the listen connection does not answer (%s)", exc or type(exc))
                 return
+
+    async def _check(self, conn: asyncpg.Connection) -> None:
+        async with self._listen_lock:
+            await conn.fetchval("SELECT 1")
 
     async def _start_listening(self, lost: asyncio.Event) -> asyncpg.Connection:
         conn = await self.connect()
