@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the local services the tests use, when they are installed but not running, and
-# installs docker-compose (for `make compose-check`) when it is missing and apt-get can.
+# installs docker-compose (for `make compose-check`) and libfaketime (the clock-step fault
+# test) when they are missing and apt-get can.
 # Safe to run again: a running service is left alone. A missing tool is not an error
 # (the tests that need the service skip), only a warning.
 set -uo pipefail
@@ -57,6 +58,25 @@ ensure_docker_compose() {
     rm -f "$log"
 }
 
+# libfaketime: tests/faults/test_clock_steps.py steps a feeder's wall clock with it.
+ensure_faketime() {
+    if compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "ensure-services: libfaketime not found (and no root apt-get to install it);" \
+            "the clock-step fault test will fail" >&2
+        return 0
+    fi
+    echo "ensure-services: installing faketime (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 300 apt-get install -y -qq --no-install-recommends faketime >/dev/null 2>&1 ||
+        { timeout 300 apt-get update -qq >/dev/null 2>&1 &&
+            timeout 300 apt-get install -y -qq --no-install-recommends faketime >/dev/null 2>&1; } ||
+        echo "ensure-services: could not install faketime" >&2
+}
+
 ensure_postgres
 ensure_docker_compose
+ensure_faketime
 exit 0
