@@ -382,6 +382,7 @@ class SqliteStore(IndexedStore):
         self._closed = True
         while self._batch or self._writing:
             await self._barrier()
+        await self._settle()
         for conn in (self._writer, self._reader):
             if conn is not None:
                 conn.close()
