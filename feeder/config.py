@@ -59,7 +59,7 @@ class Settings:
 
     listen: str = "127.0.0.1:50051"
     db: str = "./feedwork.db"
-    sync: str = "normal"
+    sync: str = "full"
     # Connections per feeder to a PostgreSQL database (plus two: listen, maintenance role).
     db_pool_size: int = 10
     max_message_bytes: int = 8 * MiB
@@ -227,7 +227,13 @@ OPTIONS: tuple[Option, ...] = (
         " postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME shared by several feeders",
         "PATH|URL",
     ),
-    Option("sync", parse_sync, "SQLite durability: normal, or full (fsync each commit)", "MODE"),
+    Option(
+        "sync",
+        parse_sync,
+        "SQLite durability: full (default: fsync each group commit before its replies), or"
+        " normal (no fsync: survives a crash of the feeder, not of the machine)",
+        "MODE",
+    ),
     Option("db_pool_size", parse_pool_size, "PostgreSQL connections per feeder", "N"),
     Option("max_message_bytes", parse_size, "largest gRPC message sent or received", "SIZE"),
     Option("max_payload_bytes", parse_size, "largest task payload accepted", "SIZE"),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the local services the tests use, when they are installed but not running, and
-# installs docker-compose (for `make compose-check`) when it is missing and apt-get can.
+# installs docker-compose (for `make compose-check`), libfaketime and strace (two fault
+# tests) when they are missing and apt-get can.
 # Safe to run again: a running service is left alone. A missing tool is not an error
 # (the tests that need the service skip), only a warning.
 set -uo pipefail
@@ -57,6 +58,29 @@ ensure_docker_compose() {
     rm -f "$log"
 }
 
+# A Debian package a fault test needs: installed when `present` fails and apt-get can.
+ensure_package() {
+    local package=$1 present=$2 why=$3
+    if eval "$present" >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "ensure-services: $package not found (and no root apt-get to install it); $why" >&2
+        return 0
+    fi
+    echo "ensure-services: installing $package (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 300 apt-get install -y -qq --no-install-recommends "$package" >/dev/null 2>&1 ||
+        { timeout 300 apt-get update -qq >/dev/null 2>&1 &&
+            timeout 300 apt-get install -y -qq --no-install-recommends "$package" >/dev/null 2>&1; } ||
+        echo "ensure-services: could not install $package; $why" >&2
+}
+
 ensure_postgres
 ensure_docker_compose
+# tests/faults/test_clock_steps.py steps a feeder's wall clock with libfaketime.
+ensure_package faketime 'compgen -G "/usr/lib/*/faketime/libfaketime.so.1"' \
+    "the clock-step fault test will fail"
+# tests/faults/test_fsync_before_reply.py counts a feeder's fsyncs with strace.
+ensure_package strace 'command -v strace' "the fsync-ordering fault test will fail"
 exit 0

@@ -1,7 +1,7 @@
 """feedwork itself: the real feeder process (`python -m feeder`) on its durable SQLite store.
 
 Every workload gets a fresh feeder on a fresh database in a temporary directory
-(``--listen 127.0.0.1:0 --port-file F --db D``, default ``--sync normal``). The preload is
+(``--listen 127.0.0.1:0 --port-file F --db D``, default ``--sync full``). The preload is
 Submit batches of 100 tasks from 4 concurrent clients (raw grpc.aio stubs, no idempotency
 keys). Three ways to drain it:
 
@@ -104,17 +104,26 @@ class RawProducer(Producer):
 class _FeederCase(Case):
     """A fresh feeder per workload; preload through Submit; verify through GetStats."""
 
+    # The feeder's --sync mode; None: its default (full).
+    sync: str | None = None
+
     def __init__(self) -> None:
         self.directory: Path | None = None
         self.feeder: FeederProcess | None = None
         self.consumers: list[FeederConsumer] = []
 
     async def info(self) -> dict[str, Any]:
+        durability = (
+            "SQLite WAL, synchronous=NORMAL (--sync normal): group commit, durable against a "
+            "process crash, no fsync per commit"
+            if self.sync == "normal"
+            else "SQLite WAL, synchronous=FULL (feeder default): group commit, one fsync per "
+            "commit before its replies, durable against power loss"
+        )
         return {
             "server": f"feedwork {_git_describe()} (python -m feeder, grpcio {grpc.__version__})",
             "client": f"grpcio {grpc.__version__}",
-            "durability": "SQLite WAL, synchronous=NORMAL (feeder default): group commit, "
-            "durable against a process crash, no fsync per commit",
+            "durability": durability,
         }
 
     @property
@@ -125,7 +134,8 @@ class _FeederCase(Case):
     async def setup(self, n: int, workload: Workload) -> None:
         self.consumers = []
         self.directory = new_directory()
-        self.feeder = await FeederProcess.start(self.directory)
+        extra = ("--sync", self.sync) if self.sync else ()
+        self.feeder = await FeederProcess.start(self.directory, *extra)
 
     async def preload(self, n: int, payload: bytes) -> None:
         await preload(self.target, n, payload, batch=PRELOAD_BATCH, producers=PRELOAD_PRODUCERS)
@@ -182,6 +192,12 @@ class FeedworkRawCase(_FeederCase):
         consumer = FeederConsumer(self.target, index, workload.batch)
         self.consumers.append(consumer)
         return await consumer.connect()
+
+
+class FeedworkRawNormalCase(FeedworkRawCase):
+    name = "feedwork-raw-normal"
+    summary = "feedwork-raw with --sync normal (no fsync per commit): the cost of the default"
+    sync = "normal"
 
 
 async def wait_completed(client: FeederClient, n: int) -> int:

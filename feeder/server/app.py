@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import sqlite3
-import time
 from collections.abc import Callable
 
 import grpc
@@ -27,6 +26,7 @@ from feeder.config import Settings, redact_url
 from feeder.server.collector import scheduled_full_collections
 from feeder.server.servicer import FeederServicer, add_to_server
 from feeder.server.validate import Limits
+from feeder.service.clock import SteadyClock
 from feeder.service.tasks import TaskService
 from feeder.store.base import Store, StoreUnavailable
 from feeder.store.memory import MemoryStore
@@ -64,9 +64,12 @@ class FeederServer:
         settings: Settings,
         *,
         store: Store | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """`clock`: the feeder's time, by default wall-clock seconds that follow elapsed
+        time (`SteadyClock`), the same for the service and the servicer."""
+        clock = clock or SteadyClock()
         self.settings = settings
         self.store = store if store is not None else open_store(settings)
         self.service = TaskService(

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from feeder.core.model import (
 from feeder.core.policy import QueuePolicy
 from feeder.core.records import fast_init
 from feeder.core.tokens import LeaseRef, TokenCodec, TokenError
+from feeder.service.clock import SteadyClock
 from feeder.service.janitor import Janitor
 from feeder.service.reaper import Reaper
 from feeder.service.waiters import Waiters
@@ -115,15 +115,17 @@ class TaskService:
         *,
         store: Store,
         policies: Callable[[str], QueuePolicy],
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
         retention: float = 86400.0,
         on_availability: Callable[[bool], None] | None = None,
     ) -> None:
         """`on_availability(ok)` hears when the store becomes unreachable and reachable
-        again (the server's health status follows it)."""
+        again (the server's health status follows it). `clock` defaults to a
+        `SteadyClock`: wall-clock seconds that do not follow the wall clock's steps."""
         self._store = store
         self._policies = policies
+        clock = clock or SteadyClock()
         self._clock = clock
         self._rng = rng or random.Random()
         self._waiters = Waiters()

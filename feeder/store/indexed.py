@@ -47,7 +47,10 @@ class IndexedStore:
         self._next_id = 1
         # New tasks of each queue between their depth check and their becoming visible.
         self._inflight: Counter[str] = Counter()
-        self._inflight_keys: dict[tuple[str, str], Task] = {}
+        # Idempotency keys of submits being made durable, with what their commit resolves.
+        self._inflight_keys: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # Submits that run to their end even when their caller has gone.
+        self._storing: set[asyncio.Future[None]] = set()
 
     @property
     def token_secret(self) -> bytes:
@@ -60,7 +63,12 @@ class IndexedStore:
         return None
 
     async def close(self) -> None:
-        return None
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Waits for the submits still being made durable (their callers may be gone)."""
+        while self._storing:
+            await asyncio.wait(list(self._storing))
 
     @asynccontextmanager
     async def leadership(self) -> AsyncIterator[asyncio.Event]:
@@ -90,6 +98,27 @@ class IndexedStore:
         create: TaskFactory,
         max_depth: Callable[[str], int],
     ) -> list[Submitted]:
+        while True:
+            # A key that another submit is still committing: its answer may only name a
+            # task once that task is durable, so wait for that commit, then look again
+            # (the key is then stored, or free if that commit failed).
+            pending = {
+                self._inflight_keys[(spec.queue, spec.idempotency_key)]
+                for spec in specs
+                if spec.idempotency_key
+                and (spec.queue, spec.idempotency_key) in self._inflight_keys
+            }
+            if not pending:
+                return await self._submit_now(specs, create=create, max_depth=max_depth)
+            await asyncio.wait([asyncio.shield(f) for f in pending])
+
+    async def _submit_now(
+        self,
+        specs: Sequence[TaskSpec],
+        *,
+        create: TaskFactory,
+        max_depth: Callable[[str], int],
+    ) -> list[Submitted]:
         index = self._index
         results: list[Submitted | None] = []
         new: list[Task] = []
@@ -99,9 +128,8 @@ class IndexedStore:
         existing_ids: dict[int, int] = {}
         for position, spec in enumerate(specs):
             key = (spec.queue, spec.idempotency_key) if spec.idempotency_key else None
-            if key is not None and (key in batch_keys or key in self._inflight_keys):
-                twin = batch_keys.get(key) or self._inflight_keys[key]
-                results.append(Submitted(twin, True))
+            if key is not None and key in batch_keys:
+                results.append(Submitted(batch_keys[key], True))
                 continue
             if key is not None and key in index.keys:
                 existing_ids[position] = index.keys[key]
@@ -125,26 +153,44 @@ class IndexedStore:
             depth = index.pending(queue) + self._inflight[queue]
             if depth + count > max_depth(queue):
                 raise QueueFull(queue, depth, max_depth(queue))
-        # Ids and depth are reserved before any await so concurrent submits never share one.
+        # Ids, depth and keys are reserved before any await so concurrent submits never
+        # share one.
         self._next_id += len(new)
-        self._inflight.update(added)
-        self._inflight_keys.update(batch_keys)
+        if new:
+            self._inflight.update(added)
+            storing = asyncio.ensure_future(self._store_new(new, events, added, batch_keys))
+            for key in batch_keys:
+                self._inflight_keys[key] = storing
+            self._storing.add(storing)
+            storing.add_done_callback(_settled(self._storing))
+            # Shielded: a caller that gives up (deadline, cancel) while the commit runs
+            # does not stop its tasks from joining the index once they are on disk.
+            await asyncio.shield(storing)
+        if existing_ids:
+            found = await self.get(existing_ids.values())
+            for position, task_id in existing_ids.items():
+                results[position] = Submitted(found[task_id], deduplicated=True)
+        return [r for r in results if r is not None]
+
+    async def _store_new(
+        self,
+        new: Sequence[Task],
+        events: EventCounts,
+        added: Counter[str],
+        keys: Iterable[tuple[str, str]],
+    ) -> None:
+        """Makes new tasks durable, then visible."""
         try:
-            if existing_ids:
-                found = await self.get(existing_ids.values())
-                for position, task_id in existing_ids.items():
-                    results[position] = Submitted(found[task_id], deduplicated=True)
-            if new:
-                await self._persist_new(new, events)
-                for task in new:
-                    index.put(None, task)
-                self._count(events)
-                self._report([(None, task) for task in new])
+            await self._persist_new(new, events)
+            index = self._index
+            for task in new:
+                index.put(None, task)
+            self._count(events)
+            self._report([(None, task) for task in new])
         finally:
             self._inflight.subtract(added)
-            for key in batch_keys:
+            for key in keys:
                 self._inflight_keys.pop(key, None)
-        return [r for r in results if r is not None]
 
     async def claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
         changes: list[Change] = []
@@ -260,3 +306,15 @@ class IndexedStore:
             )
             for name in names
         ]
+
+
+def _settled(running: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None]], None]:
+    """A done-callback: forgets a finished submit, and takes its error (the caller, if
+    still there, has it too) so an abandoned one is not reported as never retrieved."""
+
+    def done(future: asyncio.Future[None]) -> None:
+        running.discard(future)
+        if not future.cancelled():
+            future.exception()
+
+    return done

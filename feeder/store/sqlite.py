@@ -279,7 +279,7 @@ class _InsertFailed(Exception):
 class SqliteStore(IndexedStore):
     """SQLite at `path`. Only one feeder process may open a database (a lock file says so)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, sync: str = "normal") -> None:
+    def __init__(self, path: str | os.PathLike[str], *, sync: str = "full") -> None:
         super().__init__()
         if sync not in ("normal", "full"):
             raise ValueError("sync must be 'normal' or 'full'")
@@ -382,6 +382,7 @@ class SqliteStore(IndexedStore):
         self._closed = True
         while self._batch or self._writing:
             await self._barrier()
+        await self._settle()
         for conn in (self._writer, self._reader):
             if conn is not None:
                 conn.close()
