@@ -65,6 +65,9 @@ class Settings:
     max_message_bytes: int = 8 * MiB
     max_payload_bytes: int = 1 * MiB
     max_result_bytes: int = 1 * MiB
+    # Work in flight past which calls are refused (UNAVAILABLE, retried by the clients).
+    max_in_flight: int = 10_000
+    max_in_flight_bytes: int = 128 * MiB
     # How long completed and cancelled tasks (and their idempotency keys) are kept.
     retention: float = 86400.0
     # How long a shutdown waits for RPCs in flight before cancelling them.
@@ -127,6 +130,13 @@ def parse_count(value: object) -> int:
     if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
         return int(value)
     raise ValueError(f"invalid number {value!r} (want a whole number)")
+
+
+def parse_positive(value: object) -> int:
+    count = parse_count(value)
+    if count < 1:
+        raise ValueError(f"invalid number {value!r} (want 1 or more)")
+    return count
 
 
 def parse_listen(value: object) -> str:
@@ -238,6 +248,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_message_bytes", parse_size, "largest gRPC message sent or received", "SIZE"),
     Option("max_payload_bytes", parse_size, "largest task payload accepted", "SIZE"),
     Option("max_result_bytes", parse_size, "largest Ack result accepted", "SIZE"),
+    Option(
+        "max_in_flight",
+        parse_positive,
+        "work in flight (tasks submitted, items acked, nacked or extended, 1 per other call)"
+        " past which calls are refused with UNAVAILABLE, retried by the clients",
+        "N",
+    ),
+    Option(
+        "max_in_flight_bytes",
+        parse_size,
+        "request bytes in flight past which calls are refused the same way",
+        "SIZE",
+    ),
     Option("retention", parse_duration, "how long completed/cancelled tasks are kept", "DUR"),
     Option("shutdown_grace", parse_duration, "how long shutdown waits for RPCs", "DUR"),
     Option("log_level", parse_log_level, "debug, info, warning or error", "LEVEL"),

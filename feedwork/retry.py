@@ -14,15 +14,19 @@ from typing import Any
 import grpc
 import tenacity
 
-# Status codes that say "the same request may well succeed later": the feeder is down or
-# restarting (UNAVAILABLE, also used by the feeder for a briefly locked database), or the
-# reply did not come in time (DEADLINE_EXCEEDED). RESOURCE_EXHAUSTED is deliberately not
-# here: from the feeder it means a queue is full, which a producer should hear about, and
-# from gRPC itself a message that is too large, which no retry fixes. Retrying a request
-# whose reply was lost is safe because every feedwork write is idempotent (Submit through
-# idempotency keys, Ack/Nack/Extend through lease tokens).
+# Status codes that say "the same request may well succeed later": the feeder is down,
+# restarting or overloaded (UNAVAILABLE, also used by the feeder for a database it cannot
+# reach and for calls past its bound on work in flight), the reply did not come in time
+# (DEADLINE_EXCEEDED), or the call was dropped on the way (CANCELLED: gRPC cancels calls
+# a server has not picked up past its backlog, and a stopping feeder cancels calls still
+# running after its grace period; this client never cancels its own calls, and a closed
+# channel fails the next try with an error that is not retried). RESOURCE_EXHAUSTED is
+# deliberately not here: from the feeder it means a queue is full, which a producer should
+# hear about, and from gRPC itself a message that is too large, which no retry fixes.
+# Retrying a request whose reply was lost is safe because every feedwork write is
+# idempotent (Submit through idempotency keys, Ack/Nack/Extend through lease tokens).
 TRANSIENT_CODES: frozenset[grpc.StatusCode] = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 )
 
 # The first backoff step and the largest single wait, in seconds. A feeder restart takes a

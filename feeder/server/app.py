@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from feeder.config import Settings, redact_url
+from feeder.server.admission import Admission
 from feeder.server.collector import scheduled_full_collections
 from feeder.server.servicer import FeederServicer, add_to_server
 from feeder.server.validate import Limits
@@ -40,6 +41,7 @@ FEEDER_SERVICE = feeder_pb2.DESCRIPTOR.services_by_name["Feeder"].full_name
 MEMORY_DB = ":memory:"
 # Clients may send keepalive pings this often without being sent GOAWAY (too_many_pings).
 MIN_CLIENT_PING_INTERVAL_MS = 10_000
+MAX_PENDING_CALLS = 100_000
 
 
 class StartupError(Exception):
@@ -84,7 +86,12 @@ class FeederServer:
             max_payload_bytes=settings.max_payload_bytes,
             max_result_bytes=settings.max_result_bytes,
         )
-        self._servicer = FeederServicer(self.service, limits=limits, clock=clock)
+        self.admission = Admission(
+            max_items=settings.max_in_flight, max_bytes=settings.max_in_flight_bytes
+        )
+        self._servicer = FeederServicer(
+            self.service, limits=limits, clock=clock, admission=self.admission
+        )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Future[None] | None = None
@@ -107,6 +114,12 @@ class FeederServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+                # Calls gRPC has received but the server loop has not picked up yet. Past
+                # gRPC's defaults (1,000, hard 3,000) it cancels calls silently (a burst of
+                # 4,000 Submits lost ~1,000 that way); the loop picks them all up and the
+                # admission bound refuses the excess explicitly instead.
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
             ]
         )
         add_to_server(self._servicer, server)

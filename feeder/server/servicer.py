@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from feeder.server import convert, validate
+from feeder.server.admission import Admission, Overloaded
 from feeder.server.consume import ConsumeStream, StreamClosed
 from feeder.server.validate import Limits, ValidationError
 from feeder.service.tasks import TaskService
@@ -52,7 +53,7 @@ def status_of(exc: BaseException, *, method: str = "Consume") -> tuple[grpc.Stat
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, QueueFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, StreamClosed):
+    if isinstance(exc, StreamClosed | Overloaded):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, StoreUnavailable):
         log.warning("%s: store unavailable: %s", method, exc)
@@ -61,7 +62,20 @@ def status_of(exc: BaseException, *, method: str = "Consume") -> tuple[grpc.Stat
     return grpc.StatusCode.INTERNAL, "internal error (see the feeder's log)"
 
 
+def _items(request: Any) -> int:
+    """The work a request asks for, in items (see `feeder.server.admission`)."""
+    if isinstance(request, pb.SubmitRequest):
+        return max(1, len(request.tasks))
+    if isinstance(request, pb.AckRequest | pb.NackRequest | pb.ExtendRequest):
+        return max(1, len(request.items))
+    return 1
+
+
 def _rpc(method: Method[RequestT, ResponseT]) -> Method[RequestT, ResponseT]:
+    # A long-polling Lease waits idle; what it claims is bounded by its max_tasks.
+    admitted = method.__name__ != "Lease"
+    new_work = method.__name__ == "Submit"
+
     @functools.wraps(method)
     async def handle(
         self: FeederServicer, request: RequestT, context: grpc.aio.ServicerContext
@@ -69,7 +83,15 @@ def _rpc(method: Method[RequestT, ResponseT]) -> Method[RequestT, ResponseT]:
         try:
             if isinstance(request, MalformedRequest):
                 raise ValidationError("request", f"is not a valid {request.type_name} message")
-            return await method(self, request, context)
+            admission = self._admission
+            if not admitted or admission is None:
+                return await method(self, request, context)
+            items, size = _items(request), request.ByteSize()  # type: ignore[attr-defined]
+            admission.enter(items, size, time.monotonic(), new_work=new_work)
+            try:
+                return await method(self, request, context)
+            finally:
+                admission.leave(items, size)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -89,9 +111,12 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
         *,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.time,
+        admission: Admission | None = None,
     ) -> None:
+        """`admission`: the bound on work in flight (None: no bound)."""
         self._service = service
         self._limits = limits or Limits()
+        self._admission = admission
         # Turns Submit's relative delays into times and ages the oldest ready task in
         # GetStats; the same clock the service runs on.
         self._clock = clock

@@ -34,7 +34,7 @@ def test_defaults() -> None:
     assert settings == Settings()
     assert settings.listen == "127.0.0.1:50051"
     assert settings.db == "./feedwork.db"
-    assert settings.sync == "normal"
+    assert settings.sync == "full"
     assert settings.max_message_bytes == 8 * 1024 * 1024
     assert settings.max_payload_bytes == settings.max_result_bytes == 1024 * 1024
     assert settings.retention == 86400.0
