@@ -335,6 +335,9 @@ def _add_dead(commands: Any, client: argparse.ArgumentParser) -> None:
     listing.add_argument("queue", metavar="QUEUE")
     listing.add_argument("--page-size", type=int, default=100, metavar="N")
     listing.add_argument("--page-token", default="", metavar="TOKEN")
+    listing.add_argument(
+        "--payloads", action="store_true", help="with payloads and results (with --json)"
+    )
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(run=_dead_list)
 
@@ -352,7 +355,12 @@ def _add_dead(commands: Any, client: argparse.ArgumentParser) -> None:
 
 def _dead_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        page = client.dead_list(args.queue, page_size=args.page_size, page_token=args.page_token)
+        page = client.dead_list(
+            args.queue,
+            page_size=args.page_size,
+            page_token=args.page_token,
+            include_payloads=args.payloads,
+        )
     if args.json:
         tasks = [render.task_json(task) for task in page.tasks]
         _print_json({"tasks": tasks, "next_page_token": page.next_page_token})

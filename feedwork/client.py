@@ -205,9 +205,22 @@ class FeederClient:
         response = self._call(self._stub.CancelTask, pb.CancelTaskRequest(task_id=task_id))
         return _wire.cancel_result(response)
 
-    def dead_list(self, queue: str, *, page_size: int = 100, page_token: str = "") -> DeadPage:
-        """One page of the dead tasks of `queue`, oldest first."""
-        request = pb.ListDeadTasksRequest(queue=queue, page_size=page_size, page_token=page_token)
+    def dead_list(
+        self,
+        queue: str,
+        *,
+        page_size: int = 100,
+        page_token: str = "",
+        include_payloads: bool = False,
+    ) -> DeadPage:
+        """One page of the dead tasks of `queue`, oldest first; payloads and results only
+        with `include_payloads` (a page may then end early to fit the message limit)."""
+        request = pb.ListDeadTasksRequest(
+            queue=queue,
+            page_size=page_size,
+            page_token=page_token,
+            include_payloads=include_payloads,
+        )
         return _wire.dead_page(self._call(self._stub.ListDeadTasks, request))
 
     def dead_redrive(
@@ -350,10 +363,20 @@ class AsyncFeederClient:
         return _wire.cancel_result(await self._call(self._stub.CancelTask, request))
 
     async def dead_list(
-        self, queue: str, *, page_size: int = 100, page_token: str = ""
+        self,
+        queue: str,
+        *,
+        page_size: int = 100,
+        page_token: str = "",
+        include_payloads: bool = False,
     ) -> DeadPage:
-        """One page of the dead tasks of `queue`, oldest first."""
-        request = pb.ListDeadTasksRequest(queue=queue, page_size=page_size, page_token=page_token)
+        """One page of the dead tasks of `queue`, oldest first (see `FeederClient`)."""
+        request = pb.ListDeadTasksRequest(
+            queue=queue,
+            page_size=page_size,
+            page_token=page_token,
+            include_payloads=include_payloads,
+        )
         return _wire.dead_page(await self._call(self._stub.ListDeadTasks, request))
 
     async def dead_redrive(

@@ -42,6 +42,8 @@ MEMORY_DB = ":memory:"
 # Clients may send keepalive pings this often without being sent GOAWAY (too_many_pings).
 MIN_CLIENT_PING_INTERVAL_MS = 10_000
 MAX_PENDING_CALLS = 100_000
+# Room left in a reply for gRPC's framing and the reply's own fields.
+REPLY_MARGIN = 64 * 1024
 
 
 class StartupError(Exception):
@@ -85,6 +87,7 @@ class FeederServer:
         limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,
             max_result_bytes=settings.max_result_bytes,
+            max_reply_bytes=max(settings.max_message_bytes - REPLY_MARGIN, 1),
         )
         self.admission = Admission(
             max_items=settings.max_in_flight, max_bytes=settings.max_in_flight_bytes

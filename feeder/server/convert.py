@@ -64,18 +64,19 @@ def attempt_pb(attempt: Attempt) -> pb.Attempt:
     return message
 
 
-def task_pb(task: Task) -> pb.Task:
+def task_pb(task: Task, *, payloads: bool = True) -> pb.Task:
+    """The task as the wire shows it; `payloads=False` leaves payload and result empty."""
     message = pb.Task(
         task_id=str(task.id),
         queue=task.queue,
-        payload=task.payload,
+        payload=task.payload if payloads else b"",
         headers=dict(task.headers),
         priority=task.priority,
         state=enum_pb(task.state),
         attempts=task.attempt,
         failures=task.failures,
         max_attempts=task.max_attempts,
-        result=task.result or b"",
+        result=(task.result or b"") if payloads else b"",
         idempotency_key=task.idempotency_key or "",
         created_at=timestamp_pb(task.created_at),
         history=[attempt_pb(a) for a in task.history],

@@ -213,10 +213,19 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
         page = await self._service.list_dead(
             listing.queue, page_size=listing.page_size, after_id=listing.after_id
         )
-        return pb.ListDeadTasksResponse(
-            tasks=[convert.task_pb(t) for t in page.tasks],
-            next_page_token=validate.page_token(page.next_after_id),
-        )
+        reply = pb.ListDeadTasksResponse()
+        size, next_after_id = 0, page.next_after_id
+        for task in page.tasks:
+            message = convert.task_pb(task, payloads=listing.include_payloads)
+            # The task's bytes plus its field tag and length (at most 6 bytes).
+            cost = message.ByteSize() + 6
+            if reply.tasks and size + cost > self._limits.max_reply_bytes:
+                next_after_id = int(reply.tasks[-1].task_id)  # the rest on the next page
+                break
+            reply.tasks.append(message)
+            size += cost
+        reply.next_page_token = validate.page_token(next_after_id)
+        return reply
 
     @_rpc
     async def RedriveDeadTasks(

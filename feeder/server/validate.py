@@ -56,6 +56,8 @@ class Limits:
 
     max_payload_bytes: int = 1 * MiB
     max_result_bytes: int = 1 * MiB
+    # Replies are kept under this (the message limit, less room for gRPC's framing).
+    max_reply_bytes: int = 8 * MiB - 64 * KiB
 
 
 class ValidationError(ValueError):
@@ -81,6 +83,7 @@ class DeadListing:
     queue: str
     page_size: int
     after_id: int | None
+    include_payloads: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +225,10 @@ def dead_listing(request: pb.ListDeadTasksRequest) -> DeadListing:
         if after_id is None:
             raise ValidationError("page_token", "is not a token from ListDeadTasks")
     return DeadListing(
-        queue=queue, page_size=request.page_size or DEFAULT_PAGE_SIZE, after_id=after_id
+        queue=queue,
+        page_size=request.page_size or DEFAULT_PAGE_SIZE,
+        after_id=after_id,
+        include_payloads=request.include_payloads,
     )
 
 

@@ -439,14 +439,16 @@ class CancelTaskResponse(_message.Message):
     def __init__(self, outcome: _Optional[_Union[CancelOutcome, str]] = ..., state: _Optional[_Union[TaskState, str]] = ...) -> None: ...
 
 class ListDeadTasksRequest(_message.Message):
-    __slots__ = ("queue", "page_size", "page_token")
+    __slots__ = ("queue", "page_size", "page_token", "include_payloads")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     queue: str
     page_size: int
     page_token: str
-    def __init__(self, queue: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    include_payloads: bool
+    def __init__(self, queue: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_payloads: _Optional[bool] = ...) -> None: ...
 
 class ListDeadTasksResponse(_message.Message):
     __slots__ = ("tasks", "next_page_token")

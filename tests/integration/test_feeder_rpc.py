@@ -1238,3 +1238,38 @@ async def test_sqlite_restart_keeps_tasks_states_totals_and_tokens(feeder_factor
     assert int(new_id) > int(ready_id)
     assert [t.task_id for t in await lease(second, n=10)] == [ready_id, new_id]
     assert await dead_ids(second) == [dead_id]
+
+
+@BOTH_STORES
+async def test_dead_tasks_are_listed_without_payloads_unless_asked_and_pages_fit_the_limit(
+    feeder,
+) -> None:
+    """21 dead tasks of 1 MiB each: 21 MiB, over the 8 MiB message limit. Listed without
+    payloads they fit one page; with payloads every page stays under the limit and the
+    pages together give every task, whole."""
+    payloads = [bytes([i]) * (1024 * 1024 - 1024) for i in range(21)]
+    ids: list[str] = []
+    for start in range(0, 21, 5):
+        ids += await submit_ids(
+            feeder, *(pb.TaskSpec(queue="q", payload=p) for p in payloads[start : start + 5])
+        )
+    for _ in range(0, 21, 7):
+        leased = await lease(feeder, "q", n=7)
+        await nack(feeder, *(pb.NackItem(lease_token=t.lease_token, terminal=True) for t in leased))
+    plain = await feeder.stub.ListDeadTasks(pb.ListDeadTasksRequest(queue="q"))
+    assert [t.task_id for t in plain.tasks] == ids and not plain.next_page_token
+    assert all(t.payload == b"" for t in plain.tasks)
+    listed: dict[str, bytes] = {}
+    token, pages = "", 0
+    while True:
+        page = await feeder.stub.ListDeadTasks(
+            pb.ListDeadTasksRequest(queue="q", include_payloads=True, page_token=token)
+        )
+        pages += 1
+        assert 0 < page.ByteSize() < 8 * 1024 * 1024
+        listed.update((t.task_id, t.payload) for t in page.tasks)
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages >= 3
+    assert listed == dict(zip(ids, payloads, strict=True))
