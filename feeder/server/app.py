@@ -83,6 +83,7 @@ class FeederServer:
             rng=rng,
             retention=settings.retention,
             on_availability=self._store_availability,
+            max_reply_bytes=max(settings.max_message_bytes - REPLY_MARGIN, 1),
         )
         limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,

@@ -119,11 +119,14 @@ class TaskService:
         rng: random.Random | None = None,
         retention: float = 86400.0,
         on_availability: Callable[[bool], None] | None = None,
+        max_reply_bytes: int | None = None,
     ) -> None:
         """`on_availability(ok)` hears when the store becomes unreachable and reachable
         again (the server's health status follows it). `clock` defaults to a
         `SteadyClock`: wall-clock seconds that do not follow the wall clock's steps."""
         self._store = store
+        # A lease hands out no more tasks than fit one reply (None: no bound).
+        self._max_reply_bytes = max_reply_bytes
         self._policies = policies
         clock = clock or SteadyClock()
         self._clock = clock
@@ -357,7 +360,9 @@ class TaskService:
             return decision
 
         try:
-            leased = await self._store.claim(queue, max_tasks, decide)
+            leased = await self._store.claim(
+                queue, max_tasks, decide, max_bytes=self._max_reply_bytes
+            )
         except asyncio.CancelledError:
             if deciding:
                 self._release_unclaimed(deciding)

@@ -35,6 +35,19 @@ class QueueFull(Exception):
         self.max_depth = max_depth
 
 
+# What a leased task adds to a reply besides its payload and headers: ids, token, times,
+# field tags (a generous bound; a lease token is under 100 bytes).
+TASK_OVERHEAD = 512
+
+
+def wire_size(task: Task) -> int:
+    """A bound on the bytes `task` takes in a Lease reply or a Consume message."""
+    size = TASK_OVERHEAD + len(task.payload) + len(task.queue)
+    for key, value in task.headers.items():
+        size += len(key.encode()) + len(value.encode()) + 8
+    return size
+
+
 class StoreUnavailable(Exception):
     """The store could not make a write durable (disk full, I/O error). Nothing was applied;
     the caller may retry."""
@@ -198,12 +211,18 @@ class Store(Protocol):
         the tasks every feeder on the database submits at the same time."""
         ...
 
-    async def claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
+    async def claim(
+        self, queue: str, limit: int, lease: LeaseDecider, *, max_bytes: int | None = None
+    ) -> list[Task]:
         """Leases up to `limit` READY tasks of `queue` in order (priority high to low, then
         ready_at, then id) by applying `lease` to each; returns the leased records. Two
         claims, by this feeder or any other, never lease the same task. Every decision
         `lease` returns is applied: if the caller is cancelled while the claim commits,
-        the tasks `lease` leased stay leased (the caller gives them back)."""
+        the tasks `lease` leased stay leased (the caller gives them back).
+
+        `max_bytes`: the claim stops before a task whose `wire_size` would take the total
+        past it (the first task is always taken), so that the reply carrying the tasks
+        stays under the message limit; the tasks after it stay READY, in their place."""
         ...
 
     async def get(self, task_ids: Iterable[int]) -> dict[int, Task]:

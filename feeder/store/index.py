@@ -64,6 +64,13 @@ class _ReadyQueue:
                 break
         return taken
 
+    def restore(self, tasks: list[Task]) -> None:
+        """Puts back at the front, in their order, tasks just taken by `pop`."""
+        for task in reversed(tasks):
+            fifo = self.by_priority[task.priority]
+            fifo[task.id] = task.ready_at
+            fifo.move_to_end(task.id, last=False)
+
     def __bool__(self) -> bool:
         return any(self.by_priority.values())
 
@@ -126,6 +133,11 @@ class TaskIndex:
         if not ready:
             return []
         return [self.tasks[task_id] for task_id in ready.pop(limit)]
+
+    def restore_ready(self, queue: str, tasks: list[Task]) -> None:
+        """Puts tasks just taken by `pop_ready` back at the front of the queue's FIFOs."""
+        if tasks:
+            self._ready[queue].restore(tasks)
 
     def has_ready(self, queue: str) -> bool:
         ready = self._ready.get(queue)

@@ -23,6 +23,7 @@ from feeder.store.base import (
     TaskFactory,
     changes_news,
     report_news,
+    wire_size,
 )
 from feeder.store.index import TaskIndex
 
@@ -192,9 +193,22 @@ class IndexedStore:
             for key in keys:
                 self._inflight_keys.pop(key, None)
 
-    async def claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
+    async def claim(
+        self, queue: str, limit: int, lease: LeaseDecider, *, max_bytes: int | None = None
+    ) -> list[Task]:
         changes: list[Change] = []
-        for task in self._index.pop_ready(queue, limit):
+        taken = self._index.pop_ready(queue, limit)
+        if max_bytes is not None and len(taken) > 1:
+            size = 0
+            for position, task in enumerate(taken):
+                size += wire_size(task)
+                if size > max_bytes and position:
+                    self._index.restore_ready(queue, taken[position:])
+                    # Still ready: the next waiter may take them.
+                    self._hooks.ready(queue, len(taken) - position)
+                    del taken[position:]
+                    break
+        for task in taken:
             decision = lease(task)
             if decision.task is not None:
                 changes.append(Change(task, decision.task, decision.events))

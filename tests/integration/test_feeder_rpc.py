@@ -1273,3 +1273,25 @@ async def test_dead_tasks_are_listed_without_payloads_unless_asked_and_pages_fit
             break
     assert pages >= 3
     assert listed == dict(zip(ids, payloads, strict=True))
+
+
+@BOTH_STORES
+async def test_a_lease_hands_out_no_more_than_fits_one_reply(feeder) -> None:
+    """20 tasks of ~1 MB asked for at once: 20 MB would pass the 8 MiB message limit (the
+    reply failed, and the leased tasks ran again only after their leases expired). The
+    Lease hands out what fits, the next ones get the rest, every payload whole."""
+    payloads = [bytes([i]) * 1_000_000 for i in range(20)]
+    ids: list[str] = []
+    for start in range(0, 20, 5):
+        ids += await submit_ids(
+            feeder, *(pb.TaskSpec(queue="q", payload=p) for p in payloads[start : start + 5])
+        )
+    got: list[pb.LeasedTask] = []
+    calls = 0
+    while len(got) < 20 and calls < 10:
+        reply = await feeder.stub.Lease(pb.LeaseRequest(queue="q", max_tasks=20, worker_id="w"))
+        assert 0 < len(reply.tasks) < 20
+        got += reply.tasks
+        calls += 1
+    assert [t.task_id for t in got] == ids
+    assert [t.payload for t in got] == payloads

@@ -25,6 +25,7 @@ from feeder.core.machine import Decision, Event
 from feeder.core.model import Attempt, AttemptOutcome, State, Task, TaskSpec
 from feeder.core.policy import QueuePolicy
 from feeder.store import Change, QueueFull, Store, StoreHooks, StoreUnavailable, Submitted
+from feeder.store.base import wire_size
 from feeder.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.timeout(30)
@@ -822,6 +823,28 @@ def test_purge_finished_deletes_only_old_completed_and_cancelled(
         # Their idempotency keys went with them.
         (again,) = await submit(store, [spec(idempotency_key="c10")])
         assert not again.deduplicated
+
+    run(make_store, body)
+
+
+def test_a_claim_stops_before_a_task_that_would_pass_its_byte_budget(
+    make_store: StoreFactory,
+) -> None:
+    """The tasks a claim leases fit one reply: it stops before the task that would take
+    them past `max_bytes` (and always takes the first), leaving the rest READY in order."""
+
+    async def body(store: Store) -> None:
+        sizes = [1000, 1000, 5000, 10, 10, 10]
+        tasks = await submit_tasks(store, [spec(payload=b"x" * n) for n in sizes])
+        budget = wire_size(tasks[0]) * 2 + 100
+        first = await store.claim("q", 10, leaser(T0), max_bytes=budget)
+        assert [t.id for t in first] == [tasks[0].id, tasks[1].id]
+        # Larger than the budget alone: taken all the same, alone.
+        (big,) = await store.claim("q", 10, leaser(T0), max_bytes=1)
+        assert big.id == tasks[2].id
+        rest = await store.claim("q", 10, leaser(T0), max_bytes=budget)
+        assert [t.id for t in rest] == [t.id for t in tasks[3:]]
+        assert all(t.state is State.LEASED for t in [*first, big, *rest])
 
     run(make_store, body)
 

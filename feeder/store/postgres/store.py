@@ -48,6 +48,7 @@ from feeder.store.base import (
     TaskFactory,
     changes_news,
     report_news,
+    wire_size,
 )
 from feeder.store.postgres import sql
 from feeder.store.postgres.connector import PostgresConnector, is_unavailable, unavailable
@@ -468,12 +469,16 @@ class PostgresStore:
                 existing[position] = holder
         return created, existing
 
-    async def claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
+    async def claim(
+        self, queue: str, limit: int, lease: LeaseDecider, *, max_bytes: int | None = None
+    ) -> list[Task]:
         # Shielded: the decisions `lease` made are applied even if the caller is cancelled
         # meanwhile (it gives the tasks back; see Store.claim).
-        return await asyncio.shield(self._claim(queue, limit, lease))
+        return await asyncio.shield(self._claim(queue, limit, lease, max_bytes))
 
-    async def _claim(self, queue: str, limit: int, lease: LeaseDecider) -> list[Task]:
+    async def _claim(
+        self, queue: str, limit: int, lease: LeaseDecider, max_bytes: int | None
+    ) -> list[Task]:
         """Two round trips: read and mark up to `limit` ready tasks (sql.CLAIM), then apply
         the lease decisions in one guarded statement, committed on its own. The marks are
         session advisory locks on the task ids, taken as the rows are read: concurrent
@@ -489,15 +494,21 @@ class PostgresStore:
         conn = await connector.hold()
         changes: list[Change] = []
         applied: list[bool] = []
+        size, full = 0, False
         try:
-            while len(changes) < limit:
+            while len(changes) < limit and not full:
                 if changes:
                     await conn.fetchval(sql.UNMARK)
                 chunk = min(CLAIM_CHUNK, limit - len(changes))
                 rows = await conn.fetch(sql.CLAIM, queue, chunk, CLAIM_WINDOW * chunk + 256)
-                decided = []
+                decided: list[Change] = []
                 for row in rows:
                     task = task_from_row(row)
+                    if max_bytes is not None:
+                        size += wire_size(task)
+                        if size > max_bytes and (changes or decided):
+                            full = True  # this one and the rest stay as they are
+                            break
                     decision = lease(task)
                     if decision.task is not None:
                         decided.append(Change(task, decision.task, decision.events))
@@ -506,6 +517,11 @@ class PostgresStore:
                     applied += await self._write(conn, decided, None)
                 if len(rows) < chunk:
                     break  # nothing more is ready (unmarked)
+            if full:
+                # Tasks read but left for the next claim: unmarked now, not after the
+                # caller is answered, and the next waiter here may take them.
+                await conn.fetchval(sql.UNMARK)
+                self._hooks.ready(queue, 1)
         except Exception as exc:
             if is_unavailable(exc):
                 raise unavailable(exc) from exc
