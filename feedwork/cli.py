@@ -20,6 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from feedwork import render
 from feedwork.channel import TargetError, check_target
 from feedwork.client import DEFAULT_TARGET, FeederClient
+from feedwork.durations import SYNTAX as DURATION_SYNTAX
+from feedwork.durations import parse_duration
 from feedwork.errors import FeedworkError, NotFound
 from feedwork.taskfile import TaskFileError, read_specs
 from feedwork.types import TaskSpec, TaskState
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="feedwork",
         description="A durable work queue over gRPC: producers submit, workers lease and ack.",
-        epilog="Exit codes: 0 ok, 1 failure, 2 usage error, 3 not found.",
+        epilog=f"Durations: {DURATION_SYNTAX}. Exit codes: 0 ok, 1 failure, 2 usage error, "
+        "3 not found.",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name, (_, summary) in _DELEGATES.items():
@@ -102,16 +105,16 @@ def _client_options() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_duration,
         default=10.0,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="deadline of each RPC (default: %(default)s)",
     )
     group.add_argument(
         "--retry-for",
-        type=_positive_float,
+        type=_duration,
         default=5.0,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="keep retrying transient failures this long (default: %(default)s)",
     )
     return options
@@ -145,9 +148,11 @@ def _add_submit(commands: Any, client: argparse.ArgumentParser) -> None:
         help="header (repeatable)",
     )
     parser.add_argument("--priority", type=int, default=0, help="-1000..1000, higher first")
-    parser.add_argument("--delay", type=_positive_float, metavar="SECONDS")
+    parser.add_argument(
+        "--delay", type=_duration, metavar="DURATION", help="run no sooner than this from now"
+    )
     parser.add_argument("--max-attempts", type=int, metavar="N")
-    parser.add_argument("--lease-duration", type=_positive_float, metavar="SECONDS")
+    parser.add_argument("--lease-duration", type=_duration, metavar="DURATION")
     parser.add_argument("--idempotency-key", metavar="KEY")
     parser.add_argument("--json", action="store_true", help="one JSON object per task")
     parser.set_defaults(run=_submit)
@@ -258,9 +263,9 @@ def _add_status(commands: Any, client: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait",
         nargs="?",
-        type=_positive_float,
+        type=_duration,
         const=math.inf,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="wait for the task to settle (for up to SECONDS; default forever)",
     )
     parser.add_argument("--json", action="store_true", help="print the task as JSON")
@@ -414,14 +419,12 @@ def _target_option(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_float(text: str) -> float:
+def _duration(text: str) -> float:
+    """argparse type of every duration option: feedwork's one syntax (30, 2.5, 500ms, 1h)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or math.isnan(value):
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _stdout_console() -> Console:

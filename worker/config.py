@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feedwork.channel import TargetError, check_target
+from feedwork.durations import parse_duration
 from worker.handlers import Handler
 
 ENV_PREFIX = "FEEDWORK_"
@@ -120,35 +121,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def seconds(text: str) -> float:
-    """Seconds from "30", "2.5", or with a unit as the feeder takes them: "500ms", "30s",
-    "2m", "1h" (so one FEEDWORK_* environment can serve both)."""
-    text = text.strip().lower()
-    for unit, factor in _UNITS:
-        if text.endswith(unit):
-            return float(text.removesuffix(unit)) * factor
-    return float(text)
-
-
-_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+def _seconds(text: str) -> float:
+    """A duration >= 0 in feedwork's one syntax (so one FEEDWORK_* environment can serve
+    the feeder and the workers)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_seconds(text: str) -> float:
-    value = seconds(text)
+    value = _seconds(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
-def _non_negative_seconds(text: str) -> float:
-    value = seconds(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
 def _poll_seconds(text: str) -> float:
-    value = _non_negative_seconds(text)
+    value = _seconds(text)
     if value > 60:
         raise argparse.ArgumentTypeError(f"must be at most 60 s, got {text}")
     return value
@@ -213,7 +203,7 @@ _OPTIONS = (
     ),
     _Option(
         "grace",
-        _non_negative_seconds,
+        _seconds,
         30.0,
         "seconds in-flight tasks get to finish on shutdown before they are released",
     ),
@@ -227,7 +217,7 @@ _OPTIONS = (
     _Option("ack-batch-size", _positive_int, 64, "acks or nacks sent together at most (1-1000)"),
     _Option(
         "ack-flush-interval",
-        _non_negative_seconds,
+        _seconds,
         0.005,
         "seconds a report may wait for others to share its batch (e.g. 5ms)",
     ),
