@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import socket
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,10 +66,18 @@ def default_worker_id() -> str:
 
 
 def load_handler(spec: str) -> Handler:
-    """The callable named by "package.module:function" (or "module:Class.method")."""
+    """The callable named by "package.module:function" (or "module:Class.method"), looked
+    up in the current directory first, then on the path."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"handler must look like 'module:function', got {spec!r}")
+    # `python -m worker` has the current directory first on sys.path, as `python -m`
+    # does; the `feedwork worker` console script would not, and a handler next to the
+    # user's code would load with one command and not the other. (Spawned worker
+    # processes inherit sys.path, and call this again in the same directory.)
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
     target: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
         target = getattr(target, part)
@@ -186,7 +195,13 @@ _OPTIONS = (
         "fail over between (a DNS name with several addresses or a gRPC URI also works)",
     ),
     _Option("queue", str, None, "queue to take tasks from (required)"),
-    _Option("handler", str, None, "handler to run, as 'package.module:function' (required)"),
+    _Option(
+        "handler",
+        str,
+        None,
+        "handler to run, as 'package.module:function', looked up in the current directory "
+        "first (required)",
+    ),
     _Option("concurrency", _positive_int, 1, "tasks run at once per process"),
     _Option("processes", _positive_int, 1, "worker processes, each with its own event loop"),
     _Option(
