@@ -31,7 +31,7 @@ from feedwork.client import DEFAULT_TARGET, FeederClient
 from feedwork.durations import SYNTAX as DURATION_SYNTAX
 from feedwork.durations import parse_duration
 from feedwork.errors import FailedPrecondition, FeedworkError, InvalidArgument, NotFound
-from feedwork.taskfile import read_specs
+from feedwork.taskfile import TaskFileError, read_specs
 from feedwork.types import CancelOutcome, QueueStats, TaskSpec, TaskState
 
 EXIT_OK = 0
@@ -256,6 +256,10 @@ def _submit_file(args: argparse.Namespace) -> int:
         bad = len(check.errors) + check.more_errors
         lines = "a bad line" if bad == 1 else f"{bad} bad lines{more}"
         raise UsageError(f"{source.name}: {lines}: nothing was submitted")
+    return _send_file(args, source, total=check.tasks)
+
+
+def _send_file(args: argparse.Namespace, source: filesubmit.TaskFile, *, total: int) -> int:
     progress = Progress(
         TextColumn("submitting"),
         BarColumn(),
@@ -265,9 +269,20 @@ def _submit_file(args: argparse.Namespace) -> int:
     )
     submitted = deduplicated = 0
     with _client(args) as client, progress:
-        bar = progress.add_task("submit", total=check.tasks)
+        bar = progress.add_task("submit", total=total)
+        line_keys = not args.fresh_keys
         specs = read_specs(source.lines(), default_queue=args.queue, line_keys=line_keys)
-        for batch in filesubmit.slices(specs):
+        batches = filesubmit.slices(specs)
+        while True:
+            try:
+                batch = next(batches, None)
+            except TaskFileError as exc:  # changed since it was checked
+                raise UsageError(
+                    f"{source.name} changed while being submitted: {exc} ({submitted} tasks "
+                    "before it were submitted; run it again: they are not submitted twice)"
+                ) from None
+            if batch is None:
+                break
             try:
                 results = client.submit_many([spec for _, spec in batch])
             except FeedworkError as exc:

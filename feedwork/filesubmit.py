@@ -10,7 +10,9 @@ fixed: every line carries an idempotency key (its own, or one derived from its t
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,17 +36,19 @@ NumberedSpec = tuple[int, TaskSpec]
 
 
 class TaskFile:
-    """The lines of a task file, to be read twice (checked, then sent). A path is opened
-    again for each reading; standard input ('-') is read into memory once."""
+    """The lines of a task file, to be read twice (checked, then sent). A regular file is
+    opened again for each reading; standard input ('-') and anything else that can be
+    read only once (a pipe, `<(...)`) are read into memory first."""
 
     def __init__(self, path: str, *, stdin: BinaryIO | None = None) -> None:
         self.path = path
         self._data: bytes | None = None
         if path == "-":
             self._data = (stdin or sys.stdin.buffer).read()
-        else:
-            with open(path, "rb"):  # fail now, as a usage error, if it cannot be read
-                pass
+            return
+        with open(path, "rb") as handle:  # fails now, as a usage error, if unreadable
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                self._data = handle.read()
 
     @property
     def name(self) -> str:

@@ -374,3 +374,15 @@ def test_a_file_stopped_half_way_can_be_run_again(feeder: str, tmp_path: Path) -
     fresh = feedwork("submit", "--file", str(tasks), "--fresh-keys", "--target", feeder)
     assert "submitted 1500 tasks (0 deduplicated)" in fresh.stderr
     assert stats_json(feeder)["q"]["ready"] == 3000
+
+
+def test_a_file_that_can_be_read_once_is_read_once(feeder: str) -> None:
+    # A pipe (bash's <(...)) is checked and sent from one reading.
+    lines = "".join(f'{{"queue": "pipe", "payload": "{n}"}}\\n' for n in range(3))
+    run = subprocess.run(
+        f"{' '.join(FEEDWORK)} submit --file <(printf '{lines}') --target {feeder}",
+        shell=True, executable="/bin/bash", capture_output=True, text=True, env=ENV,
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "submitted 3 tasks (0 deduplicated)" in run.stderr
