@@ -178,9 +178,10 @@ def _add_submit(commands: Any, client: argparse.ArgumentParser) -> None:
             "Submit one task (PAYLOAD, with --queue), or every task of a JSON Lines file: "
             'one object per line, {"queue", "payload" (string or JSON) or "payload_b64", '
             '"headers", "priority", "delay", "not_before", "max_attempts", '
-            '"lease_duration", "idempotency_key"}; durations in seconds. Prints the ids of '
-            "the tasks created. A file is checked whole first: if any line is bad, nothing "
-            "is submitted and every bad line is named. Re-running a file is safe: a line "
+            '"lease_duration", "idempotency_key"}; durations in seconds or as "1h". Prints '
+            "the ids of the tasks created. A file is checked whole first: if any line is "
+            "bad, nothing is submitted and every bad line is named. Re-running a file is "
+            "safe: a line "
             'without an "idempotency_key" gets "line-" and 32 hex digits of the SHA-256 of '
             'its text (then "-2", "-3"... for a second, third identical line), so tasks an '
             "earlier run submitted are reported as deduplicated, not made again (while the "

@@ -5,7 +5,8 @@
 
 `payload` is a string (sent as UTF-8) or any other JSON value (sent as compact JSON);
 `payload_b64` carries binary payloads instead. `not_before` is an ISO 8601 time with a
-zone. Durations are seconds. Blank lines and lines starting with `#` are skipped.
+zone. Durations are seconds, or strings as on the command line ("500ms", "1h"). Blank
+lines and lines starting with `#` are skipped.
 
 Re-running a file is safe: a line without an `idempotency_key` gets one derived from its
 text (see `LineKeys`), so the tasks a run already submitted are found again (reported as
@@ -26,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from feedwork import _wire
+from feedwork.durations import SYNTAX, parse_duration
 from feedwork.types import TaskSpec
 
 FIELDS = frozenset(
@@ -203,9 +205,10 @@ def _seconds(record: dict[str, Any], name: str) -> float | None:
     value = record.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{name!r} must be a number of seconds >= 0")
-    return float(value)
+    try:
+        return parse_duration(value)  # a number of seconds, or "1h" as on the command line
+    except ValueError:
+        raise ValueError(f"{name!r} must be seconds >= 0 or a duration ({SYNTAX})") from None
 
 
 def _time(record: dict[str, Any], name: str) -> datetime | None:

@@ -62,3 +62,11 @@ def test_bad_lines_are_named_by_number(line: bytes, error: str) -> None:
 
 def test_a_byte_order_mark_is_not_part_of_the_first_line() -> None:
     assert keys("\ufeff" + '{"payload": "a"}') == keys('{"payload": "a"}')
+
+
+def test_durations_are_seconds_or_written_as_on_the_command_line() -> None:
+    lines = [b'{"delay": 90, "lease_duration": "2m"}\n', b'{"delay": "1h30m"}\n']
+    specs = [spec for _, spec in read_specs(lines, default_queue="q")]
+    assert [(s.delay, s.lease_duration) for s in specs] == [(90.0, 120.0), (5400.0, None)]
+    with pytest.raises(TaskFileError, match=r"line 1: 'delay' must be seconds >= 0 or a"):
+        list(read_specs([b'{"delay": "1 hour"}'], default_queue="q"))
