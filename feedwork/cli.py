@@ -181,11 +181,10 @@ def _add_submit(commands: Any, client: argparse.ArgumentParser) -> None:
             '"lease_duration", "idempotency_key"}; durations in seconds or as "1h". Prints '
             "the ids of the tasks created. A file is checked whole first: if any line is "
             "bad, nothing is submitted and every bad line is named. Re-running a file is "
-            "safe: a line "
-            'without an "idempotency_key" gets "line-" and 32 hex digits of the SHA-256 of '
-            'its text (then "-2", "-3"... for a second, third identical line), so tasks an '
-            "earlier run submitted are reported as deduplicated, not made again (while the "
-            "feeder keeps them: 24 h after they finish, by default)."
+            'safe: a line without an "idempotency_key" gets "line-" and 32 hex digits of '
+            'the SHA-256 of its text (then "-2", "-3"... for a second, third identical '
+            "line), so tasks an earlier run submitted are reported as deduplicated, not "
+            "made again (while the feeder keeps them: 24 h after they finish, by default)."
         ),
     )
     parser.add_argument("payload", nargs="?", help="task payload (UTF-8 text)")
@@ -312,13 +311,10 @@ def _stopped(
         if submitted
         else "nothing was submitted"
     )
-    if source.path == "-" and submitted and not line:
-        again += " (if given the same lines)"
     message = f"{where} ({again})"
     if isinstance(error, InvalidArgument):
         return UsageError(message)
-    code = EXIT_NOT_FOUND if isinstance(error, NotFound) else EXIT_FAILURE
-    return Refusal(message, code)
+    return Refusal(message, EXIT_FAILURE)
 
 
 def _parse_headers(pairs: list[str]) -> dict[str, str]:
@@ -352,7 +348,7 @@ def _add_status(commands: Any, client: argparse.ArgumentParser) -> None:
         type=_duration,
         const=math.inf,
         metavar="DURATION",
-        help="wait for the task to settle (for up to SECONDS; default forever)",
+        help="wait for the task to settle (for up to DURATION; default forever)",
     )
     parser.add_argument("--json", action="store_true", help="print the task as JSON")
     parser.set_defaults(run=_status)
