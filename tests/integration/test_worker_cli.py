@@ -248,6 +248,9 @@ def test_a_handler_in_the_current_directory_loads_from_either_command(
         _wait_for(lambda: worker.poll() is not None or states(stub, [task_id])[0].result)
         assert worker.poll() is None, worker_log(tmp_path)
         assert states(stub, [task_id])[0].result == b"done"
+        # Every process up (a spawned one signalled while it starts dies of the signal).
+        processes = 2 if "--processes" in command else 1
+        _wait_for(lambda: worker_log(tmp_path).count(" started: queue ") == processes)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
     finally:
