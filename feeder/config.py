@@ -24,7 +24,6 @@ A queue's own table beats the default policy whatever the source of the default:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import tomllib
@@ -34,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from feeder.core.policy import QueuePolicy
+from feedwork.durations import parse_duration
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -86,29 +86,8 @@ class Settings:
 # Each takes a value as the source gave it (a string from a flag or variable; a string,
 # number or bool from TOML) and returns it typed, or raises ValueError saying what it wants.
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"([0-9]+)\s*(B|KiB|MiB|GiB)?", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kib": KiB, "mib": MiB, "gib": GiB}
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number, or a string like "30", "500ms", "30s", "2m", "1h", "1h30m"."""
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+", text):
-            seconds = float(text)
-        elif text and _DURATION_PART.sub("", text) == "":
-            seconds = sum(
-                float(number) * _DURATION_UNITS[unit]
-                for number, unit in _DURATION_PART.findall(text)
-            )
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {value!r} (use seconds, or e.g. 500ms, 30s, 2m, 1h)")
-    return seconds
 
 
 def parse_size(value: object) -> int:

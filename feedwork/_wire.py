@@ -6,13 +6,15 @@ Shared by the sync and async clients so that both build the same requests.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from feedwork.errors import FeedworkError
 from feedwork.types import (
     AttemptInfo,
     AttemptOutcome,
@@ -32,6 +34,11 @@ from feedwork.v1 import feeder_pb2 as pb
 
 # The feeder accepts at most this many tasks in one Submit.
 SUBMIT_BATCH_LIMIT = 1000
+# ... and messages of at most 8 MiB by default (`--max-message-bytes`). A batch is cut
+# before its encoded size passes this, 1 MiB under the limit: room for one more task of
+# the largest payload the feeder takes by default (1 MiB) would not be, so the margin is
+# what a feeder configured a little tighter, or a task spec grown by a field, still fits.
+SUBMIT_BATCH_BYTES = 7 * 1024 * 1024
 
 
 _key_lock = threading.Lock()
@@ -118,10 +125,43 @@ def submit_results(
     ]
 
 
-def chunks(messages: Sequence[pb.TaskSpec]) -> Iterable[tuple[int, Sequence[pb.TaskSpec]]]:
-    """(offset, batch) pairs of at most SUBMIT_BATCH_LIMIT tasks each."""
-    for offset in range(0, len(messages), SUBMIT_BATCH_LIMIT):
-        yield offset, messages[offset : offset + SUBMIT_BATCH_LIMIT]
+def chunks(
+    messages: Sequence[pb.TaskSpec],
+    *,
+    max_tasks: int = SUBMIT_BATCH_LIMIT,
+    max_bytes: int = SUBMIT_BATCH_BYTES,
+) -> Iterator[tuple[int, Sequence[pb.TaskSpec]]]:
+    """(offset, batch) pairs: batches of at most `max_tasks` tasks whose SubmitRequest is
+    at most `max_bytes` encoded. A task larger than that on its own goes alone (for the
+    feeder to judge: its payload may be within a limit configured higher)."""
+    start = size = 0
+    for index, message in enumerate(messages):
+        item = _field_bytes(message.ByteSize())
+        if index > start and (index - start >= max_tasks or size + item > max_bytes):
+            yield start, messages[start:index]
+            start, size = index, 0
+        size += item
+    if start < len(messages):
+        yield start, messages[start:]
+
+
+def _field_bytes(length: int) -> int:
+    """Encoded size of one element of `SubmitRequest.tasks` (field 1, length-delimited):
+    one byte of tag, the varint of its length, then the message."""
+    return 1 + (length.bit_length() + 6) // 7 + length if length else 2
+
+
+_BATCH_INDEX = re.compile(r"^tasks\[([0-9]+)\]")
+
+
+def renumbered(error: FeedworkError, offset: int) -> FeedworkError:
+    """`error` of a Submit of the batch at `offset`, with the feeder's `tasks[i]` (an index
+    in that batch) turned into the index in the caller's own sequence of tasks."""
+    match = _BATCH_INDEX.match(error.message)
+    if not offset or match is None:
+        return error
+    message = f"tasks[{int(match[1]) + offset}]{error.message[match.end() :]}"
+    return type(error)(message, code=error.code)
 
 
 def dead_selector(queue: str, task_ids: Iterable[str] | None, limit: int) -> pb.DeadTaskSelector:

@@ -14,7 +14,13 @@ A target is one of:
   IPv4 written as `::ffff:a.b.c.d` when the families are mixed). gRPC has no resolver for
   several names, and Python cannot register one; a name whose addresses change is better
   given alone, as one DNS name with several addresses.
-- a gRPC URI (`dns:`, `ipv4:`, `ipv6:`, `unix:`, `unix-abstract:`, `vsock:`), as is.
+- a gRPC URI (`dns:`, `ipv4:`, `ipv6:`, `unix:`, `unix-abstract:`, `vsock:`), as is,
+  once checked: a `dns:` name, `ipv4:` and `ipv6:` addresses need a port as well.
+
+Every address needs its port (1 to 65535): a target without one is refused, never given
+a default (gRPC's own default, for a `dns:` name without a port, is 443, and the feeder's
+50051 would hide a typo). Targets are checked when a client or worker is made, so a bad
+one fails at once with `TargetError`, not after retrying a connection that cannot work.
 
 Calls spread over the addresses with gRPC's `round_robin` policy, which only picks
 connections that are up: a dead feeder drops out as soon as its connection breaks, and
@@ -49,6 +55,10 @@ TARGET_FORMS = (
     "HOST:PORT, a list HOST:PORT,HOST:PORT,... ([::1]:PORT for IPv6), "
     "or a gRPC URI such as dns:///HOST:PORT, ipv4:IP:PORT,IP:PORT or unix:PATH"
 )
+
+# The port `python -m feeder` listens on by default. A target must name its port: it is
+# never filled in (gRPC itself would dial 443).
+DEFAULT_PORT = 50051
 
 # Schemes of the resolvers grpcio ships: a target that starts with one is a gRPC URI.
 URI_SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock"})
@@ -175,6 +185,10 @@ def _parse(target: str) -> str | list[Address]:
     if colon and scheme in URI_SCHEMES:
         if not rest.strip("/") or any(char.isspace() for char in text):
             raise _error(target, f"incomplete or malformed {scheme}: URI")
+        try:
+            _check_uri(scheme, rest)
+        except ValueError as exc:
+            raise _error(target, f"{scheme}: URI: {exc}") from None
         return text
     entries = [entry.strip() for entry in text.split(",")]
     if "" in entries:
@@ -187,6 +201,27 @@ def _parse(target: str) -> str | list[Address]:
             where = f"{entry!r}: " if len(entries) > 1 else ""
             raise _error(target, f"{where}{exc}") from None
     return addresses
+
+
+def _check_uri(scheme: str, rest: str) -> None:
+    """Refuses what gRPC would take and then dial wrongly (dns: without a port dials 443)
+    or only fail on at the first call (ipv4: without a port, a port out of range)."""
+    if scheme == "dns":
+        if rest.startswith("//"):  # dns://[DNS-SERVER]/HOST:PORT
+            _server, slash, rest = rest[2:].partition("/")
+            if not slash:
+                raise ValueError("want dns:///HOST:PORT or dns://DNS-SERVER/HOST:PORT")
+        _address(rest)
+    elif scheme in ("ipv4", "ipv6"):
+        family = ipaddress.IPv4Address if scheme == "ipv4" else ipaddress.IPv6Address
+        for entry in rest.split(","):
+            address = _address(entry)
+            if not isinstance(_ip(address.host), family):
+                raise ValueError(f"{address.host!r} is not an {scheme.upper()} address")
+    elif scheme == "vsock":
+        cid, colon, port = rest.partition(":")
+        if not (cid.isdecimal() and colon and port.isdecimal()):
+            raise ValueError("want vsock:CID:PORT")
 
 
 def _address(entry: str) -> Address:
@@ -206,7 +241,11 @@ def _address(entry: str) -> Address:
         if host and _ip(host) is None and not _HOST_NAME.fullmatch(host):
             raise ValueError(f"{host!r} is not a host name")
     if not colon:
-        raise ValueError("no port")
+        # Refused, not defaulted: gRPC would dial 443, and a guessed port hides a typo.
+        example = _host_port(host or port, DEFAULT_PORT)
+        raise ValueError(
+            f"no port (feeders listen on {DEFAULT_PORT} unless told otherwise: {example})"
+        )
     if not port.isdecimal() or not 1 <= int(port) <= 65535:
         raise ValueError(f"port {port!r} is not a number from 1 to 65535")
     return Address(host, int(port))

@@ -1,6 +1,14 @@
 """The `feedwork` command: run a feeder or workers, submit and inspect tasks, run the demo.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 not found.
+Exit codes (the README has the same table; `EXIT_CODES` below is what --help shows):
+0 ok; 1 failure (the feeder could not be reached or failed, `status --wait` ended other
+than COMPLETED); 2 usage error (a bad option, target or task file, or a request the feeder
+refused as INVALID_ARGUMENT); 3 not found (no such task, no such dead task, no such
+queue); 4 refused by the task's state (`cancel` of a COMPLETED task); 130 interrupted;
+141 standard output closed early (`| head`): output stops, without a message.
+
+Everything printed that comes from a task or the feeder goes through
+`feedwork.render.visible`, so it cannot send control sequences to the terminal.
 """
 
 from __future__ import annotations
@@ -11,23 +19,35 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from feedwork import render
+from feedwork import __version__, filesubmit, render
 from feedwork.channel import TargetError, check_target
 from feedwork.client import DEFAULT_TARGET, FeederClient
-from feedwork.errors import FeedworkError, NotFound
+from feedwork.durations import SYNTAX as DURATION_SYNTAX
+from feedwork.durations import parse_duration
+from feedwork.errors import FailedPrecondition, FeedworkError, InvalidArgument, NotFound
 from feedwork.taskfile import TaskFileError, read_specs
-from feedwork.types import TaskSpec, TaskState
+from feedwork.types import CancelOutcome, QueueStats, TaskSpec, TaskState
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
+EXIT_REFUSED = 4
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a program killed by it
+
+EXIT_CODES = (
+    "exit codes: 0 ok; 1 failure (feeder unreachable or failing; status --wait ended other "
+    "than COMPLETED); 2 usage error (bad option, target or task file; a request the feeder "
+    "refused as invalid); 3 not found (task, dead task or queue); 4 refused by the task's "
+    "state (cancel of a COMPLETED task); 130 interrupted; 141 output closed early (| head)"
+)
 
 # Subcommands handed whole to another program's `main(argv)`.
 _DELEGATES = {
@@ -36,12 +56,17 @@ _DELEGATES = {
     "db": ("feeder.dbtool", "database status, migrations, and SQLite-to-PostgreSQL copy"),
 }
 
-# Submit reads and sends files in slices of this many tasks (one Submit RPC each).
-_FILE_SLICE = 1000
-
 
 class UsageError(Exception):
     """Bad input that argparse could not catch; exits with code 2."""
+
+
+class Refusal(Exception):
+    """The command was understood and could not be done; exits with `code`."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,8 +74,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in _DELEGATES:
         return _delegate(args_list[0], args_list[1:])
-    parser = build_parser()
-    args = parser.parse_args(args_list)
+    try:
+        return _run(args_list)
+    except BrokenPipeError:
+        # The reader went away (`feedwork ... | head`): stop quietly, as `cat` would, and
+        # keep Python from complaining when it flushes stdout on the way out.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(args_list: list[str]) -> int:
+    args = build_parser().parse_args(args_list)
     try:
         return int(args.run(args))
     except UsageError as exc:
@@ -59,22 +94,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TargetError as exc:  # well formed, but none of its names resolves
         _complain(f"--target: {exc}")
         return EXIT_USAGE
+    except Refusal as exc:
+        _complain(exc)
+        return exc.code
+    except InvalidArgument as exc:  # the feeder's word on the request: a usage error too
+        _complain(exc)
+        return EXIT_USAGE
     except NotFound as exc:
         _complain(exc)
         return EXIT_NOT_FOUND
+    except FailedPrecondition as exc:
+        _complain(exc)
+        return EXIT_REFUSED
     except FeedworkError as exc:
         _complain(exc)
         return EXIT_FAILURE
+    except UnicodeEncodeError as exc:  # an argument that is not text (bytes from argv)
+        _complain(f"not UTF-8 text: {exc.object[exc.start : exc.end]!r}")
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="feedwork",
         description="A durable work queue over gRPC: producers submit, workers lease and ack.",
-        epilog="Exit codes: 0 ok, 1 failure, 2 usage error, 3 not found.",
+        epilog=f"Durations: {DURATION_SYNTAX}. {EXIT_CODES[0].upper()}{EXIT_CODES[1:]}.",
     )
+    parser.add_argument("--version", action="version", version=f"feedwork {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name, (_, summary) in _DELEGATES.items():
         commands.add_parser(name, help=f"{summary}; see `feedwork {name} --help`")
@@ -102,16 +150,16 @@ def _client_options() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_duration,
         default=10.0,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="deadline of each RPC (default: %(default)s)",
     )
     group.add_argument(
         "--retry-for",
-        type=_positive_float,
+        type=_duration,
         default=5.0,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="keep retrying transient failures this long (default: %(default)s)",
     )
     return options
@@ -130,7 +178,13 @@ def _add_submit(commands: Any, client: argparse.ArgumentParser) -> None:
             "Submit one task (PAYLOAD, with --queue), or every task of a JSON Lines file: "
             'one object per line, {"queue", "payload" (string or JSON) or "payload_b64", '
             '"headers", "priority", "delay", "not_before", "max_attempts", '
-            '"lease_duration", "idempotency_key"}. Prints the task ids.'
+            '"lease_duration", "idempotency_key"}; durations in seconds or as "1h". Prints '
+            "the ids of the tasks created. A file is checked whole first: if any line is "
+            "bad, nothing is submitted and every bad line is named. Re-running a file is "
+            'safe: a line without an "idempotency_key" gets "line-" and 32 hex digits of '
+            'the SHA-256 of its text (then "-2", "-3"... for a second, third identical '
+            "line), so tasks an earlier run submitted are reported as deduplicated, not "
+            "made again (while the feeder keeps them: 24 h after they finish, by default)."
         ),
     )
     parser.add_argument("payload", nargs="?", help="task payload (UTF-8 text)")
@@ -145,10 +199,18 @@ def _add_submit(commands: Any, client: argparse.ArgumentParser) -> None:
         help="header (repeatable)",
     )
     parser.add_argument("--priority", type=int, default=0, help="-1000..1000, higher first")
-    parser.add_argument("--delay", type=_positive_float, metavar="SECONDS")
+    parser.add_argument(
+        "--delay", type=_duration, metavar="DURATION", help="run no sooner than this from now"
+    )
     parser.add_argument("--max-attempts", type=int, metavar="N")
-    parser.add_argument("--lease-duration", type=_positive_float, metavar="SECONDS")
+    parser.add_argument("--lease-duration", type=_duration, metavar="DURATION")
     parser.add_argument("--idempotency-key", metavar="KEY")
+    parser.add_argument(
+        "--fresh-keys",
+        action="store_true",
+        help="with --file: give lines without an idempotency_key a new random key instead "
+        "of their line's, so that every run submits them again",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per task")
     parser.set_defaults(run=_submit)
 
@@ -162,7 +224,8 @@ def _submit(args: argparse.Namespace) -> int:
         raise UsageError("--queue is required")
     spec = TaskSpec(
         queue=args.queue,
-        payload=(args.payload or "").encode(),
+        # The argument's bytes as given, even when they are not UTF-8.
+        payload=os.fsencode(args.payload or ""),
         headers=_parse_headers(args.header),
         priority=args.priority,
         delay=args.delay,
@@ -180,19 +243,23 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _submit_file(args: argparse.Namespace) -> int:
-    if args.file == "-":
-        return _submit_lines(args, sys.stdin, total=None)
     try:
-        with open(args.file, encoding="utf-8") as handle:
-            total = sum(1 for line in handle if line.strip() and not line.startswith("#"))
-            handle.seek(0)
-            return _submit_lines(args, handle, total=total)
+        source = filesubmit.TaskFile(args.file)
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    line_keys = not args.fresh_keys
+    check = filesubmit.check_file(source, default_queue=args.queue, line_keys=line_keys)
+    if check.errors:
+        for error in check.errors:
+            _complain(f"{source.name}: {error}")
+        more = f" (and {check.more_errors} more)" if check.more_errors else ""
+        bad = len(check.errors) + check.more_errors
+        lines = "a bad line" if bad == 1 else f"{bad} bad lines{more}"
+        raise UsageError(f"{source.name}: {lines}: nothing was submitted")
+    return _send_file(args, source, total=check.tasks)
 
 
-def _submit_lines(args: argparse.Namespace, lines: TextIO, *, total: int | None) -> int:
-    submitted = deduplicated = 0
+def _send_file(args: argparse.Namespace, source: filesubmit.TaskFile, *, total: int) -> int:
     progress = Progress(
         TextColumn("submitting"),
         BarColumn(),
@@ -200,34 +267,54 @@ def _submit_lines(args: argparse.Namespace, lines: TextIO, *, total: int | None)
         TimeElapsedColumn(),
         console=Console(stderr=True),
     )
+    submitted = deduplicated = 0
     with _client(args) as client, progress:
         bar = progress.add_task("submit", total=total)
-        try:
-            for specs in _slices(read_specs(lines, default_queue=args.queue), _FILE_SLICE):
-                for result in client.submit_many(specs):
-                    deduplicated += result.deduplicated
-                    if args.json:
-                        _print_json(render.submit_json(result))
-                    elif not result.deduplicated:
-                        print(result.task_id)
-                submitted += len(specs)
-                progress.advance(bar, len(specs))
-        except TaskFileError as exc:
-            _complain(f"{args.file}: {exc} ({submitted} tasks before it were submitted)")
-            return EXIT_USAGE
+        line_keys = not args.fresh_keys
+        specs = read_specs(source.lines(), default_queue=args.queue, line_keys=line_keys)
+        batches = filesubmit.slices(specs)
+        while True:
+            try:
+                batch = next(batches, None)
+            except TaskFileError as exc:  # changed since it was checked
+                raise UsageError(
+                    f"{source.name} changed while being submitted: {exc} ({submitted} tasks "
+                    "before it were submitted; run it again: they are not submitted twice)"
+                ) from None
+            if batch is None:
+                break
+            try:
+                results = client.submit_many([spec for _, spec in batch])
+            except FeedworkError as exc:
+                raise _stopped(exc, source, [number for number, _ in batch], submitted) from exc
+            for result in results:
+                deduplicated += result.deduplicated
+                if args.json:
+                    _print_json(render.submit_json(result))
+                elif not result.deduplicated:
+                    print(result.task_id)
+            submitted += len(batch)
+            progress.advance(bar, len(batch))
     print(f"submitted {submitted} tasks ({deduplicated} deduplicated)", file=sys.stderr)
     return EXIT_OK
 
 
-def _slices(specs: Iterable[TaskSpec], size: int) -> Iterable[list[TaskSpec]]:
-    batch: list[TaskSpec] = []
-    for spec in specs:
-        batch.append(spec)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _stopped(
+    error: FeedworkError, source: filesubmit.TaskFile, numbers: list[int], submitted: int
+) -> Exception:
+    """The error that ends a file's submission half-way, saying what to do about it."""
+    line = filesubmit.refused_line(error, numbers)
+    where = f"{source.name}: {line}" if line else f"{source.name}: {error}"
+    again = (
+        f"the {submitted} tasks before it were submitted; run the file again once fixed: "
+        "they are not submitted twice"
+        if submitted
+        else "nothing was submitted"
+    )
+    message = f"{where} ({again})"
+    if isinstance(error, InvalidArgument):
+        return UsageError(message)
+    return Refusal(message, EXIT_FAILURE)
 
 
 def _parse_headers(pairs: list[str]) -> dict[str, str]:
@@ -258,10 +345,10 @@ def _add_status(commands: Any, client: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait",
         nargs="?",
-        type=_positive_float,
+        type=_duration,
         const=math.inf,
-        metavar="SECONDS",
-        help="wait for the task to settle (for up to SECONDS; default forever)",
+        metavar="DURATION",
+        help="wait for the task to settle (for up to DURATION; default forever)",
     )
     parser.add_argument("--json", action="store_true", help="print the task as JSON")
     parser.set_defaults(run=_status)
@@ -297,13 +384,33 @@ def _add_stats(commands: Any, client: argparse.ArgumentParser) -> None:
 def _stats(args: argparse.Namespace) -> int:
     with _client(args) as client:
         stats = client.stats(args.queue)
+    unknown = [name for name in dict.fromkeys(args.queue) if _unknown(stats.queue(name))]
     if args.json:
         _print_json(render.stats_json(stats))
     else:
         console = _stdout_console()
         for table in render.stats_tables(stats):
             console.print(table)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise Refusal(
+            f"no queue {names} on the feeder (no task was ever submitted to it)", EXIT_NOT_FOUND
+        )
     return EXIT_OK
+
+
+def _unknown(queue: QueueStats) -> bool:
+    """True for the stats the feeder gives of a queue it does not know: all zero, totals
+    included (a queue that ever had a task has submitted > 0)."""
+    return queue == QueueStats(queue=queue.queue)
+
+
+def _check_queue(client: FeederClient, queue: str) -> None:
+    """Raises a not-found `Refusal` for a queue the feeder does not know (a typo)."""
+    if _unknown(client.stats([queue]).queue(queue)):
+        raise Refusal(
+            f"no queue {queue!r} on the feeder (no task was ever submitted to it)", EXIT_NOT_FOUND
+        )
 
 
 def _add_cancel(commands: Any, client: argparse.ArgumentParser) -> None:
@@ -319,7 +426,10 @@ def _cancel(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(render.cancel_json(args.task_id, result))
     else:
-        print(f"{args.task_id}: {result.outcome} (now {result.state})")
+        print(f"{render.visible(args.task_id)}: {result.outcome} (now {result.state})")
+    if result.outcome == CancelOutcome.ALREADY_COMPLETED:
+        # Already cancelled is what was asked (exit 0); completed cannot be undone.
+        raise Refusal(f"task {args.task_id} had completed: not cancelled", EXIT_REFUSED)
     return EXIT_OK
 
 
@@ -361,13 +471,15 @@ def _dead_list(args: argparse.Namespace) -> int:
             page_token=args.page_token,
             include_payloads=args.payloads,
         )
+        if not page.tasks and not args.page_token:
+            _check_queue(client, args.queue)
     if args.json:
         tasks = [render.task_json(task) for task in page.tasks]
         _print_json({"tasks": tasks, "next_page_token": page.next_page_token})
         return EXIT_OK
     for task in page.tasks:
         last_error = task.history[-1].error if task.history else ""
-        print(f"{task.task_id}\tfailures={task.failures}\t{last_error}")
+        print(f"{task.task_id}\tfailures={task.failures}\t{render.visible(last_error)}")
     if page.next_page_token:
         print(f"next page: --page-token {page.next_page_token}", file=sys.stderr)
     return EXIT_OK
@@ -376,10 +488,22 @@ def _dead_list(args: argparse.Namespace) -> int:
 def _dead_change(args: argparse.Namespace) -> int:
     if args.action == "purge" and not args.yes:
         raise UsageError("purge deletes tasks for good: add --yes")
+    verb = "purged" if args.action == "purge" else "redrove"
     with _client(args) as client:
         change = client.dead_redrive if args.action == "redrive" else client.dead_purge
         count = change(args.queue, task_ids=args.task_id, limit=args.limit)
-    print(f"{'purged' if args.action == 'purge' else 'redrove'} {count} dead tasks")
+        print(f"{verb} {count} dead tasks")
+        if not count:
+            _check_queue(client, args.queue)
+    missing = len(set(args.task_id)) - count
+    if args.task_id and missing > 0:
+        # The feeder says how many it changed, not which; any other is not a dead task of
+        # this queue (no such task, purged, not dead, or in another queue).
+        raise Refusal(
+            f"{missing} of the {len(set(args.task_id))} tasks given are not dead tasks of "
+            f"queue {args.queue!r} (no such task, not dead, or in another queue)",
+            EXIT_NOT_FOUND,
+        )
     return EXIT_OK
 
 
@@ -422,19 +546,22 @@ def _target_option(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_float(text: str) -> float:
+def _duration(text: str) -> float:
+    """argparse type of every duration option: feedwork's one syntax (30, 2.5, 500ms, 1h)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or math.isnan(value):
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError  # to `main`, which ends quietly (Rich would exit 1)
 
 
 def _stdout_console() -> Console:
     """Rich output for stdout; wide when it is a file or pipe, where nothing wraps it."""
-    return Console(width=None if sys.stdout.isatty() else 160)
+    return _Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _print_json(record: dict[str, Any]) -> None:
@@ -442,7 +569,8 @@ def _print_json(record: dict[str, Any]) -> None:
 
 
 def _complain(message: object) -> None:
-    print(f"feedwork: error: {message}", file=sys.stderr)
+    # Feeder messages may quote what a client sent: control characters are written out.
+    print(f"feedwork: error: {render.visible(str(message))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

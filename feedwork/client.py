@@ -155,15 +155,21 @@ class FeederClient:
         return self.submit_many([spec])[0]
 
     def submit_many(self, specs: Iterable[TaskSpec]) -> list[SubmitResult]:
-        """Submits tasks in batches of up to 1000, one Submit each, results in order.
+        """Submits tasks in batches, one Submit each, results in order.
 
-        Each batch is all or nothing; when a later batch fails, the earlier ones stay
-        submitted (resubmitting the same specs with their idempotency keys is safe).
+        A batch holds up to 1000 tasks and stays well under the feeder's 8 MiB message
+        limit (cut by encoded size). Each batch is all or nothing; when a later batch
+        fails, the earlier ones stay submitted (resubmitting the same specs with their
+        idempotency keys is safe). An `InvalidArgument` names the task by its index in
+        `specs` (`tasks[1203].queue`).
         """
         messages, generated = _wire.prepare_specs(specs)
         results: list[SubmitResult] = []
         for offset, batch in _wire.chunks(messages):
-            response = self._call(self._stub.Submit, pb.SubmitRequest(tasks=batch))
+            try:
+                response = self._call(self._stub.Submit, pb.SubmitRequest(tasks=batch))
+            except FeedworkError as exc:
+                raise _wire.renumbered(exc, offset) from exc
             results.extend(_wire.submit_results(response, generated, offset))
         return results
 
@@ -312,11 +318,14 @@ class AsyncFeederClient:
         return (await self.submit_many([spec]))[0]
 
     async def submit_many(self, specs: Iterable[TaskSpec]) -> list[SubmitResult]:
-        """Submits tasks in batches of up to 1000 (see `FeederClient.submit_many`)."""
+        """Submits tasks in batches by count and size (see `FeederClient.submit_many`)."""
         messages, generated = _wire.prepare_specs(specs)
         results: list[SubmitResult] = []
         for offset, batch in _wire.chunks(messages):
-            response = await self._call(self._stub.Submit, pb.SubmitRequest(tasks=batch))
+            try:
+                response = await self._call(self._stub.Submit, pb.SubmitRequest(tasks=batch))
+            except FeedworkError as exc:
+                raise _wire.renumbered(exc, offset) from exc
             results.extend(_wire.submit_results(response, generated, offset))
         return results
 

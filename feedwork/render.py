@@ -1,13 +1,21 @@
-"""How the CLI shows records: JSON-ready dicts for `--json`, rich tables for people."""
+"""How the CLI shows records: JSON-ready dicts for `--json`, rich tables for people.
+
+Every string that comes from a task (payload, headers, key, queue, worker id, error) goes
+through `visible` and into a `rich.text.Text`, never into markup: a payload holding
+`[/bold]` or `[link=...]`, or a terminal escape sequence, is shown as the text it is.
+(`--json` output is JSON, where json.dumps already escapes control characters.)
+"""
 
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from feedwork.types import (
     CancelResult,
@@ -37,6 +45,30 @@ _TOTAL_COLUMNS = (
     ("failed", "failed"),
     ("dead_lettered", "dead-lettered"),
 )
+
+
+# C0 and C1 controls and DEL (ESC and CSI start terminal sequences), Unicode line and
+# paragraph separators, and the bidirectional marks and overrides that reorder what a
+# terminal shows ("Trojan Source").
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def visible(text: str) -> str:
+    """`text` with control characters written out (`\\n`, `\\x1b`, `\\u202e`), so that
+    printing it cannot move the cursor, change colours, make links or reorder the line."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match[0]
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def _cell(value: object) -> Text:
+    """A table cell holding `value` as plain text: no markup, no control characters."""
+    return Text(visible(str(value)))
 
 
 def submit_json(result: SubmitResult) -> dict[str, Any]:
@@ -95,7 +127,7 @@ def task_tables(task: TaskInfo) -> tuple[Table, Table | None]:
     fields.add_column()
     for name, value in task_json(task).items():
         if name != "history" and value not in (None, "", {}):
-            fields.add_row(name, str(value))
+            fields.add_row(name, _cell(value))
     if not task.history:
         return fields, None
     attempts = Table(title="history")
@@ -104,11 +136,11 @@ def task_tables(task: TaskInfo) -> tuple[Table, Table | None]:
     for attempt in task.history:
         attempts.add_row(
             str(attempt.attempt),
-            attempt.worker_id,
+            _cell(attempt.worker_id),
             _time(attempt.leased_at) or "",
             _time(attempt.ended_at) or "",
             attempt.outcome,
-            attempt.error,
+            _cell(attempt.error),
         )
     return fields, attempts
 
@@ -124,11 +156,13 @@ def stats_tables(stats: Stats) -> tuple[Table, Table]:
     counts.add_column("oldest ready", justify="right")
     for queue in stats.queues:
         counts.add_row(
-            queue.queue,
+            _cell(queue.queue),
             *(str(getattr(queue, name)) for name, _ in _COUNT_COLUMNS),
             f"{queue.oldest_ready_age.total_seconds():.1f}s",
         )
-        totals.add_row(queue.queue, *(str(getattr(queue.totals, n)) for n, _ in _TOTAL_COLUMNS))
+        totals.add_row(
+            _cell(queue.queue), *(str(getattr(queue.totals, n)) for n, _ in _TOTAL_COLUMNS)
+        )
     if len(stats.queues) != 1:
         sums = (sum(getattr(queue, name) for queue in stats.queues) for name, _ in _COUNT_COLUMNS)
         counts.add_section()

@@ -5,18 +5,29 @@
 
 `payload` is a string (sent as UTF-8) or any other JSON value (sent as compact JSON);
 `payload_b64` carries binary payloads instead. `not_before` is an ISO 8601 time with a
-zone. Durations are seconds. Blank lines and lines starting with `#` are skipped.
+zone. Durations are seconds, or strings as on the command line ("500ms", "1h"). Blank
+lines and lines starting with `#` are skipped.
+
+Re-running a file is safe: a line without an `idempotency_key` gets one derived from its
+text (see `LineKeys`), so the tasks a run already submitted are found again (reported as
+deduplicated) instead of being created twice, for as long as the feeder retains them.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from feedwork import _wire
+from feedwork.durations import SYNTAX, parse_duration
 from feedwork.types import TaskSpec
 
 FIELDS = frozenset(
@@ -36,19 +47,95 @@ FIELDS = frozenset(
 
 
 class TaskFileError(ValueError):
-    """A line that is not a valid task; the message names the line number."""
+    """A line that is not a valid task; `str()` starts with "line N: "."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
 
 
-def read_specs(lines: Iterable[str], *, default_queue: str | None = None) -> Iterator[TaskSpec]:
-    """Parses task lines lazily; raises `TaskFileError` at the first bad one."""
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
+KEY_PREFIX = "line-"
+
+
+class LineKeys:
+    """Idempotency keys for the lines of one file that bring none: `line-` and the first
+    128 bits of the SHA-256 of the line's text (without its leading and trailing
+    whitespace), in hex, then `-2`, `-3`... for the second, third line of the same text.
+
+    A line keeps its key when other lines are fixed, added or removed, so re-running a
+    file submits only what is not there yet; identical lines stay separate tasks.
+    """
+
+    def __init__(self) -> None:
+        self._seen: Counter[bytes] = Counter()
+
+    def key(self, text: str) -> str:
+        digest = hashlib.sha256(text.encode()).digest()[:16]
+        self._seen[digest] += 1
+        count = self._seen[digest]
+        return f"{KEY_PREFIX}{digest.hex()}" + (f"-{count}" if count > 1 else "")
+
+
+def read_specs(
+    lines: Iterable[bytes], *, default_queue: str | None = None, line_keys: bool = True
+) -> Iterator[tuple[int, TaskSpec]]:
+    """(line number, task) of each task line, lazily; raises the `TaskFileError` of the
+    first bad line."""
+    for number, task in parse_lines(lines, default_queue=default_queue, line_keys=line_keys):
+        if isinstance(task, TaskFileError):
+            raise task
+        yield number, task
+
+
+def parse_lines(
+    lines: Iterable[bytes], *, default_queue: str | None = None, line_keys: bool = True
+) -> Iterator[tuple[int, TaskSpec | TaskFileError]]:
+    """(line number, task or what is wrong with it) of each line but blank and `#` ones.
+
+    A line must be UTF-8 text holding a task object (see `parse_task`) within the bounds
+    of feeder.proto (see `check_task`). With `line_keys`, a task without an idempotency
+    key gets its line's (see `LineKeys`).
+    """
+    keys = LineKeys()
+    for number, raw in enumerate(lines, start=1):
         try:
-            yield parse_task(text, default_queue=default_queue)
+            text = _text(raw, first=number == 1)
+            if not text or text.startswith("#"):
+                continue
+            spec = parse_task(text, default_queue=default_queue)
+            check_task(spec)
         except ValueError as exc:
-            raise TaskFileError(f"line {number}: {exc}") from None
+            yield number, TaskFileError(number, str(exc))
+            continue
+        if line_keys and spec.idempotency_key is None:
+            spec = replace(spec, idempotency_key=keys.key(text))
+        yield number, spec
+
+
+def _text(raw: bytes, *, first: bool) -> str:
+    if first:
+        raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
+    try:
+        return raw.decode().strip()
+    except UnicodeDecodeError as exc:
+        bad = f"byte {exc.start + 1} is {raw[exc.start]:#04x}"
+        raise ValueError(f"not UTF-8 text ({bad})") from None
+
+
+def check_task(spec: TaskSpec) -> None:
+    """Raises `ValueError` naming the field when the feeder would refuse `spec` by the
+    bounds of feeder.proto (queue name, priority, headers, durations...), checked by the
+    feeder's own validation. Limits an operator may change (payload size) are left to
+    the feeder."""
+    # The feeder's rules, not a copy of them; imported here, where a file is read.
+    from feeder.server import validate
+
+    message = _wire.task_spec_to_pb(spec, idempotency_key=spec.idempotency_key or "")
+    limits = validate.Limits(max_payload_bytes=2**62, max_result_bytes=2**62)
+    try:
+        validate.task_spec(message, "task", limits=limits, now=time.time())
+    except validate.ValidationError as exc:
+        raise ValueError(f"{exc.field.removeprefix('task.')}: {exc.message}") from None
 
 
 def parse_task(text: str, *, default_queue: str | None = None) -> TaskSpec:
@@ -118,9 +205,10 @@ def _seconds(record: dict[str, Any], name: str) -> float | None:
     value = record.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{name!r} must be a number of seconds >= 0")
-    return float(value)
+    try:
+        return parse_duration(value)  # a number of seconds, or "1h" as on the command line
+    except ValueError:
+        raise ValueError(f"{name!r} must be seconds >= 0 or a duration ({SYNTAX})") from None
 
 
 def _time(record: dict[str, Any], name: str) -> datetime | None:

@@ -11,11 +11,13 @@ import argparse
 import importlib
 import os
 import socket
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from feedwork.channel import TargetError, check_target
+from feedwork.durations import parse_duration
 from worker.handlers import Handler
 
 ENV_PREFIX = "FEEDWORK_"
@@ -64,10 +66,18 @@ def default_worker_id() -> str:
 
 
 def load_handler(spec: str) -> Handler:
-    """The callable named by "package.module:function" (or "module:Class.method")."""
+    """The callable named by "package.module:function" (or "module:Class.method"), looked
+    up in the current directory first, then on the path."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"handler must look like 'module:function', got {spec!r}")
+    # `python -m worker` has the current directory first on sys.path, as `python -m`
+    # does; the `feedwork worker` console script would not, and a handler next to the
+    # user's code would load with one command and not the other. (Spawned worker
+    # processes inherit sys.path, and call this again in the same directory.)
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
     target: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
         target = getattr(target, part)
@@ -120,35 +130,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def seconds(text: str) -> float:
-    """Seconds from "30", "2.5", or with a unit as the feeder takes them: "500ms", "30s",
-    "2m", "1h" (so one FEEDWORK_* environment can serve both)."""
-    text = text.strip().lower()
-    for unit, factor in _UNITS:
-        if text.endswith(unit):
-            return float(text.removesuffix(unit)) * factor
-    return float(text)
-
-
-_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+def _seconds(text: str) -> float:
+    """A duration >= 0 in feedwork's one syntax (so one FEEDWORK_* environment can serve
+    the feeder and the workers)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_seconds(text: str) -> float:
-    value = seconds(text)
+    value = _seconds(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
-def _non_negative_seconds(text: str) -> float:
-    value = seconds(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
 def _poll_seconds(text: str) -> float:
-    value = _non_negative_seconds(text)
+    value = _seconds(text)
     if value > 60:
         raise argparse.ArgumentTypeError(f"must be at most 60 s, got {text}")
     return value
@@ -196,7 +195,13 @@ _OPTIONS = (
         "fail over between (a DNS name with several addresses or a gRPC URI also works)",
     ),
     _Option("queue", str, None, "queue to take tasks from (required)"),
-    _Option("handler", str, None, "handler to run, as 'package.module:function' (required)"),
+    _Option(
+        "handler",
+        str,
+        None,
+        "handler to run, as 'package.module:function', looked up in the current directory "
+        "first (required)",
+    ),
     _Option("concurrency", _positive_int, 1, "tasks run at once per process"),
     _Option("processes", _positive_int, 1, "worker processes, each with its own event loop"),
     _Option(
@@ -213,7 +218,7 @@ _OPTIONS = (
     ),
     _Option(
         "grace",
-        _non_negative_seconds,
+        _seconds,
         30.0,
         "seconds in-flight tasks get to finish on shutdown before they are released",
     ),
@@ -227,7 +232,7 @@ _OPTIONS = (
     _Option("ack-batch-size", _positive_int, 64, "acks or nacks sent together at most (1-1000)"),
     _Option(
         "ack-flush-interval",
-        _non_negative_seconds,
+        _seconds,
         0.005,
         "seconds a report may wait for others to share its batch (e.g. 5ms)",
     ),

@@ -212,3 +212,47 @@ def test_grace_runs_out_then_tasks_are_released_and_the_process_exits(
     [task] = states(stub, [task_id])
     assert task.state == pb.TASK_STATE_READY
     assert task.history[-1].outcome == pb.ATTEMPT_OUTCOME_RELEASED
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        # As the `feedwork` console script runs: -P keeps the current directory off sys.path.
+        [sys.executable, "-P", "-m", "feedwork.cli", "worker", "--processes", "2"],
+        [sys.executable, "-m", "worker"],
+    ],
+    ids=["feedwork-worker", "python-m-worker"],
+)
+def test_a_handler_in_the_current_directory_loads_from_either_command(
+    tmp_path: Path, feeder_target: str, stub: feeder_pb2_grpc.FeederStub, command: list[str]
+) -> None:
+    # A new user's project: myapp/jobs.py in the directory they run the worker from, not
+    # installed and not on PYTHONPATH. `python -m worker` finds it (python -m puts the
+    # current directory on sys.path); the `feedwork` console script did not.
+    project = tmp_path / "project"
+    (project / "myapp").mkdir(parents=True)
+    (project / "myapp" / "__init__.py").write_text("")
+    (project / "myapp" / "jobs.py").write_text("def handle(task):\n    return b'done'\n")
+    [task_id] = submit(stub, 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDWORK_")}
+    with (tmp_path / "worker.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [*command, "--target", feeder_target, "--queue", QUEUE, "--wait", "1",
+             "--handler", "myapp.jobs:handle"],
+            cwd=project,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait_for(lambda: worker.poll() is not None or states(stub, [task_id])[0].result)
+        assert worker.poll() is None, worker_log(tmp_path)
+        assert states(stub, [task_id])[0].result == b"done"
+        # Every process up (a spawned one signalled while it starts dies of the signal).
+        processes = 2 if "--processes" in command else 1
+        _wait_for(lambda: worker_log(tmp_path).count(" started: queue ") == processes)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+    assert "No module named" not in worker_log(tmp_path)

@@ -60,6 +60,11 @@ def no_lookup(host: str, port: int) -> Sequence[str]:
         ("ipv6:[::1]:1", "ipv6:[::1]:1"),
         ("unix:/run/feedwork.sock", "unix:/run/feedwork.sock"),
         ("unix-abstract:feedwork", "unix-abstract:feedwork"),
+        ("unix:///run/feedwork.sock", "unix:///run/feedwork.sock"),
+        ("dns:feeder:50051", "dns:feeder:50051"),
+        ("dns:///[::1]:50051", "dns:///[::1]:50051"),
+        ("ipv6:[fe80::1%25eth0]:1,[::1]:2", "ipv6:[fe80::1%25eth0]:1,[::1]:2"),
+        ("vsock:3:50051", "vsock:3:50051"),
     ],
 )
 def test_targets_become_grpc_uris(target: str, uri: str) -> None:
@@ -82,7 +87,10 @@ def test_only_names_in_a_list_are_looked_up(target: str) -> None:
     [
         ("", "it is empty"),
         ("   ", "it is empty"),
-        ("feeder", "no port"),
+        ("feeder", "no port (feeders listen on 50051 unless told otherwise: feeder:50051)"),
+        ("127.0.0.1", "no port (feeders listen on 50051 unless told otherwise: 127.0.0.1:50051)"),
+        ("localhost:99999", "port '99999' is not a number from 1 to 65535"),
+        ("127.0.0.1:notaport", "port 'notaport' is not a number from 1 to 65535"),
         ("[::1]", "no port"),
         ("feeder:", "port '' is not a number"),
         ("feeder:0", "port '0' is not a number from 1 to 65535"),
@@ -100,6 +108,22 @@ def test_only_names_in_a_list_are_looked_up(target: str) -> None:
         ("dns:///", "incomplete or malformed dns: URI"),
         ("unix:", "incomplete or malformed unix: URI"),
         ("ipv4:10.0.0.1:1, 10.0.0.2:2", "incomplete or malformed ipv4: URI"),
+        # gRPC URIs are checked too: gRPC would dial port 443 for the first, and fail the
+        # others only at the first call (or, for the dns: ones, retry until the deadline).
+        ("dns:///127.0.0.1", "dns: URI: no port (feeders listen on 50051"),
+        ("dns:feeder", "dns: URI: no port"),
+        ("dns://10.0.0.53/feeder", "dns: URI: no port"),
+        ("dns://10.0.0.53", "dns: URI: want dns:///HOST:PORT or dns://DNS-SERVER/HOST:PORT"),
+        ("dns:///feeder:99999", "dns: URI: port '99999' is not a number from 1 to 65535"),
+        ("dns:///127.0.0.1:notaport", "dns: URI: port 'notaport'"),
+        ("ipv4:127.0.0.1", "ipv4: URI: no port"),
+        ("ipv4:127.0.0.1:notaport", "ipv4: URI: port 'notaport'"),
+        ("ipv4:10.0.0.1:1,10.0.0.2", "ipv4: URI: no port"),
+        ("ipv4:feeder:1", "ipv4: URI: 'feeder' is not an IPV4 address"),
+        ("ipv4:[::1]:1", "ipv4: URI: '::1' is not an IPV4 address"),
+        ("ipv6:[::1]", "ipv6: URI: no port"),
+        ("ipv6:10.0.0.1:1", "ipv6: URI: '10.0.0.1' is not an IPV6 address"),
+        ("vsock:3", "vsock: URI: want vsock:CID:PORT"),
     ],
 )
 def test_malformed_targets_are_refused_with_the_reason(target: str, reason: str) -> None:

@@ -12,7 +12,6 @@ from feeder.config import (
     ConfigError,
     Settings,
     load_settings,
-    parse_duration,
     parse_listen,
     parse_size,
 )
@@ -125,36 +124,6 @@ def test_every_option_has_a_flag_and_a_variable() -> None:
         assert option.flag in help_text
         assert option.env in help_text
     assert "FEEDWORK_CONFIG" in help_text
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("500ms", 0.5),
-        ("30s", 30.0),
-        ("2m", 120.0),
-        ("1h", 3600.0),
-        ("1d", 86400.0),
-        ("1h30m", 5400.0),
-        ("1.5s", 1.5),
-        ("30", 30.0),
-        ("0.25", 0.25),
-        (" 10s ", 10.0),
-        (45, 45.0),
-        (2.5, 2.5),
-        (0, 0.0),
-    ],
-)
-def test_durations(text: object, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize(
-    "text", ["", "2x", "-1", "-1s", "s", "1 h", "1h-", True, float("inf"), [1]]
-)
-def test_bad_durations(text: object) -> None:
-    with pytest.raises(ValueError, match="invalid duration"):
-        parse_duration(text)
 
 
 @pytest.mark.parametrize(

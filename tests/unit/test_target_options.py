@@ -85,3 +85,23 @@ def test_healthcheck_exits_2_for_a_bad_target(capsys: pytest.CaptureFixture[str]
     assert healthcheck.main([BAD]) == 2
     assert "TARGET: bad feeder target" in capsys.readouterr().err
     assert healthcheck.main(["127.0.0.1:1,127.0.0.1:2"]) == 1  # nothing listens there
+
+
+@pytest.mark.parametrize(
+    "target", ["127.0.0.1", "localhost:99999", "127.0.0.1:notaport", "dns:///127.0.0.1"]
+)
+async def test_every_client_refuses_a_target_that_would_dial_the_wrong_port(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: gRPC dialled 443 (or the port modulo 65536), or retried until the deadline.
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["stats", "--target", target])
+    assert exited.value.code == cli.EXIT_USAGE
+    assert f"bad feeder target {target!r}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(["--queue", "q", "--handler", "json:dumps", "--target", target], {})
+    for make in (FeederClient, AsyncFeederClient):
+        with pytest.raises(TargetError):
+            make(target)
+    with pytest.raises(TargetError):
+        Worker(target=target, queue="q", handler=print)
