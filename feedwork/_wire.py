@@ -219,6 +219,21 @@ def stats(response: pb.GetStatsResponse) -> Stats:
     )
 
 
+def stats_request(queues: Iterable[str] | None, page_token: str) -> pb.GetStatsRequest:
+    """GetStats of `queues`, or one page of every queue (continuing at `page_token`)."""
+    return pb.GetStatsRequest(queues=list(queues or ()), page_token=page_token)
+
+
+def add_stats_page(merged: pb.GetStatsResponse, page: pb.GetStatsResponse) -> str:
+    """Adds a page of GetStats to `merged` (queues appended, totals summed); returns the
+    token of the next page, empty after the last."""
+    merged.queues.extend(page.queues)
+    for field in pb.Totals.DESCRIPTOR.fields:
+        name = field.name
+        setattr(merged.totals, name, getattr(merged.totals, name) + getattr(page.totals, name))
+    return page.next_page_token
+
+
 def _queue_stats(queue: pb.QueueStats) -> QueueStats:
     return QueueStats(
         queue=queue.queue,

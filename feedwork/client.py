@@ -200,9 +200,14 @@ class FeederClient:
             interval = min(interval * _POLL_GROWTH, _POLL_MAX)
 
     def stats(self, queues: Iterable[str] | None = None) -> Stats:
-        """Counts and totals of the given queues, or of every queue."""
-        request = pb.GetStatsRequest(queues=list(queues or ()))
-        return _wire.stats(self._call(self._stub.GetStats, request))
+        """Counts and totals of the given queues, or of every queue (read a page of
+        queues at a time)."""
+        names, merged, token = list(queues or ()), pb.GetStatsResponse(), ""
+        while True:
+            page = self._call(self._stub.GetStats, _wire.stats_request(names, token))
+            token = _wire.add_stats_page(merged, page)
+            if not token:
+                return _wire.stats(merged)
 
     # -- administering ------------------------------------------------------------------
 
@@ -362,9 +367,13 @@ class AsyncFeederClient:
             interval = min(interval * _POLL_GROWTH, _POLL_MAX)
 
     async def stats(self, queues: Iterable[str] | None = None) -> Stats:
-        """Counts and totals of the given queues, or of every queue."""
-        request = pb.GetStatsRequest(queues=list(queues or ()))
-        return _wire.stats(await self._call(self._stub.GetStats, request))
+        """Counts and totals of the given queues, or of every queue (see `FeederClient`)."""
+        names, merged, token = list(queues or ()), pb.GetStatsResponse(), ""
+        while True:
+            page = await self._call(self._stub.GetStats, _wire.stats_request(names, token))
+            token = _wire.add_stats_page(merged, page)
+            if not token:
+                return _wire.stats(merged)
 
     async def cancel(self, task_id: str) -> CancelResult:
         """Cancels a task that has not completed. Raises `NotFound` if there is none."""

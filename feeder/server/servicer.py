@@ -251,8 +251,16 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatsResponse:
-        counts = await self._service.stats(validate.stats_queues(request))
-        return convert.stats_response_pb(counts, now=self._clock())
+        listing = validate.stats_listing(request)
+        if listing.queues is not None:
+            counts = await self._service.stats(listing.queues)
+            return convert.stats_response_pb(counts, now=self._clock())
+        # One more than the page: whether there is a next page.
+        counts = await self._service.stats(None, after=listing.after, limit=listing.page_size + 1)
+        reply = convert.stats_response_pb(counts[: listing.page_size], now=self._clock())
+        if len(counts) > listing.page_size:
+            reply.next_page_token = counts[listing.page_size - 1].queue
+        return reply
 
 
 def add_to_server(servicer: FeederServicer, server: grpc.aio.Server) -> None:

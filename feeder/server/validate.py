@@ -41,6 +41,7 @@ MAX_LEASE_TOKEN_CHARS = 512
 MAX_ERROR_BYTES = 4 * KiB
 MAX_RETRY_AFTER = 365 * DAY
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+DEFAULT_STATS_PAGE, MAX_STATS_PAGE = 1000, 10_000
 DEFAULT_SELECTOR_LIMIT, MAX_SELECTOR_LIMIT = 1000, 100_000
 # Task ids are SQLite INTEGERs (signed 64-bit); a larger number cannot name a task.
 MAX_TASK_ID = 2**63 - 1
@@ -257,14 +258,39 @@ def dead_selection(selector: pb.DeadTaskSelector) -> DeadSelection:
     )
 
 
-def stats_queues(request: pb.GetStatsRequest) -> list[str] | None:
+@dataclass(frozen=True, slots=True)
+class StatsListing:
+    """Either `queues` (named), or a page of every queue: up to `page_size` after `after`."""
+
+    queues: list[str] | None
+    page_size: int
+    after: str | None
+
+
+def stats_listing(request: pb.GetStatsRequest) -> StatsListing:
     if len(request.queues) > MAX_BATCH:
         raise ValidationError(
             "queues", f"must hold at most {MAX_BATCH} names (got {len(request.queues)})"
         )
     names = [queue_name(q, f"queues[{i}]") for i, q in enumerate(request.queues)]
-    # A queue named twice is reported, and summed into the totals, once.
-    return list(dict.fromkeys(names)) or None
+    _int_range(
+        request.page_size,
+        "page_size",
+        0,
+        MAX_STATS_PAGE,
+        rule=f"must be 1 to {MAX_STATS_PAGE} (0 means {DEFAULT_STATS_PAGE})",
+    )
+    after = None
+    if request.page_token:
+        if not QUEUE_NAME.fullmatch(request.page_token):
+            raise ValidationError("page_token", "is not a token from GetStats")
+        after = request.page_token
+    return StatsListing(
+        # A queue named twice is reported, and summed into the totals, once.
+        queues=list(dict.fromkeys(names)) or None,
+        page_size=request.page_size or DEFAULT_STATS_PAGE,
+        after=after,
+    )
 
 
 # -- fields -----------------------------------------------------------------------------

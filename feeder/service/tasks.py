@@ -579,5 +579,8 @@ class TaskService:
         dead = await self._dead_selection(queue, task_ids, limit)
         return sum(await self._store.apply([Change(t, None) for t in dead]))
 
-    async def stats(self, queues: Sequence[str] | None) -> list[QueueCounts]:
-        return await self._store.queue_counts(queues)
+    async def stats(
+        self, queues: Sequence[str] | None, *, after: str | None = None, limit: int | None = None
+    ) -> list[QueueCounts]:
+        """Counts of `queues`, or a page of every queue (after `after`, up to `limit`)."""
+        return await self._store.queue_counts(queues, after=after, limit=limit)

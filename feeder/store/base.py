@@ -266,7 +266,14 @@ class Store(Protocol):
         time (their idempotency keys go with them). Returns how many were deleted."""
         ...
 
-    async def queue_counts(self, queues: Sequence[str] | None = None) -> list[QueueCounts]:
+    async def queue_counts(
+        self,
+        queues: Sequence[str] | None = None,
+        *,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[QueueCounts]:
         """Counts by state, oldest ready time and running totals, per queue, as every feeder
-        on the database left them."""
+        on the database left them: of `queues`, or (None) of every queue the database
+        knows, in name order, those named after `after`, at most `limit` of them."""
         ...

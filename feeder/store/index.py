@@ -7,6 +7,7 @@ whatever record the state machine produced.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
@@ -91,6 +92,9 @@ class TaskIndex:
         self.counts: defaultdict[str, Counter[State]] = defaultdict(Counter)
         self.totals: defaultdict[str, Counter[Event]] = defaultdict(Counter)
         self.keys: dict[tuple[str, str], int] = {}
+        # Every queue name, sorted: rebuilt when a queue appears (queues are never dropped).
+        self._names: list[str] | None = None
+        self._names_stamp = (0, 0)
 
     # -- changes ------------------------------------------------------------------------
 
@@ -175,5 +179,14 @@ class TaskIndex:
                 found.append(self.tasks[entry[1]])
         return found
 
-    def queues(self) -> list[str]:
-        return sorted(set(self.counts) | set(self.totals))
+    def queues(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Every queue known, in name order: those after `after`, at most `limit`."""
+        # Keys are only ever added to either dict: their sizes say when a queue appeared.
+        stamp = (len(self.counts), len(self.totals))
+        if self._names is None or self._names_stamp != stamp:
+            self._names = sorted(self.counts.keys() | self.totals.keys())
+            self._names_stamp = stamp
+        names = self._names
+        start = 0 if after is None else bisect.bisect_right(names, after)
+        end = len(names) if limit is None else start + limit
+        return names[start:end]

@@ -306,9 +306,15 @@ class IndexedStore:
         await self.apply([Change(t, None) for t in old])
         return len(old)
 
-    async def queue_counts(self, queues: Sequence[str] | None = None) -> list[QueueCounts]:
+    async def queue_counts(
+        self,
+        queues: Sequence[str] | None = None,
+        *,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[QueueCounts]:
         index = self._index
-        names = list(queues) if queues else index.queues()
+        names = list(queues) if queues else index.queues(after=after, limit=limit)
         # .get, not [name]: asking about a queue must not make the feeder know it.
         none: Counter[State] = Counter()
         return [

@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from feeder.config import Settings
 from feeder.core.policy import QueuePolicy
 from feeder.store.sqlite import SqliteStore
+from feedwork import AsyncFeederClient
 from feedwork.v1 import feeder_pb2 as pb
 
 BOTH_STORES = pytest.mark.parametrize("feeder", ["memory", "sqlite", "postgres"], indirect=True)
@@ -1295,3 +1296,35 @@ async def test_a_lease_hands_out_no_more_than_fits_one_reply(feeder) -> None:
         calls += 1
     assert [t.task_id for t in got] == ids
     assert [t.payload for t in got] == payloads
+
+
+@BOTH_STORES
+async def test_stats_of_every_queue_come_a_page_at_a_time(feeder) -> None:
+    """2,500 queues: GetStats without names gives 1,000 by default and a token for the
+    rest (70,000 queues once made one reply too large for everyone), in name order; the
+    SDK reads every page."""
+    names = [f"q{i:05d}" for i in range(2500)]
+    for start in range(0, 2500, 1000):
+        await submit_ids(feeder, *(pb.TaskSpec(queue=n) for n in names[start : start + 1000]))
+    first = await feeder.stub.GetStats(pb.GetStatsRequest())
+    assert [q.queue for q in first.queues] == names[:1000]
+    assert first.totals.submitted == 1000 and first.next_page_token
+    seen, token = [], ""
+    while True:
+        page = await feeder.stub.GetStats(pb.GetStatsRequest(page_size=700, page_token=token))
+        assert len(page.queues) <= 700
+        seen += [q.queue for q in page.queues]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == names
+    named = await feeder.stub.GetStats(pb.GetStatsRequest(queues=["q00007", "nope"]))
+    assert [(q.queue, q.ready) for q in named.queues] == [("q00007", 1), ("nope", 0)]
+    assert not named.next_page_token
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await feeder.stub.GetStats(pb.GetStatsRequest(page_token="not a queue!"))
+    assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in (bad.value.details() or "")
+    async with AsyncFeederClient(feeder.target) as client:
+        stats = await client.stats()
+    assert [q.queue for q in stats.queues] == names and stats.totals.submitted == 2500

@@ -350,10 +350,18 @@ def test_dead_selection_errors() -> None:
     rejects(lambda: validate.dead_selection(selector), "selector.task_ids[1]", "decimal")
 
 
-def test_stats_queues() -> None:
-    assert validate.stats_queues(pb.GetStatsRequest()) is None
-    assert validate.stats_queues(pb.GetStatsRequest(queues=["a", "b"])) == ["a", "b"]
+def test_stats_listing() -> None:
+    every = validate.stats_listing(pb.GetStatsRequest())
+    assert (every.queues, every.page_size, every.after) == (None, 1000, None)
+    named = validate.stats_listing(pb.GetStatsRequest(queues=["a", "b", "a"]))
+    assert named.queues == ["a", "b"]
+    paged = validate.stats_listing(pb.GetStatsRequest(page_size=5, page_token="q7"))
+    assert (paged.page_size, paged.after) == (5, "q7")
     request = pb.GetStatsRequest(queues=["a", "no good"])
-    rejects(lambda: validate.stats_queues(request), "queues[1]", "1-128 characters")
+    rejects(lambda: validate.stats_listing(request), "queues[1]", "1-128 characters")
     request = pb.GetStatsRequest(queues=["a"] * 1001)
-    rejects(lambda: validate.stats_queues(request), "queues", "at most 1000")
+    rejects(lambda: validate.stats_listing(request), "queues", "at most 1000")
+    request = pb.GetStatsRequest(page_size=10_001)
+    rejects(lambda: validate.stats_listing(request), "page_size", "1 to 10000")
+    request = pb.GetStatsRequest(page_token="no good")
+    rejects(lambda: validate.stats_listing(request), "page_token", "GetStats")

@@ -312,6 +312,10 @@ LIST_DEAD = f"""
 SELECT {COLUMNS} FROM {T} WHERE queue = $1 AND state = {DEAD} AND id > $2
 ORDER BY id LIMIT $3
 """
+# A page of queue names, in name order (each distinct name, read off the primary key).
+QUEUE_PAGE = """
+SELECT DISTINCT queue FROM feedwork.counters WHERE queue > $1 ORDER BY queue LIMIT $2
+"""
 COUNTS = """
 SELECT queue, counter, sum(value)::bigint FROM feedwork.counters
 WHERE $1::text[] IS NULL OR queue = ANY($1::text[])

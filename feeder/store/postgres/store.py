@@ -669,10 +669,21 @@ class PostgresStore:
 
         return await self._connector.run(purge)
 
-    async def queue_counts(self, queues: Sequence[str] | None = None) -> list[QueueCounts]:
+    async def queue_counts(
+        self,
+        queues: Sequence[str] | None = None,
+        *,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[QueueCounts]:
         wanted = list(queues) if queues else None
 
         async def counts(conn: asyncpg.Connection) -> list[QueueCounts]:
+            nonlocal wanted
+            if wanted is None and (after is not None or limit is not None):
+                wanted = [row[0] for row in await conn.fetch(sql.QUEUE_PAGE, after or "", limit)]
+                if not wanted:
+                    return []
             found: dict[str, QueueCounts] = {}
             for queue, counter, value in await conn.fetch(sql.COUNTS, wanted):
                 entry = found.setdefault(queue, QueueCounts(queue=queue))
