@@ -35,14 +35,17 @@ from feeder.store.indexed import EventCounts, IndexedStore
 from feeder.store.rows import (
     COLUMNS,
     NO_LAST_ATTEMPT,
+    expired_text,
     headers_json,
     history_columns,
     history_from,
     task_from_row,
 )
+from feeder.store.sqlite_migrations import migrate
 
 log = logging.getLogger("feedwork.feeder.store")
 
+# Version 1 of the schema; later versions are steps in feeder.store.sqlite_migrations.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -111,7 +114,7 @@ UPDATE = (
     "UPDATE tasks SET state=?, ready_at=?, attempt=?, failures=?, not_before=?,"
     " lease_deadline=?, lease_granted=?, result=?, finished_at=?, history=?,"
     " last_attempt=?, last_worker=?, last_leased_at=?, last_ended_at=?, last_outcome=?,"
-    " last_error=?, version=? WHERE id=? AND version=?"
+    " last_error=?, expired_attempts=?, version=? WHERE id=? AND version=?"
 )
 # The two commonest writes, a task's first lease and its ack, as statements that bind only
 # the columns they change (measured 4.5 against 6-7 us per row for the full UPDATE). A row
@@ -192,8 +195,8 @@ def _insert_rows(tasks: Sequence[Task]) -> tuple[list[tuple[Any, ...]], list[tup
 def _update_row(t: Task, on_disk: int) -> tuple[Any, ...]:
     return (
         int(t.state), t.ready_at, t.attempt, t.failures, t.not_before, t.lease_deadline,
-        t.lease_granted, t.result, t.finished_at, *history_columns(t.history), t.version,
-        t.id, on_disk,
+        t.lease_granted, t.result, t.finished_at, *history_columns(t.history),
+        expired_text(t.expired_attempts), t.version, t.id, on_disk,
     )  # fmt: skip
 
 
@@ -225,6 +228,7 @@ def _update_kind(disk: Task, t: Task) -> int:
         or t.ready_at != disk.ready_at
         or t.failures != disk.failures
         or t.not_before != disk.not_before
+        or t.expired_attempts != disk.expired_attempts
     ):
         return _FULL
     if not disk.history:
@@ -682,6 +686,7 @@ def upgrade(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
     _add_missing_columns(conn)
     _split_old_histories(conn)
+    migrate(conn)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
