@@ -16,7 +16,6 @@ StoreUnavailable (nothing they were told happened is lost, and they may retry).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
 import logging
 import os
@@ -41,6 +40,7 @@ from feeder.store.rows import (
     history_from,
     task_from_row,
 )
+from feeder.store.sqlite_lock import DatabaseLock, lock_database
 from feeder.store.sqlite_migrations import migrate
 
 log = logging.getLogger("feedwork.feeder.store")
@@ -281,7 +281,8 @@ class _InsertFailed(Exception):
 
 
 class SqliteStore(IndexedStore):
-    """SQLite at `path`. Only one feeder process may open a database (a lock file says so)."""
+    """SQLite at `path`. Only one feeder process may open a database, by whatever path
+    (see feeder.store.sqlite_lock)."""
 
     def __init__(self, path: str | os.PathLike[str], *, sync: str = "normal") -> None:
         super().__init__()
@@ -291,7 +292,7 @@ class SqliteStore(IndexedStore):
         self._sync = sync
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
-        self._lock_file: Any = None
+        self._lock: DatabaseLock | None = None
         self._batch = _Batch()
         self._flushing: _Batch | None = None  # the batch the writer thread is committing
         self._writing = False
@@ -312,7 +313,7 @@ class SqliteStore(IndexedStore):
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = lock_database(self._path)
+        self._lock = lock_database(self._path)
         self._writer = self._connect()
         upgrade(self._writer)
         self._reserve_pages = _cap_pages(self._writer)
@@ -389,8 +390,8 @@ class SqliteStore(IndexedStore):
         for conn in (self._writer, self._reader):
             if conn is not None:
                 conn.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
+        if self._lock is not None:  # after the connections (see feeder.store.sqlite_lock)
+            self._lock.close()
 
     # -- durability hooks ---------------------------------------------------------------
 
@@ -666,19 +667,6 @@ def _guarded(cursor: sqlite3.Cursor, expected: int) -> None:
         raise GuardFailed(
             f"{expected - cursor.rowcount} of {expected} rows were not at the expected version"
         )
-
-
-def lock_database(path: Path) -> Any:
-    """Takes the lock file that says a process has the database at `path` open (a feeder,
-    or a tool such as `feedwork db copy`); released when the returned file is closed.
-    Raises RuntimeError if another process holds it."""
-    lock_file = open(f"{path}.lock", "w")  # noqa: SIM115 - held by the caller
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        lock_file.close()
-        raise RuntimeError(f"database {path} is in use by another feeder") from exc
-    return lock_file
 
 
 def upgrade(conn: sqlite3.Connection) -> None:

@@ -28,7 +28,8 @@ from feeder.store.rows import (
     history_columns,
     task_from_row,
 )
-from feeder.store.sqlite import lock_database, upgrade
+from feeder.store.sqlite import upgrade
+from feeder.store.sqlite_lock import lock_database
 
 CHUNK = 5000
 

@@ -9,6 +9,7 @@ with `run`, bounded by TIMEOUT seconds.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sqlite3
 import time
@@ -1051,6 +1052,45 @@ class TestSqlite:
             await third.open()
             try:
                 assert (await third.get([task.id]))[task.id] == task
+            finally:
+                await third.close()
+
+        run_async(body)
+
+    @pytest.mark.parametrize("way", ["symlink", "hardlink", "relative"])
+    def test_a_second_store_on_the_same_file_by_another_path_fails(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
+    ) -> None:
+        """The lock is the database file's, not its name's: a symlink, a hard link or a
+        relative path to an open database cannot open it a second time."""
+        (tmp_path / "data").mkdir()
+        real = tmp_path / "data" / "f.db"
+        other = tmp_path / "other.db"
+        if way == "symlink":
+            other.symlink_to(real)
+        monkeypatch.chdir(tmp_path)
+
+        async def body() -> None:
+            first = SqliteStore(real)
+            await first.open()
+            try:
+                if way == "hardlink":
+                    os.link(real, other)
+                path = Path("data/../data/f.db") if way == "relative" else other
+                second = SqliteStore(path)
+                with pytest.raises(RuntimeError, match="in use by another feeder"):
+                    await second.open()
+                await second.close()
+                # The first one is unaffected, and its writes still commit.
+                (task,) = await submit_tasks(first, [spec()])
+                leased = await step(first, task, lease_d(task, T0 + 1))
+                assert await first.get([task.id]) == {task.id: leased}
+            finally:
+                await first.close()
+            third = SqliteStore(other if way != "relative" else Path("data/f.db"))
+            await third.open()
+            try:
+                assert (await third.get([task.id]))[task.id] == leased
             finally:
                 await third.close()
 
