@@ -197,6 +197,7 @@ def task_info(task: pb.Task) -> TaskInfo:
             task.lease_duration.ToTimedelta() if task.HasField("lease_duration") else None
         ),
         history=tuple(_attempt(attempt) for attempt in task.history),
+        attempts_omitted=task.attempts_omitted,
     )
 
 

@@ -97,7 +97,8 @@ class AttemptInfo:
 
 @dataclass(frozen=True, slots=True)
 class TaskInfo:
-    """The feeder's view of a task, with its attempt history (oldest first)."""
+    """The feeder's view of a task, with its attempt history (oldest first: the latest
+    attempts, after the `attempts_omitted` earliest ones it leaves out)."""
 
     task_id: str
     queue: str
@@ -116,6 +117,7 @@ class TaskInfo:
     lease_deadline: datetime | None = None
     lease_duration: timedelta | None = None
     history: tuple[AttemptInfo, ...] = ()
+    attempts_omitted: int = 0
 
     @property
     def is_settled(self) -> bool:

@@ -32,6 +32,8 @@ from feeder.core.model import (
 from feeder.core.policy import QueuePolicy
 
 # A task released over and over (workers restarting) would grow its history without bound.
+# No rule reads the attempts trimmed from it: how each attempt ended is kept whole in
+# Task.expired_attempts.
 MAX_HISTORY = 100
 
 OutcomeT = TypeVar("OutcomeT")
@@ -101,6 +103,7 @@ def advance(task: Task, now: float) -> Decision[None]:
 def _expire(task: Task, now: float) -> Decision[None]:
     failures = task.failures + 1
     history = _end_current(task, now, AttemptOutcome.EXPIRED, "lease expired")
+    expired = _with_attempt(task.expired_attempts, task.attempt)
     if failures >= task.max_attempts:
         dead = task.evolve(
             state=State.DEAD,
@@ -108,6 +111,7 @@ def _expire(task: Task, now: float) -> Decision[None]:
             lease_deadline=None,
             finished_at=now,
             history=history,
+            expired_attempts=expired,
             version=task.version + 1,
         )
         return Decision(None, dead, (Event.EXPIRED, Event.DEAD_LETTERED))
@@ -117,6 +121,7 @@ def _expire(task: Task, now: float) -> Decision[None]:
         lease_deadline=None,
         ready_at=now,
         history=history,
+        expired_attempts=expired,
         version=task.version + 1,
     )
     return Decision(None, ready, (Event.EXPIRED,))
@@ -153,7 +158,9 @@ def lease(
 
 
 def ack(task: Task, attempt: int, *, result: bytes | None, now: float) -> Decision[AckOutcome]:
-    """Completes the task for the worker holding lease `attempt`; see AckOutcome."""
+    """Completes the task for the worker holding lease `attempt`, or for a late one whose
+    lease expired (adopted); see AckOutcome. Any other attempt ended by its own worker's
+    nack (failed or released): rejected."""
     caught_up = advance(task, now)
     current = caught_up.task or task
     if attempt < 1 or attempt > current.attempt:
@@ -162,9 +169,9 @@ def ack(task: Task, attempt: int, *, result: bytes | None, now: float) -> Decisi
         return Decision(
             AckOutcome.DUPLICATE, caught_up.task, (*caught_up.events, Event.DUPLICATE_ACK)
         )
-    if current.state is State.CANCELLED or _nacked(current, attempt):
-        return Decision(AckOutcome.REJECTED, caught_up.task, caught_up.events)
     is_current = current.state is State.LEASED and current.attempt == attempt
+    if current.state is State.CANCELLED or not (is_current or current.expired(attempt)):
+        return Decision(AckOutcome.REJECTED, caught_up.task, caught_up.events)
     history = list(current.history)
     for index, record in enumerate(history):
         if record.attempt == attempt:
@@ -213,10 +220,11 @@ def nack(
         return Decision(NackOutcome.COMPLETED, caught_up.task, caught_up.events)
     if current.state is State.CANCELLED:
         return Decision(NackOutcome.CANCELLED, caught_up.task, caught_up.events)
-    if _nacked(current, attempt):
-        return Decision(NackOutcome.DUPLICATE, caught_up.task, caught_up.events)
     if not (current.state is State.LEASED and current.attempt == attempt):
-        return _stale_nack(current, attempt, error, caught_up)
+        if current.expired(attempt):
+            return _stale_nack(current, attempt, error, caught_up)
+        # Not current and not expired: its own worker failed or released it already.
+        return Decision(NackOutcome.DUPLICATE, caught_up.task, caught_up.events)
     if release:
         released = current.evolve(
             state=State.READY,
@@ -325,11 +333,6 @@ def redrive(task: Task, *, now: float) -> Decision[bool]:
     return Decision(True, ready)
 
 
-def _nacked(task: Task, attempt: int) -> bool:
-    record = task.attempt_record(attempt)
-    return record is not None and record.outcome in (AttemptOutcome.FAILED, AttemptOutcome.RELEASED)
-
-
 def _end_current(
     task: Task, now: float, outcome: AttemptOutcome, error: str
 ) -> tuple[Attempt, ...]:
@@ -343,6 +346,18 @@ def _ended(record: Attempt, ended_at: float, outcome: AttemptOutcome, error: str
     """`record` with how it ended: dataclasses.replace, without its per-call look at the
     fields (two of these per task on the hot path)."""
     return Attempt(record.attempt, record.worker_id, record.leased_at, ended_at, outcome, error)
+
+
+def _with_attempt(ranges: tuple[tuple[int, int], ...], attempt: int) -> tuple[tuple[int, int], ...]:
+    """`ranges` with `attempt` added: always the newest attempt, so it extends the last
+    range or starts a new one after it."""
+    if ranges:
+        first, last = ranges[-1]
+        if last >= attempt:
+            return ranges
+        if last == attempt - 1:
+            return (*ranges[:-1], (first, attempt))
+    return (*ranges, (attempt, attempt))
 
 
 def _trim(history: tuple[Attempt, ...]) -> tuple[Attempt, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -120,7 +121,13 @@ class Task:
     """A task record. Immutable: every transition returns a new record with version + 1.
 
     `attempt` is the number of leases handed out so far and doubles as the lease epoch that
-    fences stale tokens. `history` holds every attempt, oldest first.
+    fences stale tokens. `history` holds the newest attempts, oldest first (at most
+    `machine.MAX_HISTORY`: the earlier ones are trimmed, see `attempts_omitted`), so no rule
+    reads it for attempts but the current one. `expired_attempts` holds, whole, the attempts
+    whose lease ended by expiry, as sorted (first, last) ranges of attempt numbers: a late
+    ack may complete the task only for one of those (an attempt that ended otherwise was
+    failed or released by its own worker, or is the current one). Runs of expiries are one
+    range, so it stays small however often a task was redelivered.
     """
 
     id: int
@@ -143,6 +150,7 @@ class Task:
     finished_at: float | None = None
     history: tuple[Attempt, ...] = field(default=())
     version: int = 1
+    expired_attempts: tuple[tuple[int, int], ...] = field(default=())
 
     def evolve(self, **changes: Any) -> Task:
         """A copy with `changes` applied, like dataclasses.replace but about 3x faster: the
@@ -175,6 +183,7 @@ class Task:
         new.finished_at = get("finished_at", self.finished_at)
         new.history = get("history", self.history)
         new.version = get("version", self.version)
+        new.expired_attempts = get("expired_attempts", self.expired_attempts)
         new.__class__ = Task
         task: Task = new
         return task
@@ -191,7 +200,22 @@ class Task:
                 return record
         return None
 
+    @property
+    def attempts_omitted(self) -> int:
+        """How many of the earliest attempts `history` no longer lists (it lists the newest
+        ones, every one from its first to the current)."""
+        return self.history[0].attempt - 1 if self.history else 0
+
+    def expired(self, attempt: int) -> bool:
+        """Whether the lease of `attempt` ended by expiry (whatever `history` still holds)."""
+        ranges = self.expired_attempts
+        if not ranges:
+            return False
+        index = bisect_right(ranges, (attempt, _NO_END)) - 1
+        return index >= 0 and ranges[index][1] >= attempt
+
 
 _new = object.__new__
+_NO_END = 2**63  # above any attempt number: (n, _NO_END) sorts after every (n, last)
 _TASK_FIELDS = frozenset(f.name for f in fields(Task))
 _TaskDraft = draft_class(Task)

@@ -25,6 +25,8 @@ _TAG_BYTES = 16
 _HMAC_SHA256, _BLAKE2S = 1, 2  # token versions, by MAC
 _VERSION = _BLAKE2S
 _TOKEN_BYTES = _BODY.size + _TAG_BYTES
+# Every token `issue` makes has this many characters (unpadded base64 of _TOKEN_BYTES).
+TOKEN_CHARS = -(-_TOKEN_BYTES * 4 // 3)
 # The URL-safe base64 alphabet, applied around binascii (what base64.urlsafe_b64* do, minus
 # their layers of Python: a token is issued per lease and verified per ack).
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -66,6 +68,10 @@ class TokenCodec:
         return _encode(body + self._tag(body))
 
     def verify(self, token: str) -> LeaseRef:
+        # Checked first: a token of any size may come in (it is an item's outcome, not an
+        # error of its request), and nothing longer than a real one is worth decoding.
+        if len(token) != TOKEN_CHARS:
+            raise TokenError("lease token has the wrong length")
         try:
             padded = (token + _PADDING[-len(token) % 4]).encode("ascii")
             raw = binascii.a2b_base64(padded.translate(_FROM_URLSAFE))

@@ -80,6 +80,7 @@ def task_pb(task: Task, *, payloads: bool = True) -> pb.Task:
         idempotency_key=task.idempotency_key or "",
         created_at=timestamp_pb(task.created_at),
         history=[attempt_pb(a) for a in task.history],
+        attempts_omitted=task.attempts_omitted,
     )
     if task.not_before is not None:
         message.not_before.CopyFrom(timestamp_pb(task.not_before))

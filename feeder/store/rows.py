@@ -4,6 +4,10 @@ The last attempt of a task's history is kept in columns of its own, the earlier 
 `history` as JSON: most writes (a lease, its ack) change only the last attempt, and most
 tasks have only one, so most writes encode no JSON at all. (SQLite databases written before
 the split hold the whole history in JSON, with the last_* columns NULL; both read back.)
+
+`expired_attempts` holds the task's Task.expired_attempts as text, "1-49,51,60-62" (NULL
+when there are none, as for most tasks): the history is trimmed to the newest attempts,
+this is kept whole, because the state machine decides late acks from it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ COLUMN_NAMES = (
     "ready_at", "attempt", "failures", "not_before", "lease_deadline", "lease_duration",
     "lease_granted", "idempotency_key", "result", "finished_at", "history", "version",
     "last_attempt", "last_worker", "last_leased_at", "last_ended_at", "last_outcome",
-    "last_error",
+    "last_error", "expired_attempts",
 )  # fmt: skip
 COLUMNS = ", ".join(COLUMN_NAMES)
 
@@ -78,8 +82,40 @@ def task_from_row(row: Sequence[Any]) -> Task:
         row[4], _STATES[row[5]], row[6], row[7], row[8], row[9], row[10], row[11], row[12],
         row[13], row[14], row[15], row[16], row[17],
         () if history is None and row[24] is None else history_from(history, row[20:26]),
-        row[19],
+        row[19], expired_from(row[26]) if row[26] else (),
     )  # fmt: skip
+
+
+def expired_text(ranges: tuple[tuple[int, int], ...]) -> str | None:
+    """Task.expired_attempts as stored: "1-49,51" (None for none)."""
+    if not ranges:
+        return None
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in ranges)
+
+
+def expired_from(text: str | None) -> tuple[tuple[int, int], ...]:
+    if not text:
+        return ()
+    ranges = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        ranges.append((int(first), int(last or first)))
+    return tuple(ranges)
+
+
+def expired_in(history: Sequence[Attempt]) -> tuple[tuple[int, int], ...]:
+    """The ranges of the attempts of `history` that ended by expiry: what a database
+    written before expired_attempts existed starts from (attempts its history no longer
+    held are not known to have expired, so a late ack of one is rejected)."""
+    ranges: list[tuple[int, int]] = []
+    for record in history:
+        if record.outcome is not AttemptOutcome.EXPIRED:
+            continue
+        if ranges and ranges[-1][1] == record.attempt - 1:
+            ranges[-1] = (ranges[-1][0], record.attempt)
+        else:
+            ranges.append((record.attempt, record.attempt))
+    return tuple(ranges)
 
 
 def headers_json(task: Task) -> str | None:

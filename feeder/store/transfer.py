@@ -1,11 +1,11 @@
 """From embedded to cluster: copies a stopped SQLite feeder's database into PostgreSQL.
 
-Everything moves, row for row: tasks in every state with their payloads, results and
-attempt history, idempotency keys, dead letters, the running totals, the next task id and
-(unless told not to) the token secret, so that leases handed out before the move can still
-be acked afterwards. The copy is one PostgreSQL transaction that checks its own work
-before it commits: counts per queue and state, keys and totals must match the source, or
-nothing is written. The target must hold no tasks yet.
+Everything moves, row for row: tasks in every state with their payloads, results, attempt
+history and record of expired attempts, idempotency keys, dead letters, the running totals,
+the next task id and (unless told not to) the token secret, so that leases handed out
+before the move can still be acked afterwards. The copy is one PostgreSQL transaction that
+checks its own work before it commits: counts per queue and state, keys and totals must
+match the source, or nothing is written. The target must hold no tasks yet.
 """
 
 from __future__ import annotations
@@ -21,8 +21,15 @@ import asyncpg
 from feeder.core.model import State
 from feeder.store.postgres.connector import APPLICATION_NAME
 from feeder.store.postgres.migrate import migrate
-from feeder.store.rows import COLUMN_NAMES, COLUMNS, history_columns, task_from_row
-from feeder.store.sqlite import lock_database, upgrade
+from feeder.store.rows import (
+    COLUMN_NAMES,
+    COLUMNS,
+    expired_text,
+    history_columns,
+    task_from_row,
+)
+from feeder.store.sqlite import upgrade
+from feeder.store.sqlite_lock import lock_database
 
 CHUNK = 5000
 
@@ -102,7 +109,8 @@ async def _copy_tasks(
             # JSON) are written in the current layout.
             task = task_from_row(row)
             earlier, *last = history_columns(task.history)
-            records.append((*row[:18], earlier, task.version, *last))
+            expired = expired_text(task.expired_attempts)
+            records.append((*row[:18], earlier, task.version, *last, expired))
             report.by_state[(task.queue, task.state)] += 1
             if task.idempotency_key is not None:
                 keys.append((task.queue, task.idempotency_key, task.id))

@@ -154,8 +154,9 @@ class FeederServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTask(self, request, context):
-        """Returns one task with its attempt history. NOT_FOUND if it does not exist (or was
-        purged after its retention period).
+        """Returns one task with its attempt history (the latest 100 attempts; see
+        Task.attempts_omitted). NOT_FOUND if it does not exist (or was purged after its
+        retention period).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

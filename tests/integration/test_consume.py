@@ -156,17 +156,53 @@ async def test_a_malformed_report_is_refused_and_the_stream_goes_on(feeder: Any)
     [task] = await read_tasks(call, 1)
     bad = pb.ConsumeRequest(
         report_id=7,
-        acks=[pb.AckItem(lease_token=task.lease_token), pb.AckItem(lease_token="")],
+        acks=[pb.AckItem(lease_token=task.lease_token)],
+        nacks=[
+            pb.NackItem(lease_token="t"),
+            pb.NackItem(lease_token="t", terminal=True, release=True),
+        ],
     )
     await call.write(bad)
     answer = await read_report(call, 7)
     assert answer.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert answer.error_message.startswith("acks[1].lease_token:")
+    assert answer.error_message.startswith("nacks[1].release:")
     assert not answer.ack_results
     # All or nothing: the good item of the refused report was not applied.
     assert (await get(feeder, task_id)).state == pb.TASK_STATE_LEASED
     await call.write(pb.ConsumeRequest(report_id=8, acks=bad.acks[:1]))
     assert [r.outcome for r in (await read_report(call, 8)).ack_results] == [pb.ACK_OUTCOME_ACKED]
+    call.cancel()
+
+
+@BOTH_STORES
+async def test_malformed_tokens_in_a_report_are_invalid_token_outcomes(feeder: Any) -> None:
+    """As on the unary calls: a token is opaque, so a malformed one is that item's outcome
+    and the rest of the report is applied."""
+    await submit(feeder, 2)
+    call = feeder.stub.Consume()
+    await call.write(start(credits=2))
+    first, second = await read_tasks(call, 2)
+    bad = ["t" * 513, "", "not a token!", "é" * 39]
+    await call.write(
+        pb.ConsumeRequest(
+            report_id=3,
+            acks=[pb.AckItem(lease_token=t) for t in [*bad, first.lease_token]],
+            nacks=[pb.NackItem(lease_token=t, release=True) for t in [second.lease_token, *bad]],
+            extends=[pb.ExtendItem(lease_token=t) for t in bad],
+        )
+    )
+    answer = await read_report(call, 3)
+    assert answer.error_code == 0, answer.error_message
+    assert [r.outcome for r in answer.ack_results] == [pb.ACK_OUTCOME_INVALID_TOKEN] * len(bad) + [
+        pb.ACK_OUTCOME_ACKED
+    ]
+    assert [r.outcome for r in answer.nack_results] == [pb.NACK_OUTCOME_RELEASED] + [
+        pb.NACK_OUTCOME_INVALID_TOKEN
+    ] * len(bad)
+    assert [r.outcome for r in answer.extend_results] == [pb.EXTEND_OUTCOME_INVALID_TOKEN] * len(
+        bad
+    )
+    assert (await get(feeder, first.task_id)).state == pb.TASK_STATE_COMPLETED
     call.cancel()
 
 

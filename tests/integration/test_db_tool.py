@@ -13,8 +13,13 @@ import pytest
 
 from feeder import dbtool
 from feeder.config import Settings
+from feeder.core.model import Attempt, AttemptOutcome
 from feeder.server.app import FeederServer, StartupError
-from feeder.store.rows import history_from, history_json
+from feeder.store.postgres import PostgresStore
+from feeder.store.postgres.migrate import BOOTSTRAP, known_migrations, migrate
+from feeder.store.rows import NO_LAST_ATTEMPT, expired_from, history_from, history_json
+from feeder.store.sqlite import SqliteStore
+from feeder.store.transfer import copy_sqlite_to_postgres
 from feedwork.v1 import feeder_pb2 as pb
 from tests import postgres
 from tests.conftest import FeederFactory, RunningFeeder
@@ -29,6 +34,7 @@ from tests.integration.test_feeder_rpc import (
     submit,
     submit_ids,
 )
+from tests.storage.test_conformance import check_long_history, long_history
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,12 +55,13 @@ async def test_status_and_migrate(empty_dsn: str, capsys: pytest.CaptureFixture[
     assert "schema version 0" in capsys.readouterr().out
     assert await db("migrate", "--db", empty_dsn) == dbtool.EXIT_OK
     out = capsys.readouterr().out
-    assert "applied 0001_initial" in out and "up to date" in out
+    assert "applied 0001_initial" in out and "applied 0002_expired_attempts" in out
+    assert "up to date" in out
     assert await db("migrate", "--db", empty_dsn) == dbtool.EXIT_OK
     assert "applied" not in capsys.readouterr().out.replace("up to date", "")
     assert await db("status", "--db", empty_dsn) == dbtool.EXIT_OK
     out = capsys.readouterr().out
-    assert "schema version 1" in out and "up to date" in out
+    assert "schema version 2" in out and "up to date" in out
     assert await db("status", "--db", "./feedwork.db") == dbtool.EXIT_USAGE
 
 
@@ -200,6 +207,70 @@ async def test_an_old_sqlite_file_copies_too(
     assert split == leased_ever == 5
 
 
+async def test_schema_2_fills_in_the_expired_attempts_from_each_history(empty_dsn: str) -> None:
+    """A database at schema 1 (attempts kept in the history only) migrated to 2: each task's
+    expired attempts come from what its history still holds, as ranges."""
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await conn.execute(BOOTSTRAP)
+        first = known_migrations()[0]
+        await conn.execute(first.sql)
+        await conn.execute(
+            "INSERT INTO feedwork.schema_migrations (version, name) VALUES ($1, $2)",
+            first.version,
+            first.name,
+        )
+        histories = {
+            # attempts 3-7 held: 3, 4 and 6 expired; the last (7) expired too.
+            1: ((3, 4), (4, 4), (5, 5), (6, 4)),
+            2: ((1, 5),),  # one released attempt: nothing expired
+            3: (),  # never leased
+        }
+        for task_id, held in histories.items():
+            earlier = [Attempt(a, "w", 1.0, 2.0, AttemptOutcome(o), "") for a, o in held]
+            last = (7, "w", 3.0, 4.0, 4, "lease expired") if task_id == 1 else NO_LAST_ATTEMPT
+            await conn.execute(
+                "INSERT INTO feedwork.tasks (id, queue, payload, priority, state, max_attempts,"
+                " created_at, ready_at, attempt, failures, history, version, last_attempt,"
+                " last_worker, last_leased_at, last_ended_at, last_outcome, last_error)"
+                " VALUES ($1, 'q', '', 0, 2, 50, 1, 1, 7, 0, $2, 1, $3, $4, $5, $6, $7, $8)",
+                task_id,
+                history_json(tuple(earlier)),
+                *last,
+            )
+        assert [m.version for m in await migrate(conn)] == [2]
+        rows = await conn.fetch("SELECT id, expired_attempts FROM feedwork.tasks ORDER BY id")
+    finally:
+        await conn.close()
+    assert [(r["id"], r["expired_attempts"]) for r in rows] == [
+        (1, "3-4,6-7"),
+        (2, None),
+        (3, None),
+    ]
+    assert expired_from("3-4,6-7") == ((3, 4), (6, 7))
+
+
+async def test_copy_carries_which_attempts_expired(tmp_path: Path, empty_dsn: str) -> None:
+    """A task with more attempts than its history keeps: after the copy, a late ack of its
+    expired first attempt is still adopted and one of a released attempt still rejected."""
+    path = tmp_path / "long.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        task = await long_history(store)
+    finally:
+        await store.close()
+    await copy_sqlite_to_postgres(path, empty_dsn)
+    cluster = PostgresStore(empty_dsn, pool_size=2, startup_wait=5.0)
+    await cluster.open()
+    try:
+        copied = (await cluster.get([task.id]))[task.id]
+    finally:
+        await cluster.close()
+    assert copied == task and copied.expired_attempts == ((1, 1),)
+    check_long_history(copied)
+
+
 async def test_feeders_starting_at_once_on_an_empty_database_migrate_it_once(
     empty_dsn: str, tmp_path: Path
 ) -> None:
@@ -215,7 +286,7 @@ async def test_feeders_starting_at_once_on_an_empty_database_migrate_it_once(
             secrets = await conn.fetchval("SELECT count(*) FROM feedwork.meta")
         finally:
             await conn.close()
-        assert [row["version"] for row in applied] == [1]
+        assert sorted(row["version"] for row in applied) == [1, 2]
         assert secrets == 1
         # One secret for all: a token issued by one feeder verifies on the others.
         assert len({server.store.token_secret for server in servers}) == 1

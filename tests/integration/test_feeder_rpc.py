@@ -19,6 +19,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from feeder.config import Settings
+from feeder.core.machine import MAX_HISTORY
 from feeder.core.policy import QueuePolicy
 from feeder.store.sqlite import SqliteStore
 from feedwork import AsyncFeederClient
@@ -546,6 +547,31 @@ async def test_late_ack_after_redelivery_is_adopted_and_revokes_the_new_lease(fe
     totals = (await queue_stats(feeder)).totals
     assert (totals.completed, totals.adopted, totals.expired, totals.redelivered) == (1, 1, 1, 1)
     assert totals.duplicate_acks == 1
+
+
+@BOTH_STORES
+async def test_an_ack_of_an_attempt_released_long_ago_is_rejected(feeder) -> None:
+    """After more attempts than GetTask lists: the task says how many it leaves out, and
+    an attempt that gave the task back still cannot complete it."""
+    [task_id] = await submit_ids(feeder, pb.TaskSpec(queue="q"))
+    first = await lease_one(feeder)
+    tokens = [first.lease_token]
+    for _ in range(MAX_HISTORY + 2):
+        await nack(feeder, pb.NackItem(lease_token=tokens[-1], release=True))
+        tokens.append((await lease_one(feeder, wait=5)).lease_token)
+    got = await get(feeder, task_id)
+    assert (got.attempts, got.attempts_omitted, len(got.history)) == (
+        MAX_HISTORY + 3,
+        3,
+        MAX_HISTORY,
+    )
+    assert got.history[0].attempt == 4
+    assert await ack(feeder, tokens[0], result=b"late") == [pb.ACK_OUTCOME_REJECTED]
+    [again] = await nack(feeder, pb.NackItem(lease_token=tokens[0], release=True))
+    assert again.outcome == pb.NACK_OUTCOME_DUPLICATE
+    assert (await get(feeder, task_id)).state == pb.TASK_STATE_LEASED
+    assert await ack(feeder, tokens[-1], result=b"mine") == [pb.ACK_OUTCOME_ACKED]
+    assert (await get(feeder, task_id)).result == b"mine"
 
 
 @BOTH_STORES

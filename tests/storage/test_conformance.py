@@ -9,6 +9,7 @@ with `run`, bounded by TIMEOUT seconds.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sqlite3
 import time
@@ -22,7 +23,15 @@ import pytest
 import feeder.store.sqlite
 from feeder.core import machine
 from feeder.core.machine import Decision, Event
-from feeder.core.model import Attempt, AttemptOutcome, State, Task, TaskSpec
+from feeder.core.model import (
+    AckOutcome,
+    Attempt,
+    AttemptOutcome,
+    NackOutcome,
+    State,
+    Task,
+    TaskSpec,
+)
 from feeder.core.policy import QueuePolicy
 from feeder.store import Change, QueueFull, Store, StoreHooks, StoreUnavailable, Submitted
 from feeder.store.base import wire_size
@@ -892,6 +901,73 @@ def test_queue_counts(make_store: StoreFactory) -> None:
     run(make_store, body)
 
 
+# -- how attempts ended -------------------------------------------------------------------
+
+
+async def long_history(store: Store) -> Task:
+    """A task whose attempt 1 expired and attempt 2 was released by its worker, followed by
+    more released attempts than the history keeps; left READY."""
+    (task,) = await submit_tasks(store, [spec(max_attempts=5)])
+    task = await step(store, task, lease_d(task, T0 + 1))
+    task = await step(store, task, machine.advance(task, T0 + 100))  # attempt 1 expires
+    now = T0 + 100
+    for _ in range(machine.MAX_HISTORY + 3):
+        now += 1
+        task = await step(store, task, lease_d(task, now))
+        task = await step(store, task, nack_d(task, now, release=True))
+    assert task.attempt == machine.MAX_HISTORY + 4
+    return task
+
+
+def check_long_history(task: Task) -> None:
+    """The decisions on `long_history`'s task, made from a record the store gave back."""
+    assert task.attempt_record(1) is None and task.attempt_record(2) is None  # trimmed
+    assert task.attempts_omitted == 4
+    now = T0 + 1000
+    # Attempt 2 gave the task back: its ack is rejected, however long ago that was.
+    assert machine.ack(task, 2, result=b"x", now=now).outcome is AckOutcome.REJECTED
+    again = machine.nack(
+        task, 2, error="", retry_after=None, terminal=False, release=True, now=now,
+        policy=POLICY, rng=random.Random(1),
+    )  # fmt: skip
+    assert again.outcome is NackOutcome.DUPLICATE
+    # Attempt 1 lost its lease to expiry: its late ack still completes the task.
+    assert machine.ack(task, 1, result=b"x", now=now).outcome is AckOutcome.ADOPTED
+
+
+def test_how_every_attempt_ended_is_kept_beyond_the_history(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        task = await long_history(store)
+        stored = await current(store, task.id)
+        assert stored == task
+        check_long_history(stored)
+
+    run(make_store, body)
+
+
+def test_how_every_attempt_ended_survives_reopen(make_durable_store: StoreFactory) -> None:
+    async def body() -> None:
+        store = make_durable_store()
+        await store.open()
+        try:
+            task = await long_history(store)
+        finally:
+            await store.close()
+        store = make_durable_store()
+        await store.open()
+        try:
+            stored = await current(store, task.id)
+            assert stored == task
+            check_long_history(stored)
+            # The stored record decides through the store as well.
+            done = await step(store, stored, machine.ack(stored, 1, result=b"late", now=T0 + 2000))
+            assert (done.state, done.result) == (State.COMPLETED, b"late")
+        finally:
+            await store.close()
+
+    run_async(body)
+
+
 # -- durability ---------------------------------------------------------------------------
 
 
@@ -999,6 +1075,45 @@ class TestSqlite:
             await third.open()
             try:
                 assert (await third.get([task.id]))[task.id] == task
+            finally:
+                await third.close()
+
+        run_async(body)
+
+    @pytest.mark.parametrize("way", ["symlink", "hardlink", "relative"])
+    def test_a_second_store_on_the_same_file_by_another_path_fails(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
+    ) -> None:
+        """The lock is the database file's, not its name's: a symlink, a hard link or a
+        relative path to an open database cannot open it a second time."""
+        (tmp_path / "data").mkdir()
+        real = tmp_path / "data" / "f.db"
+        other = tmp_path / "other.db"
+        if way == "symlink":
+            other.symlink_to(real)
+        monkeypatch.chdir(tmp_path)
+
+        async def body() -> None:
+            first = SqliteStore(real)
+            await first.open()
+            try:
+                if way == "hardlink":
+                    os.link(real, other)
+                path = Path("data/../data/f.db") if way == "relative" else other
+                second = SqliteStore(path)
+                with pytest.raises(RuntimeError, match="in use by another feeder"):
+                    await second.open()
+                await second.close()
+                # The first one is unaffected, and its writes still commit.
+                (task,) = await submit_tasks(first, [spec()])
+                leased = await step(first, task, lease_d(task, T0 + 1))
+                assert await first.get([task.id]) == {task.id: leased}
+            finally:
+                await first.close()
+            third = SqliteStore(other if way != "relative" else Path("data/f.db"))
+            await third.open()
+            try:
+                assert (await third.get([task.id]))[task.id] == leased
             finally:
                 await third.close()
 

@@ -940,6 +940,75 @@ def test_history_is_trimmed_to_the_newest_attempts() -> None:
     assert len(changed(done).history) == MAX_HISTORY
 
 
+def _attempts_then_releases(first: str, releases: int) -> Task:
+    """Attempt 1 ends as `first` says ("failed", "released", "expired"), then `releases`
+    attempts are each released by their worker; the task is left READY."""
+    task = lease(new_task(policy=QueuePolicy(max_attempts=5)), T0)
+    if first == "expired":
+        task = changed(machine.advance(task, T0 + 31))
+    else:
+        task = changed(nack(task, 1, T0 + 1, retry_after=0.0, release=first == "released"))
+    for i in range(2, releases + 2):
+        task = changed(nack(lease(task, T0 + 100 + i), i, T0 + 100 + i, release=True))
+    assert task.state is State.READY and task.attempt == releases + 1
+    return task
+
+
+@pytest.mark.parametrize("first", ["failed", "released"])
+def test_an_attempt_that_nacked_stays_rejected_after_its_record_was_trimmed(first: str) -> None:
+    """Whether an attempt may still complete its task must not depend on how much history
+    is kept: attempt 1 gave the task back, 100+ attempts ago."""
+    task = _attempts_then_releases(first, MAX_HISTORY + 5)
+    assert task.attempt_record(1) is None  # trimmed from the history
+    assert machine.ack(task, 1, result=b"late", now=T0 + 500) == Decision(AckOutcome.REJECTED)
+    assert nack(task, 1, T0 + 500).outcome is NackOutcome.DUPLICATE
+    # And the same with its record still there.
+    short = _attempts_then_releases(first, 3)
+    assert short.attempt_record(1) is not None
+    assert machine.ack(short, 1, result=b"late", now=T0 + 500) == Decision(AckOutcome.REJECTED)
+
+
+def test_an_attempt_that_expired_is_adopted_after_its_record_was_trimmed() -> None:
+    task = _attempts_then_releases("expired", MAX_HISTORY + 5)
+    assert task.attempt_record(1) is None
+    assert nack(task, 1, T0 + 500, error="late").outcome is NackOutcome.STALE
+    decision = machine.ack(task, 1, result=b"late", now=T0 + 500)
+    assert decision.outcome is AckOutcome.ADOPTED
+    assert (changed(decision).state, changed(decision).result) == (State.COMPLETED, b"late")
+    # Any attempt in between was released by its worker: rejected.
+    for attempt in (2, 6, MAX_HISTORY + 6):
+        assert machine.ack(task, attempt, result=None, now=T0 + 500).outcome is (
+            AckOutcome.REJECTED
+        )
+
+
+def test_expired_attempts_are_kept_as_ranges() -> None:
+    """Every expiry is kept, compactly: runs of consecutive attempts are one range each."""
+    task = new_task(policy=QueuePolicy(max_attempts=1000))
+    now = T0
+    for i in range(1, 301):
+        now += 100
+        task = lease(task, now)
+        if i % 100 == 50:
+            task = changed(nack(task, i, now + 1, retry_after=0.0, release=True))
+        else:
+            task = changed(machine.advance(task, now + 31))
+    assert task.expired_attempts == ((1, 49), (51, 149), (151, 249), (251, 300))
+    assert len(task.history) == MAX_HISTORY
+    for attempt in (1, 49, 150, 151, 300):
+        assert machine.ack(task, attempt, result=None, now=now + 50).outcome is (
+            AckOutcome.ADOPTED if attempt != 150 else AckOutcome.REJECTED
+        )
+
+
+def test_attempts_omitted_counts_the_attempts_trimmed_from_the_history() -> None:
+    assert new_task().attempts_omitted == 0
+    assert _attempts_then_releases("released", 3).attempts_omitted == 0
+    task = _attempts_then_releases("released", MAX_HISTORY + 5)
+    assert task.attempts_omitted == task.attempt - MAX_HISTORY == 6
+    assert task.history[0].attempt == task.attempts_omitted + 1
+
+
 def test_history_below_the_limit_is_kept_whole() -> None:
     task = new_task()
     for i in range(1, MAX_HISTORY):

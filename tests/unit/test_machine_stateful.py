@@ -3,6 +3,12 @@
 The task records are the durable state. Every operation of the state machine is applied to
 them with a fake clock, with lease tokens of current and old attempts, and with restarts
 (a new rng; the records survive). After every step the feeder's guarantees must hold.
+
+How each attempt ended is also kept here, outside the machine, for every attempt ever
+handed out: the machine's own rules (a late ack of an attempt that gave its task back is
+rejected, one that lost its lease to expiry is adopted) are checked against it, and a
+variant runs with a history of one attempt, so that those rules cannot lean on records
+the history no longer holds.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from hypothesis.stateful import (
 )
 
 from feeder.core import machine
-from feeder.core.machine import MAX_HISTORY, Decision, Event
+from feeder.core.machine import Decision, Event
 from feeder.core.model import (
     AckOutcome,
     AttemptOutcome,
@@ -58,6 +64,9 @@ class Feeder(RuleBasedStateMachine):
         self.completions: Counter[int] = Counter()
         self.totals: Counter[Event] = Counter()
         self.next_id = 1
+        # (task id, attempt) -> how it ended, as seen from the outside: "nacked" (failed or
+        # released by its own worker) or "expired". Never trimmed.
+        self.ended: dict[tuple[int, int], str] = {}
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -75,6 +84,9 @@ class Feeder(RuleBasedStateMachine):
         assert after.version - before.version <= 2  # at most advance + the operation
         assert after.attempt >= before.attempt, "attempt numbers went backwards"
         assert not before.state.is_final, f"a {before.state.name} task changed"
+        if Event.EXPIRED in decision.events:
+            assert before.state is State.LEASED
+            self.ended[(task_id, before.attempt)] = "expired"
         if after.state is State.COMPLETED:
             self.completions[task_id] += 1
             assert Event.COMPLETED in decision.events
@@ -96,7 +108,8 @@ class Feeder(RuleBasedStateMachine):
         )
         attempts = [a.attempt for a in task.history]
         assert attempts == sorted(set(attempts))
-        assert len(task.history) == min(task.attempt, MAX_HISTORY)
+        assert len(task.history) == min(task.attempt, machine.MAX_HISTORY)
+        assert task.attempts_omitted == task.attempt - len(task.history)
         if task.history:
             assert attempts[-1] == task.attempt
         running = [a for a in task.history if a.outcome is AttemptOutcome.RUNNING]
@@ -205,6 +218,9 @@ class Feeder(RuleBasedStateMachine):
                 AttemptOutcome.FAILED,
                 AttemptOutcome.RELEASED,
             ), "an attempt that nacked completed the task"
+            assert self.ended.get(token) != "nacked", "an attempt that nacked completed the task"
+            if decision.outcome is AckOutcome.ADOPTED:
+                assert self.ended.get(token) == "expired", "adopted an attempt that did not expire"
             record = after.attempt_record(attempt)
             assert record is None or record.outcome is AttemptOutcome.ACKED
             caught_up = machine.advance(before, self.now).task or before
@@ -220,11 +236,8 @@ class Feeder(RuleBasedStateMachine):
             assert again.outcome is AckOutcome.DUPLICATE and again.task is None
         else:
             assert decision.outcome is AckOutcome.REJECTED, decision
-            assert after.state in (State.CANCELLED,) or any(
-                a.attempt == attempt
-                and a.outcome in (AttemptOutcome.FAILED, AttemptOutcome.RELEASED)
-                for a in after.history
-            )
+            assert after.state is State.CANCELLED or self.ended.get(token) == "nacked"
+            event(f"ack REJECTED, record {'kept' if after.attempt_record(attempt) else 'trimmed'}")
 
     @rule(
         token=tokens,
@@ -255,6 +268,12 @@ class Feeder(RuleBasedStateMachine):
         current = caught_up.state is State.LEASED and caught_up.attempt == attempt
         if outcome in (NackOutcome.RETRYING, NackOutcome.DEAD, NackOutcome.RELEASED):
             assert current
+            self.ended[token] = "nacked"
+        if outcome in (NackOutcome.DUPLICATE, NackOutcome.STALE):
+            expect = (
+                NackOutcome.DUPLICATE if self.ended.get(token) == "nacked" else NackOutcome.STALE
+            )
+            assert outcome is expect, (outcome, self.ended.get(token))
         if outcome is NackOutcome.RELEASED:
             assert after.state is State.READY and after.failures == caught_up.failures
         elif outcome is NackOutcome.RETRYING:
@@ -419,3 +438,22 @@ Feeder.TestCase.settings = settings(
     max_examples=200, stateful_step_count=50, deadline=None, database=None
 )
 TestFeeder = Feeder.TestCase
+
+
+class SmallHistoryFeeder(Feeder):
+    """The same feeder with a history of one attempt: every decision must be the same as
+    with a history long enough to hold every attempt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kept = machine.MAX_HISTORY
+        machine.MAX_HISTORY = 1
+
+    def teardown(self) -> None:
+        machine.MAX_HISTORY = self._kept
+
+
+SmallHistoryFeeder.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=50, deadline=None, database=None
+)
+TestSmallHistoryFeeder = SmallHistoryFeeder.TestCase

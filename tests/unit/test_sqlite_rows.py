@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -101,6 +102,7 @@ async def test_a_database_from_before_the_last_attempt_columns_opens(tmp_path: P
     try:
         task = (await store.get([7]))[7]
         assert (task.state, task.attempt, task.history) == (State.LEASED, 2, history)
+        assert task.expired_attempts == ((1, 1),)
         single = (await store.get([8]))[8]
         done = machine.ack(single, 1, result=None, now=50.0).task
         assert done is not None and await store.apply([Change(single, done)]) == [True]
@@ -114,6 +116,69 @@ async def test_a_database_from_before_the_last_attempt_columns_opens(tmp_path: P
         await store.close()
     columns = {row[1] for row in sqlite3.connect(db).execute("PRAGMA table_info(tasks)")}
     assert {name for name, _ in LAST_ATTEMPT_COLUMNS} <= columns
+
+
+def _version_1_database(db: Path) -> None:
+    """A database as feeders wrote it before schema version 2 (no expired_attempts, no
+    schema_migrations): one task whose history was trimmed to attempts 3 to 6."""
+    conn = sqlite3.connect(db)
+    conn.executescript(SCHEMA)
+    earlier = (
+        Attempt(3, "w", 10.0, 20.0, AttemptOutcome.EXPIRED, "lease expired"),
+        Attempt(4, "w", 21.0, 30.0, AttemptOutcome.EXPIRED, "lease expired"),
+        Attempt(5, "w", 31.0, 32.0, AttemptOutcome.RELEASED, "bye"),
+    )
+    conn.execute(
+        "INSERT INTO tasks (id, queue, payload, priority, state, max_attempts, created_at,"
+        " ready_at, attempt, failures, history, version, last_attempt, last_worker,"
+        " last_leased_at, last_ended_at, last_outcome, last_error)"
+        " VALUES (9, 'q', x'', 0, 2, 50, 1.0, 45.0, 6, 3, ?, 20, 6, 'w', 33.0, 45.0, 4,"
+        " 'lease expired')",
+        (reference(earlier),),
+    )
+    conn.execute("INSERT INTO meta (key, value) VALUES ('history_split', 1)")
+    conn.commit()
+    conn.close()
+
+
+async def test_schema_version_2_keeps_the_expired_attempts_of_older_databases(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "v1.db"
+    _version_1_database(db)
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        task = (await store.get([9]))[9]
+        assert task.expired_attempts == ((3, 4), (6, 6))
+        assert task.attempts_omitted == 2
+        # Attempts 1 and 2 left the history before expiries were kept: not known to have
+        # expired, so their late acks are rejected; the known expired ones are adopted.
+        for attempt, outcome in [(1, "REJECTED"), (4, "ADOPTED"), (5, "REJECTED"), (6, "ADOPTED")]:
+            assert machine.ack(task, attempt, result=None, now=50.0).outcome.name == outcome
+    finally:
+        await store.close()
+    conn = sqlite3.connect(db)
+    try:
+        versions = [row for row in conn.execute("SELECT version, name FROM schema_migrations")]
+        assert versions == [(1, "initial"), (2, "expired_attempts")]
+    finally:
+        conn.close()
+
+
+async def test_a_database_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "new.db"
+    store = SqliteStore(db)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'x', 0)")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(db)
+    with pytest.raises(RuntimeError, match="newer feedwork"):
+        await store.open()
+    await store.close()
 
 
 POLICY = QueuePolicy(max_attempts=3, backoff_base=1.0, backoff_cap=8.0, lease_duration=10.0)

@@ -218,6 +218,7 @@ CHANGEABLE: tuple[tuple[str, str], ...] = (
     ("last_ended_at", "float8"),
     ("last_outcome", "smallint"),
     ("last_error", "text"),
+    ("expired_attempts", "text"),
     ("version", "int"),
 )
 

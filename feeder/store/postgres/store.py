@@ -53,7 +53,7 @@ from feeder.store.base import (
 from feeder.store.postgres import sql
 from feeder.store.postgres.connector import PostgresConnector, is_unavailable, unavailable
 from feeder.store.postgres.migrate import LOCK_CLASS, SchemaTooNew, migrate
-from feeder.store.rows import headers_json, history_columns, task_from_row
+from feeder.store.rows import expired_text, headers_json, history_columns, task_from_row
 
 log = logging.getLogger("feedwork.feeder.store")
 
@@ -174,7 +174,7 @@ def _changed_values(task: Task) -> tuple[Any, ...]:
     return (
         int(task.state), task.ready_at, task.attempt, task.failures, task.not_before,
         task.lease_deadline, task.lease_granted, task.result, task.finished_at,
-        *history_columns(task.history), task.version,
+        *history_columns(task.history), expired_text(task.expired_attempts), task.version,
     )  # fmt: skip
 
 
