@@ -68,6 +68,8 @@ class Settings:
     # Work in flight past which calls are refused (UNAVAILABLE, retried by the clients).
     max_in_flight: int = 10_000
     max_in_flight_bytes: int = 128 * MiB
+    # Queues a database may know; a submit that would make a new one past it is refused.
+    max_queues: int = 10_000
     # How long completed and cancelled tasks (and their idempotency keys) are kept.
     retention: float = 86400.0
     # How long a shutdown waits for RPCs in flight before cancelling them.
@@ -239,6 +241,13 @@ OPTIONS: tuple[Option, ...] = (
         parse_size,
         "request bytes in flight past which calls are refused the same way",
         "SIZE",
+    ),
+    Option(
+        "max_queues",
+        parse_positive,
+        "queues the database may know; a submit to a new queue past it is refused"
+        " (RESOURCE_EXHAUSTED)",
+        "N",
     ),
     Option("retention", parse_duration, "how long completed/cancelled tasks are kept", "DUR"),
     Option("shutdown_grace", parse_duration, "how long shutdown waits for RPCs", "DUR"),

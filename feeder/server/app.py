@@ -84,6 +84,7 @@ class FeederServer:
             retention=settings.retention,
             on_availability=self._store_availability,
             max_reply_bytes=max(settings.max_message_bytes - REPLY_MARGIN, 1),
+            max_queues=settings.max_queues,
         )
         limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,

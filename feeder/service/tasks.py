@@ -120,6 +120,7 @@ class TaskService:
         retention: float = 86400.0,
         on_availability: Callable[[bool], None] | None = None,
         max_reply_bytes: int | None = None,
+        max_queues: int | None = None,
     ) -> None:
         """`on_availability(ok)` hears when the store becomes unreachable and reachable
         again (the server's health status follows it). `clock` defaults to a
@@ -127,6 +128,8 @@ class TaskService:
         self._store = store
         # A lease hands out no more tasks than fit one reply (None: no bound).
         self._max_reply_bytes = max_reply_bytes
+        # Submits may not make the database know more queues than this (None: no bound).
+        self._max_queues = max_queues
         self._policies = policies
         clock = clock or SteadyClock()
         self._clock = clock
@@ -233,7 +236,10 @@ class TaskService:
             return machine.create(spec, task_id=task_id, now=now, policy=self._policies(spec.queue))
 
         return await self._store.submit(
-            specs, create=create, max_depth=lambda q: self._policies(q).max_depth
+            specs,
+            create=create,
+            max_depth=lambda q: self._policies(q).max_depth,
+            max_queues=self._max_queues,
         )
 
     # -- lease --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from feeder.store.base import (
     StoreHooks,
     StoreUnavailable,
     Submitted,
+    TooManyQueues,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "StoreHooks",
     "StoreUnavailable",
     "Submitted",
+    "TooManyQueues",
 ]

@@ -35,6 +35,19 @@ class QueueFull(Exception):
         self.max_depth = max_depth
 
 
+class TooManyQueues(Exception):
+    """Submitting would make the database know more queues than allowed."""
+
+    def __init__(self, queue: str, known: int, max_queues: int) -> None:
+        super().__init__(
+            f"queue {queue!r} would be a new queue past the limit ({known} queues known,"
+            f" max_queues {max_queues}): submit to an existing queue, or raise --max-queues"
+        )
+        self.queue = queue
+        self.known = known
+        self.max_queues = max_queues
+
+
 # What a leased task adds to a reply besides its payload and headers: ids, token, times,
 # field tags (a generous bound; a lease token is under 100 bytes).
 TASK_OVERHEAD = 512
@@ -203,12 +216,16 @@ class Store(Protocol):
         *,
         create: TaskFactory,
         max_depth: Callable[[str], int],
+        max_queues: int | None = None,
     ) -> list[Submitted]:
         """Stores new tasks, all or none, as `create` makes them (fresh records: never
         leased, no result, no history). A spec whose (queue, idempotency_key) exists returns
         that task with deduplicated=True. Raises QueueFull (storing nothing) when a queue's
         pending tasks (scheduled, ready, leased) would exceed max_depth(queue), counting
-        the tasks every feeder on the database submits at the same time."""
+        the tasks every feeder on the database submits at the same time. Raises
+        TooManyQueues (storing nothing) when the batch names a queue the database does not
+        know and it knows `max_queues` already (with several feeders creating queues at
+        once, the limit may be passed by a few)."""
         ...
 
     async def claim(

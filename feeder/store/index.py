@@ -179,6 +179,13 @@ class TaskIndex:
                 found.append(self.tasks[entry[1]])
         return found
 
+    def knows(self, queue: str) -> bool:
+        """Whether `queue` has (or had) tasks here."""
+        return queue in self.counts or queue in self.totals
+
+    def queue_count(self) -> int:
+        return len(self.queues())
+
     def queues(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
         """Every queue known, in name order: those after `after`, at most `limit`."""
         # Keys are only ever added to either dict: their sizes say when a queue appeared.

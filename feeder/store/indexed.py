@@ -21,6 +21,7 @@ from feeder.store.base import (
     StoreHooks,
     Submitted,
     TaskFactory,
+    TooManyQueues,
     changes_news,
     report_news,
     wire_size,
@@ -98,6 +99,7 @@ class IndexedStore:
         *,
         create: TaskFactory,
         max_depth: Callable[[str], int],
+        max_queues: int | None = None,
     ) -> list[Submitted]:
         while True:
             # A key that another submit is still committing: its answer may only name a
@@ -110,7 +112,9 @@ class IndexedStore:
                 and (spec.queue, spec.idempotency_key) in self._inflight_keys
             }
             if not pending:
-                return await self._submit_now(specs, create=create, max_depth=max_depth)
+                return await self._submit_now(
+                    specs, create=create, max_depth=max_depth, max_queues=max_queues
+                )
             await asyncio.wait([asyncio.shield(f) for f in pending])
 
     async def _submit_now(
@@ -119,6 +123,7 @@ class IndexedStore:
         *,
         create: TaskFactory,
         max_depth: Callable[[str], int],
+        max_queues: int | None,
     ) -> list[Submitted]:
         index = self._index
         results: list[Submitted | None] = []
@@ -150,6 +155,12 @@ class IndexedStore:
         for (queue, decided), count in Counter(new_events).items():
             for event in decided:
                 events[(queue, event)] += count
+        if max_queues is not None:
+            new_queues = [q for q in added if not index.knows(q) and not self._inflight[q]]
+            if new_queues:
+                known = index.queue_count()
+                if known + len(new_queues) > max_queues:
+                    raise TooManyQueues(new_queues[0], known, max_queues)
         for queue, count in added.items():
             depth = index.pending(queue) + self._inflight[queue]
             if depth + count > max_depth(queue):

@@ -1354,3 +1354,20 @@ async def test_stats_of_every_queue_come_a_page_at_a_time(feeder) -> None:
     async with AsyncFeederClient(feeder.target) as client:
         stats = await client.stats()
     assert [q.queue for q in stats.queues] == names and stats.totals.submitted == 2500
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite", "postgres"])
+async def test_a_submit_to_a_new_queue_past_the_queue_limit_is_refused(
+    feeder_factory, feeder_settings, store_kind
+) -> None:
+    """Any Submit made a queue, for ever: 70,000 of them broke GetStats for everyone."""
+    settings = dataclasses.replace(feeder_settings, max_queues=2)
+    feeder = await feeder_factory(store_kind=store_kind, settings=settings)
+    await submit_ids(feeder, pb.TaskSpec(queue="a"), pb.TaskSpec(queue="b"))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await submit_ids(feeder, pb.TaskSpec(queue="a"), pb.TaskSpec(queue="c"))
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "'c' would be a new queue past the limit" in (refused.value.details() or "")
+    await submit_ids(feeder, pb.TaskSpec(queue="b"))
+    stats = await feeder.stub.GetStats(pb.GetStatsRequest())
+    assert [(q.queue, q.ready) for q in stats.queues] == [("a", 1), ("b", 2)]

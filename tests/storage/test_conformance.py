@@ -33,7 +33,15 @@ from feeder.core.model import (
     TaskSpec,
 )
 from feeder.core.policy import QueuePolicy
-from feeder.store import Change, QueueFull, Store, StoreHooks, StoreUnavailable, Submitted
+from feeder.store import (
+    Change,
+    QueueFull,
+    Store,
+    StoreHooks,
+    StoreUnavailable,
+    Submitted,
+    TooManyQueues,
+)
 from feeder.store.base import wire_size
 from feeder.store.sqlite import SqliteStore
 
@@ -854,6 +862,29 @@ def test_a_claim_stops_before_a_task_that_would_pass_its_byte_budget(
         rest = await store.claim("q", 10, leaser(T0), max_bytes=budget)
         assert [t.id for t in rest] == [t.id for t in tasks[3:]]
         assert all(t.state is State.LEASED for t in [*first, big, *rest])
+
+    run(make_store, body)
+
+
+def test_a_submit_that_would_pass_the_queue_limit_stores_nothing(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        def create(s: TaskSpec, task_id: int) -> Decision[State]:
+            return machine.create(s, task_id=task_id, now=T0, policy=POLICY)
+
+        async def submit_limited(*queues: str) -> list[Submitted]:
+            return await store.submit(
+                [spec(q) for q in queues], create=create, max_depth=lambda _: 100, max_queues=3
+            )
+
+        await submit_limited("a", "b")
+        await submit_limited("c", "a")
+        with pytest.raises(TooManyQueues) as refused:
+            await submit_limited("a", "d")
+        assert (refused.value.queue, refused.value.known, refused.value.max_queues) == ("d", 3, 3)
+        assert "max_queues 3" in str(refused.value)
+        await submit_limited("a", "b", "c")  # known queues stay open
+        counts = {c.queue: c.by_state[State.READY] for c in await store.queue_counts()}
+        assert counts == {"a": 3, "b": 2, "c": 2}
 
     run(make_store, body)
 

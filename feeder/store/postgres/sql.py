@@ -313,6 +313,13 @@ LIST_DEAD = f"""
 SELECT {COLUMNS} FROM {T} WHERE queue = $1 AND state = {DEAD} AND id > $2
 ORDER BY id LIMIT $3
 """
+# Which of these queues the database knows (any counter row: tasks now or before).
+KNOWN_QUEUES = """
+SELECT DISTINCT queue FROM feedwork.counters WHERE queue = ANY($1::text[])
+"""
+# How many queues submits have made (one gate row each; a queue copied in by `db copy`
+# counts from its first submit).
+QUEUE_COUNT = "SELECT count(*) FROM feedwork.queue_gates"
 # A page of queue names, in name order (each distinct name, read off the primary key).
 QUEUE_PAGE = """
 SELECT DISTINCT queue FROM feedwork.counters WHERE queue > $1 ORDER BY queue LIMIT $2

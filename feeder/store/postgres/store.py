@@ -46,6 +46,7 @@ from feeder.store.base import (
     StoreUnavailable,
     Submitted,
     TaskFactory,
+    TooManyQueues,
     changes_news,
     report_news,
     wire_size,
@@ -275,6 +276,8 @@ class PostgresStore:
 
     def __init__(self, dsn: str, *, pool_size: int = 10, startup_wait: float = 30.0) -> None:
         self._hooks = StoreHooks()
+        # Queues this feeder has seen the database know (see _check_new_queues).
+        self._known_queues: set[str] = set()
         self._connector = PostgresConnector(
             dsn,
             pool_size=pool_size,
@@ -357,7 +360,10 @@ class PostgresStore:
         *,
         create: TaskFactory,
         max_depth: Callable[[str], int],
+        max_queues: int | None = None,
     ) -> list[Submitted]:
+        if max_queues is not None:
+            await self._check_new_queues({spec.queue for spec in specs}, max_queues)
         # Twins within the batch (same queue and key) are one task.
         first_of: dict[tuple[str, str], int] = {}
         twin_of: dict[int, int] = {}
@@ -468,6 +474,29 @@ class PostgresStore:
                     raise StoreUnavailable("an idempotency key was released meanwhile; retry")
                 existing[position] = holder
         return created, existing
+
+    async def _check_new_queues(self, names: set[str], max_queues: int) -> None:
+        """Raises TooManyQueues if `names` holds queues the database does not know and it
+        knows `max_queues` already. Known names are remembered (queues are never
+        forgotten), so the database is asked only about names new to this feeder."""
+        unknown = names - self._known_queues
+        if not unknown:
+            return
+
+        async def check(conn: asyncpg.Connection) -> tuple[set[str], int]:
+            found = {r[0] for r in await conn.fetch(sql.KNOWN_QUEUES, list(unknown))}
+            return found, int(await conn.fetchval(sql.QUEUE_COUNT))
+
+        try:
+            found, known = await self._connector.run(check)
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+        self._known_queues |= found
+        new = sorted(unknown - found)
+        if new and known + len(new) > max_queues:
+            raise TooManyQueues(new[0], known, max_queues)
 
     async def claim(
         self, queue: str, limit: int, lease: LeaseDecider, *, max_bytes: int | None = None
