@@ -89,6 +89,10 @@ class FeederServer:
         self.port: int | None = None
 
     @property
+    def servicer(self) -> FeederServicer:
+        return self._servicer
+
+    @property
     def address(self) -> str:
         """HOST:PORT as listening (the real port when `listen` asked for port 0)."""
         host = self.settings.listen.rsplit(":", 1)[0]

@@ -12,6 +12,10 @@ own. Two loops run per stream:
 
 Replies go down one at a time (gRPC allows one write in progress per stream), in the order
 they are ready; tasks and a report answer ready in the same loop turn share one message.
+A caller that sends reports and does not read the answers is not read from either once
+MAX_UNANSWERED_REPORTS of its reports wait for their answer to go out (backpressure): its
+answers would otherwise pile up in the feeder without bound. Reading resumes as the answers
+drain; HTTP/2 flow control holds the caller's writes meanwhile.
 The stream ends when the caller closes its side (reports still being decided are answered
 first), when the caller goes away, or when the feeder drains for shutdown (UNAVAILABLE,
 after the reports already received are answered).
@@ -39,6 +43,10 @@ log = logging.getLogger("feedwork.feeder.rpc")
 MAX_CREDITS_PER_MESSAGE = 1000
 MAX_UNUSED_CREDITS = 10_000
 MAX_REPORT_ITEMS = 1000
+# Reports of one stream taken but not answered yet (being decided, or their answer waiting
+# to be written): past this, the stream is not read until answers have gone out. A worker
+# keeps a few in flight; a report and its answer take up to a few hundred KB.
+MAX_UNANSWERED_REPORTS = 32
 # One long poll of the lease loop. It is repeated for as long as credits are left, so this
 # only bounds how long a waiter stays queued before it queues again.
 LEASE_WAIT = 30.0
@@ -103,6 +111,9 @@ class ConsumeStream:
         self._outbox_tasks = pb.ConsumeResponse()  # only its tasks
         self._outbox_answers: deque[pb.ConsumeResponse] = deque()
         self._writer: asyncio.Task[None] | None = None
+        # Reports taken and not answered yet (see MAX_UNANSWERED_REPORTS).
+        self.unanswered = 0
+        self._answers_drained = asyncio.Event()
 
     async def run(self, requests: AsyncIterator[Any]) -> None:
         first = await anext(requests, None)
@@ -156,6 +167,9 @@ class ConsumeStream:
     async def _read_loop(self, requests: AsyncIterator[Any]) -> None:
         async for request in requests:
             self._take(request, first=False)
+            while self.unanswered >= MAX_UNANSWERED_REPORTS:
+                self._answers_drained.clear()
+                await self._answers_drained.wait()
 
     def _take(self, request: Any, *, first: bool) -> None:
         request = _parsed(request)
@@ -172,6 +186,7 @@ class ConsumeStream:
             self._credits += credits
             self._credited.set()
         if request.acks or request.nacks or request.extends:
+            self.unanswered += 1
             report = asyncio.create_task(self._answer(request))
             self._reports.add(report)
             report.add_done_callback(self._reports.discard)
@@ -240,6 +255,7 @@ class ConsumeStream:
         answers = self._outbox_answers
         while self._outbox_tasks.tasks or answers:
             tasks = self._outbox_tasks
+            answered = 1 if answers else 0
             if not tasks.tasks:
                 message = answers.popleft()
             else:
@@ -258,6 +274,10 @@ class ConsumeStream:
                 self._outbox_tasks = pb.ConsumeResponse()
                 answers.clear()
                 return
+            if answered:
+                self.unanswered -= answered
+                if self.unanswered < MAX_UNANSWERED_REPORTS:
+                    self._answers_drained.set()
 
 
 def _renamed(field: str, parse: Callable[..., list[Any]], items: _Items, **kwargs: Any) -> Any:
