@@ -69,6 +69,8 @@ class Settings:
     retention: float = 86400.0
     # How long a shutdown waits for RPCs in flight before cancelling them.
     shutdown_grace: float = 10.0
+    # The most leases one Consume stream or one Lease caller (worker_id) holds unacked.
+    max_unacked_per_consumer: int = 1000
     log_level: str = "INFO"
     # Where to write the bound port once listening (for `listen` with port 0).
     port_file: str | None = None
@@ -188,6 +190,13 @@ def parse_pool_size(value: object) -> int:
     return size
 
 
+def parse_positive(value: object) -> int:
+    count = parse_count(value)
+    if count < 1:
+        raise ValueError(f"invalid number {value!r} (want 1 or more)")
+    return count
+
+
 def parse_path(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"invalid path {value!r} (want a non-empty string)")
@@ -234,6 +243,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_result_bytes", parse_size, "largest Ack result accepted", "SIZE"),
     Option("retention", parse_duration, "how long completed/cancelled tasks are kept", "DUR"),
     Option("shutdown_grace", parse_duration, "how long shutdown waits for RPCs", "DUR"),
+    Option(
+        "max_unacked_per_consumer",
+        parse_positive,
+        "most leases one Consume stream or Lease caller (worker_id) holds unacked",
+        "N",
+    ),
     Option("log_level", parse_log_level, "debug, info, warning or error", "LEVEL"),
     Option("port_file", parse_path, "write the bound port to this file once listening", "PATH"),
     Option("max_attempts", parse_count, "default failures before a task is dead", "N", "policy"),

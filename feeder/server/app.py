@@ -76,6 +76,7 @@ class FeederServer:
             rng=rng,
             retention=settings.retention,
             on_availability=self._store_availability,
+            max_unacked=settings.max_unacked_per_consumer,
         )
         limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,

@@ -8,7 +8,11 @@ own. Two loops run per stream:
   slow commit never holds up the next message;
 - the lease loop leases while credits are left, as one long-polling Lease would, and sends
   what it gets; a task is never sent without a credit, so a worker never holds more than it
-  asked for.
+  asked for. The stream is one consumer for the cap on unacked leases: at its cap it waits,
+  credits kept, until one of its leases ends (`feeder.service.consumers`).
+
+A task leased on the stream and cancelled meanwhile (through any feeder) goes down in
+`cancelled_task_ids` of the next message, at once.
 
 Replies go down one at a time (gRPC allows one write in progress per stream), in the order
 they are ready; tasks and a report answer ready in the same loop turn share one message.
@@ -70,6 +74,7 @@ class ConsumeStart:
     queue: str
     lease_duration: float | None
     worker_id: str
+    max_unacked: int | None = None
 
 
 def consume_start(request: pb.ConsumeRequest) -> ConsumeStart:
@@ -77,14 +82,16 @@ def consume_start(request: pb.ConsumeRequest) -> ConsumeStart:
     if not request.HasField("start"):
         raise ValidationError("start", "is required in the first message of a Consume stream")
     start = request.start
-    as_lease = pb.LeaseRequest(queue=start.queue, max_tasks=1, worker_id=start.worker_id)
+    as_lease = pb.LeaseRequest(
+        queue=start.queue, max_tasks=1, worker_id=start.worker_id, max_unacked=start.max_unacked
+    )
     if start.HasField("lease_duration"):
         as_lease.lease_duration.CopyFrom(start.lease_duration)
     try:
         query = validate.lease_query(as_lease)
     except ValidationError as exc:
         raise ValidationError(f"start.{exc.field}", exc.message) from None
-    return ConsumeStart(query.queue, query.lease_duration, query.worker_id)
+    return ConsumeStart(query.queue, query.lease_duration, query.worker_id, query.max_unacked)
 
 
 class ConsumeStream:
@@ -111,6 +118,9 @@ class ConsumeStream:
         self._outbox_tasks = pb.ConsumeResponse()  # only its tasks
         self._outbox_answers: deque[pb.ConsumeResponse] = deque()
         self._writer: asyncio.Task[None] | None = None
+        # Who holds the leases sent down this stream (the cap on unacked leases), and where
+        # the cancellation of one of them is heard: it goes down in the next message.
+        self._consumer = service.stream_consumer(self._cancelled)
         # Reports taken and not answered yet (see MAX_UNANSWERED_REPORTS).
         self.unanswered = 0
         self._answers_drained = asyncio.Event()
@@ -148,6 +158,7 @@ class ConsumeStream:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            self._service.close_consumer(self._consumer)
             await self._stop_writing()
 
     async def _stop_writing(self) -> None:
@@ -208,6 +219,8 @@ class ConsumeStream:
                 lease_duration=start.lease_duration,
                 wait=LEASE_WAIT,
                 worker_id=start.worker_id,
+                consumer=self._consumer,
+                max_unacked=start.max_unacked,
             )
             if grants:
                 self._credits -= len(grants)
@@ -243,6 +256,10 @@ class ConsumeStream:
             extend_results = await service.extend(extends)
             response.extend_results.extend(map(convert.extend_result_pb, extend_results))
 
+    def _cancelled(self, task_id: int) -> None:
+        self._outbox_tasks.cancelled_task_ids.append(str(task_id))
+        self._post()
+
     def _post(self) -> None:
         """Makes sure the writer runs; it starts next loop turn, so whatever else is ready
         in this one goes in the same message."""
@@ -252,11 +269,12 @@ class ConsumeStream:
     async def _write_out(self) -> None:
         # One message per report answer, with every task waiting added to the first; gRPC
         # allows one write in progress per stream, so this task is the only writer.
+        # Cancellations ride with the tasks.
         answers = self._outbox_answers
-        while self._outbox_tasks.tasks or answers:
+        while self._outbox_tasks.tasks or self._outbox_tasks.cancelled_task_ids or answers:
             tasks = self._outbox_tasks
             answered = 1 if answers else 0
-            if not tasks.tasks:
+            if not tasks.tasks and not tasks.cancelled_task_ids:
                 message = answers.popleft()
             else:
                 self._outbox_tasks = pb.ConsumeResponse()
@@ -267,6 +285,7 @@ class ConsumeStream:
                         tasks.MergeFrom(answer)
                     else:
                         answer.tasks.extend(tasks.tasks)
+                        answer.cancelled_task_ids.extend(tasks.cancelled_task_ids)
                         message = answer
             try:
                 await self._context.write(message)

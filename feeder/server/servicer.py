@@ -119,6 +119,7 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
             lease_duration=query.lease_duration,
             wait=query.wait,
             worker_id=query.worker_id,
+            max_unacked=query.max_unacked,
         )
         reply = pb.LeaseResponse()
         convert.add_leased_tasks(reply.tasks, grants)
