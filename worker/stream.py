@@ -68,6 +68,7 @@ class ConsumeStream:
         worker_id: str,
         lease_duration: float | None,
         on_leased: Callable[[list[Any], float], None],
+        on_cancelled: Callable[[list[str]], None] = lambda task_ids: None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -78,6 +79,7 @@ class ConsumeStream:
         self._worker_id = worker_id
         self._lease_duration = lease_duration
         self._on_leased = on_leased
+        self._on_cancelled = on_cancelled
         self._clock = clock
         self._wall_clock = wall_clock
         self._call: Any = None  # the open call, once its first message is sent
@@ -244,6 +246,8 @@ class ConsumeStream:
                 self._unused -= len(tasks)
                 self._on_leased(tasks, self._leased_at(tasks))
                 self._grant_freed()  # room under the cap for slots left ungranted
+            if response.cancelled_task_ids:
+                self._on_cancelled(list(response.cancelled_task_ids))
             if _answers_a_report(response):
                 answer = self._answers.get(response.report_id)
                 if answer is not None and not answer.done():
