@@ -58,6 +58,10 @@ LEASE_WAIT = 30.0
 WRITE_GRACE = 5.0
 
 
+# The stream's initial metadata: the feeder accepted it (a client resets its backoff).
+ACCEPTED = (("feedwork-consume", "accepted"),)
+
+
 class StreamClosed(Exception):
     """The feeder ends the stream (it is shutting down): the caller should reconnect."""
 
@@ -131,6 +135,11 @@ class ConsumeStream:
             return  # closed before it started
         start = consume_start(_parsed(first))
         self._take(first, first=True)
+        if self._service.draining:
+            raise StreamClosed("the feeder is shutting down; reconnect")
+        # Tells the caller its stream is accepted (before any task is ready): one that
+        # breaks later was working, and is reopened without the backoff growing.
+        await self._context.send_initial_metadata(ACCEPTED)
         leasing = asyncio.create_task(self._lease_loop(start), name="feedwork-consume-lease")
         reading = asyncio.create_task(self._read_loop(requests), name="feedwork-consume-read")
         try:
