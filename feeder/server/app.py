@@ -38,7 +38,10 @@ log = logging.getLogger("feedwork.feeder")
 
 FEEDER_SERVICE = feeder_pb2.DESCRIPTOR.services_by_name["Feeder"].full_name
 MEMORY_DB = ":memory:"
-# Clients may send keepalive pings this often without being sent GOAWAY (too_many_pings).
+# Clients may send keepalive pings this often (with or without a call open); a client that
+# pings more often is sent GOAWAY "too_many_pings" after two strikes, and its calls fail
+# (RESOURCE_EXHAUSTED or UNAVAILABLE). The SDKs ping every 30 s (feedwork/channel.py);
+# the limit is documented in the README and in feeder.proto next to Consume.
 MIN_CLIENT_PING_INTERVAL_MS = 10_000
 
 
