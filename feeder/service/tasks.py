@@ -54,6 +54,11 @@ MAX_RACES = 8
 LEADERSHIP_RETRY = 1.0
 # The most leases one consumer (a Consume stream, a Lease caller) holds unacked, by default.
 MAX_UNACKED_PER_CONSUMER = 1000
+# On a shared database, the leases consumers hold are all re-read this often: ends this
+# feeder did not hear of (acks through other feeders, expiries by another's reaper) would
+# otherwise stay in its books for as long as their consumer stays below its cap.
+RECHECK_EVERY = 60.0
+RECHECK_BATCH = 1000
 
 
 @fast_init
@@ -141,6 +146,7 @@ class TaskService:
         self._leading = False
         self._consumers = Consumers()
         self._rechecks: set[asyncio.Future[None]] = set()
+        self._rechecked_at = 0.0
         self.max_unacked = max_unacked
         # Looked up at each call (not bound now), so a test can stand in for any of them.
         store.set_hooks(
@@ -158,20 +164,26 @@ class TaskService:
         and the leases of every consumer are re-read (a lost cancellation is then pushed
         to its holder all the same)."""
         self._waiters.wake_every_queue()
-        if self._consumers.holders:
-            checking = asyncio.ensure_future(self._recheck_consumers())
-            self._rechecks.add(checking)
-            checking.add_done_callback(self._rechecks.discard)
+        self._recheck_consumers()
 
-    async def _recheck_consumers(self) -> None:
+    def _recheck_consumers(self) -> None:
+        """Re-reads every lease a consumer holds, in the background (once at a time)."""
+        if self._rechecks or not self._consumers.holders:
+            return
+        self._rechecked_at = asyncio.get_running_loop().time()
+        checking = asyncio.ensure_future(self._recheck())
+        self._rechecks.add(checking)
+        checking.add_done_callback(self._rechecks.discard)
+
+    async def _recheck(self) -> None:
         consumers = self._consumers
-        by_consumer = consumers.by_holder()
-        try:
-            current = await self._store.get([i for ids in by_consumer.values() for i in ids])
-        except StoreUnavailable:
-            return  # the next `missed`, once the store is back, tries again
-        for consumer, ids in by_consumer.items():
-            consumers.verify(consumer, ids, current)
+        for consumer, ids in consumers.by_holder().items():
+            for start in range(0, len(ids), RECHECK_BATCH):
+                batch = ids[start : start + RECHECK_BATCH]
+                try:
+                    consumers.verify(consumer, batch, await self._store.get(batch))
+                except StoreUnavailable:
+                    return  # the next `missed`, once the store is back, tries again
 
     @property
     def reaper(self) -> Reaper:
@@ -295,6 +307,8 @@ class TaskService:
         if room <= 0:
             return []
         count = min(max_tasks, room)
+        if self._store.shared and loop.time() - self._rechecked_at >= RECHECK_EVERY:
+            self._recheck_consumers()
         consumer.reserved += count
         try:
             grants = await self._lease(queue, count, lease_duration, worker_id, give_up_at)

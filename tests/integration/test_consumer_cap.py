@@ -14,6 +14,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from feeder.config import Settings, load_settings
+from feeder.service import tasks as service_tasks
 from feedwork.v1 import feeder_pb2 as pb
 from tests.integration.test_consume import expect_error, read_tasks, start, submit
 
@@ -170,3 +171,23 @@ def test_the_cap_is_a_setting() -> None:
     assert env.max_unacked_per_consumer == 7
     with pytest.raises(ValueError, match="max-unacked-per-consumer"):
         load_settings({"max_unacked_per_consumer": "0"}, env={})
+
+
+async def test_ends_heard_of_nowhere_leave_no_trace(
+    feeder_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Leases of a caller below its cap, acked through another feeder: the feeder that
+    # granted them forgets them at its next periodic re-read (every RECHECK_EVERY s).
+    monkeypatch.setattr(service_tasks, "RECHECK_EVERY", 0.0)
+    a = await feeder_factory(store_kind="postgres")
+    b = await feeder_factory(store_kind="postgres")
+    await submit(a, 10)
+    held = await lease(a, "gone")
+    await ack(b, *held)
+    assert a.service._consumers.holders == CAP
+    await lease(a, "another", max_unacked=1)  # any lease may start the re-read
+    began = time.monotonic()
+    while a.service._consumers.holders > 1 and time.monotonic() - began < 5:
+        await asyncio.sleep(0.05)
+    assert a.service._consumers.holders == 1  # only the new caller's lease
+    assert set(a.service._consumers._callers) == {"another"}
