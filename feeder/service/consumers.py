@@ -11,7 +11,9 @@ What this feeder hears of is exact: its store reports every lease that ends thro
 on a shared database, every cancellation another feeder makes. Acks through other feeders
 and expiries by another feeder's reaper are not announced (a notification per ack would
 cost every feeder a message per task); a consumer at its cap re-reads its leases from the
-store instead (`verify`), at most every CAP_RECHECK seconds while it waits.
+store instead (`verify`), at most every CAP_RECHECK seconds while it waits, and every
+consumer's leases are re-read once a minute and after lost notifications (see
+`TaskService._recheck_consumers`), so such ends do not stay in the books.
 """
 
 from __future__ import annotations
