@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import struct
 import time
@@ -366,12 +367,14 @@ async def expiry_storm(options: Options) -> list[dict[str, Any]]:
         align_at = t_lease0 + STORM_ALIGN
 
         async def lease_all(index: int, stub: pb_grpc.FeederStub) -> None:
-            while True:
+            # A worker_id per call: the feeder caps the unacked leases of one caller (1000
+            # by default), and these are never acked.
+            for call in itertools.count():
                 duration = max(STORM_LEASE, align_at - time.time())
                 request = pb.LeaseRequest(
                     queue=storm_queue,
                     max_tasks=1000,
-                    worker_id=f"bench-storm-{index}",
+                    worker_id=f"bench-storm-{index}-{call}",
                     lease_duration=_duration(duration),
                 )
                 reply = await stub.Lease(request, timeout=30)

@@ -74,6 +74,8 @@ class Settings:
     retention: float = 86400.0
     # How long a shutdown waits for RPCs in flight before cancelling them.
     shutdown_grace: float = 10.0
+    # The most leases one Consume stream or one Lease caller (worker_id) holds unacked.
+    max_unacked_per_consumer: int = 1000
     log_level: str = "INFO"
     # Where to write the bound port once listening (for `listen` with port 0).
     port_file: str | None = None
@@ -251,6 +253,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("retention", parse_duration, "how long completed/cancelled tasks are kept", "DUR"),
     Option("shutdown_grace", parse_duration, "how long shutdown waits for RPCs", "DUR"),
+    Option(
+        "max_unacked_per_consumer",
+        parse_positive,
+        "most leases one Consume stream or Lease caller (worker_id) holds unacked",
+        "N",
+    ),
     Option("log_level", parse_log_level, "debug, info, warning or error", "LEVEL"),
     Option("port_file", parse_path, "write the bound port to this file once listening", "PATH"),
     Option("max_attempts", parse_count, "default failures before a task is dead", "N", "policy"),

@@ -2,7 +2,8 @@
 
 `FeederClient`, `AsyncFeederClient`, the `Worker`, the CLI (through `FeederClient`) and the
 healthcheck all build their channels here, so what a target may be, how calls spread over
-several feeders and how soon a dead feeder is noticed are decided once. (Transport
+several feeders, how soon a dead feeder is found again (reconnect backoff) and how soon a
+silent one is noticed (keepalive) are decided once. (Transport
 security and credentials belong here too.)
 
 A target is one of:
@@ -65,6 +66,33 @@ URI_SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock"
 
 SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
+# Keepalive: while a call is open (a worker's Consume stream, a long poll), the client pings
+# the feeder every KEEPALIVE_TIME seconds and drops the connection when a ping is not
+# answered within KEEPALIVE_TIMEOUT, so a silent partition ends the call with UNAVAILABLE
+# (and the client reconnects) within 40 s instead of hanging until TCP gives up (minutes
+# to hours). The feeder accepts a ping at most every 10 s (MIN_CLIENT_PING_INTERVAL_MS in
+# feeder/server/app.py) and sends GOAWAY "too_many_pings" to a client that pings more
+# often: keep KEEPALIVE_TIME above that. No pings without a call: an idle producer's next
+# call finds out (and is retried) instead. Read when each channel is made (tests shorten
+# them).
+KEEPALIVE_TIME = 30.0
+KEEPALIVE_TIMEOUT = 10.0
+
+
+def _keepalive() -> tuple[tuple[str, Any], ...]:
+    return (
+        ("grpc.keepalive_time_ms", int(KEEPALIVE_TIME * 1000)),
+        ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT * 1000)),
+        ("grpc.keepalive_permit_without_calls", 0),
+        # Any ping in flight (gRPC's bandwidth probes too, which the keepalive ping waits
+        # on rather than send its own) is given the same time: by default 60 s.
+        ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT * 1000)),
+        # gRPC stops pinging after 2 pings without data by default: an idle stream
+        # would be watched for a minute, then no longer.
+        ("grpc.http2.max_pings_without_data", 0),
+    )
+
+
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     # Payloads and results may be up to a few MiB each and come in batches.
     ("grpc.max_receive_message_length", -1),
@@ -77,6 +105,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.service_config", SERVICE_CONFIG),
     # Ours, not one from a DNS TXT record: a record could switch spreading off.
     ("grpc.service_config_disable_resolution", 1),
+    *_keepalive(),
 )
 
 # Host names as DNS and container runtimes spell them (underscores included).
@@ -156,8 +185,9 @@ def resolve_target(target: str, *, lookup: Lookup = lookup_host) -> str:
 
 
 def channel_options(extra: Iterable[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
-    """`CHANNEL_OPTIONS`, with any of them replaced by `extra` (a later value wins)."""
-    return list({**dict(CHANNEL_OPTIONS), **dict(extra)}.items())
+    """`CHANNEL_OPTIONS` (keepalive as KEEPALIVE_TIME and KEEPALIVE_TIMEOUT are now), with
+    any of them replaced by `extra` (a later value wins)."""
+    return list({**dict(CHANNEL_OPTIONS), **dict(_keepalive()), **dict(extra)}.items())
 
 
 def sync_channel(target: str, *, options: Iterable[tuple[str, Any]] = ()) -> grpc.Channel:

@@ -138,6 +138,14 @@ class Jobs:
         log.warning("task %s: %s; telling its handler to stop", job.task.id, reason)
         job.task.cancel(reason)
 
+    def on_cancelled(self, task_ids: list[str]) -> None:
+        """The feeder pushed these tasks' cancellation (Consume stream): stop their
+        handlers as for a lost lease, without waiting for the next Extend to say so."""
+        wanted = set(task_ids)
+        for token, job in list(self._jobs.items()):
+            if job.task.id in wanted and job.lost is None:
+                self.on_lost(token, pb.EXTEND_OUTCOME_CANCELLED)
+
     def release_unsettled(self) -> None:
         """Gives back every task whose handler has not finished, and stops those handlers."""
         for job in list(self._jobs.values()):

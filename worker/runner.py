@@ -183,6 +183,7 @@ class Worker:
                 worker_id=self.worker_id,
                 lease_duration=self.lease_duration,
                 on_leased=lambda tasks, sent_at: jobs.on_leased(tasks, sent_at),
+                on_cancelled=lambda task_ids: jobs.on_cancelled(task_ids),
             )
         acker = Acker(
             stub=stub,

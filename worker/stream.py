@@ -10,9 +10,11 @@ stream.
 When the stream breaks, the credits the feeder had not used yet are gone with it: their
 slots are freed and granted again on the next stream. The stream is reopened for as long
 as the worker runs: at once after a stream that worked (with several feeders, on one that
-is up), then with backoff while none opens. Only a refusal no retry can fix (an invalid
-queue name) ends it, and a feeder without Consume (UNIMPLEMENTED) makes the worker use
-Lease instead.
+is up), then with backoff while none opens; a new stream waits for gRPC to reconnect the
+channel rather than failing while it is down. The backoff starts afresh after every
+stream a feeder accepted, so it never grows from one feeder restart to the next. Only a
+refusal no retry can fix (an invalid queue name) ends it, and a feeder without Consume
+(UNIMPLEMENTED) makes the worker use Lease instead.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,7 +34,7 @@ from feedwork.errors import error_from_rpc, error_from_status
 from feedwork.retry import status_code
 from feedwork.v1 import feeder_pb2 as pb
 from worker.connection import ConnectionMonitor
-from worker.leaser import Slots, reconnecting, retryable
+from worker.leaser import BACKOFF_INITIAL, Slots, reconnecting, retryable
 
 log = logging.getLogger("feedwork.worker")
 
@@ -45,6 +48,15 @@ REPORT_TIMEOUT = 10.0
 # starts afresh. Counted over a worker's life instead, a few feeder restarts would grow
 # every later wait to the backoff cap, and a worker must find a live feeder within ~2 s.
 WORKING_STREAM = 1.0
+# A stream the feeder accepted (its initial metadata says so) that broke sooner, before
+# bringing anything, starts the backoff afresh too, but after a pause of up to this: a
+# feeder that accepts streams and ends them at once is not called in a tight loop.
+ACCEPTED_PAUSE = BACKOFF_INITIAL
+# The feeder's initial metadata key on a stream it accepted (feeder.server.consume.ACCEPTED).
+ACCEPTED_KEY = "feedwork-consume"
+# A new stream waits for a connection; when none comes within this long, the connection
+# monitor is told (the feeder is "not reachable"), as a failed call would.
+NOT_REACHABLE_AFTER = 0.5
 
 
 class StreamLost(Exception):
@@ -68,6 +80,7 @@ class ConsumeStream:
         worker_id: str,
         lease_duration: float | None,
         on_leased: Callable[[list[Any], float], None],
+        on_cancelled: Callable[[list[str]], None] = lambda task_ids: None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -78,6 +91,7 @@ class ConsumeStream:
         self._worker_id = worker_id
         self._lease_duration = lease_duration
         self._on_leased = on_leased
+        self._on_cancelled = on_cancelled
         self._clock = clock
         self._wall_clock = wall_clock
         self._call: Any = None  # the open call, once its first message is sent
@@ -93,6 +107,7 @@ class ConsumeStream:
         self._flush_scheduled = False
         self._sending: set[asyncio.Future[None]] = set()
         self._heard = False  # the open stream brought a message
+        self._accepted = False  # the feeder accepted the open stream
         self.messages_sent = 0  # for tests and benchmarks: messages up the stream
 
     @property
@@ -143,14 +158,16 @@ class ConsumeStream:
         """One session. A working stream that breaks returns (see WORKING_STREAM); one
         that never worked raises, and is retried with growing backoff."""
         opened = self._clock()
-        self._heard = False
+        self._heard = self._accepted = False
         try:
             await self._session()
         except grpc.RpcError as exc:
             worked = self._heard or self._clock() - opened >= WORKING_STREAM
-            if not worked or not retryable(exc):
+            if not (worked or self._accepted) or not retryable(exc):
                 raise
             self._monitor.failed(exc, call="Consume")
+            if not worked:
+                await asyncio.sleep(random.uniform(0, ACCEPTED_PAUSE))
 
     async def _session(self) -> None:
         granted = await self._slots.reserve_free()
@@ -158,7 +175,10 @@ class ConsumeStream:
             self._slots.release(granted - MAX_UNUSED_CREDITS)
             granted = MAX_UNUSED_CREDITS
         self._unused = granted
-        call = self._stub.Consume()
+        # Waits for a connection rather than failing at once while the channel is down:
+        # the stream opens as soon as gRPC reconnects (its own backoff, 250 ms to 2 s),
+        # with no second backoff of ours compounding it.
+        call = self._stub.Consume(wait_for_ready=True)
         reading: asyncio.Task[None] | None = None
         try:
             start = pb.ConsumeStart(queue=self._queue, worker_id=self._worker_id)
@@ -233,6 +253,15 @@ class ConsumeStream:
             await self._write(request)
 
     async def _read(self, call: Any) -> None:
+        headers = asyncio.ensure_future(call.initial_metadata())
+        await asyncio.wait({headers}, timeout=NOT_REACHABLE_AFTER)
+        if not headers.done():
+            # The call waits for a connection: no failure to report, so say it here.
+            self._monitor.failed(_Ended("no connection to a feeder yet"), call="Consume")
+        metadata = await headers
+        if metadata is not None and any(key == ACCEPTED_KEY for key, _ in metadata):
+            self._accepted = True
+            self._monitor.succeeded()
         while True:
             response = await call.read()
             if response is grpc.aio.EOF:
@@ -244,6 +273,8 @@ class ConsumeStream:
                 self._unused -= len(tasks)
                 self._on_leased(tasks, self._leased_at(tasks))
                 self._grant_freed()  # room under the cap for slots left ungranted
+            if response.cancelled_task_ids:
+                self._on_cancelled(list(response.cancelled_task_ids))
             if _answers_a_report(response):
                 answer = self._answers.get(response.report_id)
                 if answer is not None and not answer.done():

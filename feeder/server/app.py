@@ -39,7 +39,10 @@ log = logging.getLogger("feedwork.feeder")
 
 FEEDER_SERVICE = feeder_pb2.DESCRIPTOR.services_by_name["Feeder"].full_name
 MEMORY_DB = ":memory:"
-# Clients may send keepalive pings this often without being sent GOAWAY (too_many_pings).
+# Clients may send keepalive pings this often (with or without a call open); a client that
+# pings more often is sent GOAWAY "too_many_pings" after two strikes, and its calls fail
+# (RESOURCE_EXHAUSTED or UNAVAILABLE). The SDKs ping every 30 s (feedwork/channel.py);
+# the limit is documented in the README and in feeder.proto next to Consume.
 MIN_CLIENT_PING_INTERVAL_MS = 10_000
 MAX_PENDING_CALLS = 100_000
 # Room left in a reply for gRPC's framing and the reply's own fields.
@@ -85,6 +88,7 @@ class FeederServer:
             on_availability=self._store_availability,
             max_reply_bytes=max(settings.max_message_bytes - REPLY_MARGIN, 1),
             max_queues=settings.max_queues,
+            max_unacked=settings.max_unacked_per_consumer,
         )
         limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,
@@ -102,6 +106,10 @@ class FeederServer:
         self._stopping: asyncio.Future[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
         self.port: int | None = None
+
+    @property
+    def servicer(self) -> FeederServicer:
+        return self._servicer
 
     @property
     def address(self) -> str:

@@ -8,10 +8,18 @@ own. Two loops run per stream:
   slow commit never holds up the next message;
 - the lease loop leases while credits are left, as one long-polling Lease would, and sends
   what it gets; a task is never sent without a credit, so a worker never holds more than it
-  asked for.
+  asked for. The stream is one consumer for the cap on unacked leases: at its cap it waits,
+  credits kept, until one of its leases ends (`feeder.service.consumers`).
+
+A task leased on the stream and cancelled meanwhile (through any feeder) goes down in
+`cancelled_task_ids` of the next message, at once.
 
 Replies go down one at a time (gRPC allows one write in progress per stream), in the order
 they are ready; tasks and a report answer ready in the same loop turn share one message.
+A caller that sends reports and does not read the answers is not read from either once
+MAX_UNANSWERED_REPORTS of its reports wait for their answer to go out (backpressure): its
+answers would otherwise pile up in the feeder without bound. Reading resumes as the answers
+drain; HTTP/2 flow control holds the caller's writes meanwhile.
 The stream ends when the caller closes its side (reports still being decided are answered
 first), when the caller goes away, or when the feeder drains for shutdown (UNAVAILABLE,
 after the reports already received are answered).
@@ -39,11 +47,19 @@ log = logging.getLogger("feedwork.feeder.rpc")
 MAX_CREDITS_PER_MESSAGE = 1000
 MAX_UNUSED_CREDITS = 10_000
 MAX_REPORT_ITEMS = 1000
+# Reports of one stream taken but not answered yet (being decided, or their answer waiting
+# to be written): past this, the stream is not read until answers have gone out. A worker
+# keeps a few in flight; a report and its answer take up to a few hundred KB.
+MAX_UNANSWERED_REPORTS = 32
 # One long poll of the lease loop. It is repeated for as long as credits are left, so this
 # only bounds how long a waiter stays queued before it queues again.
 LEASE_WAIT = 30.0
 # How long a stream that ends with an error waits for a message already on its way.
 WRITE_GRACE = 5.0
+
+
+# The stream's initial metadata: the feeder accepted it (a client resets its backoff).
+ACCEPTED = (("feedwork-consume", "accepted"),)
 
 
 class StreamClosed(Exception):
@@ -62,6 +78,7 @@ class ConsumeStart:
     queue: str
     lease_duration: float | None
     worker_id: str
+    max_unacked: int | None = None
 
 
 def consume_start(request: pb.ConsumeRequest) -> ConsumeStart:
@@ -69,14 +86,16 @@ def consume_start(request: pb.ConsumeRequest) -> ConsumeStart:
     if not request.HasField("start"):
         raise ValidationError("start", "is required in the first message of a Consume stream")
     start = request.start
-    as_lease = pb.LeaseRequest(queue=start.queue, max_tasks=1, worker_id=start.worker_id)
+    as_lease = pb.LeaseRequest(
+        queue=start.queue, max_tasks=1, worker_id=start.worker_id, max_unacked=start.max_unacked
+    )
     if start.HasField("lease_duration"):
         as_lease.lease_duration.CopyFrom(start.lease_duration)
     try:
         query = validate.lease_query(as_lease)
     except ValidationError as exc:
         raise ValidationError(f"start.{exc.field}", exc.message) from None
-    return ConsumeStart(query.queue, query.lease_duration, query.worker_id)
+    return ConsumeStart(query.queue, query.lease_duration, query.worker_id, query.max_unacked)
 
 
 class ConsumeStream:
@@ -103,6 +122,12 @@ class ConsumeStream:
         self._outbox_tasks = pb.ConsumeResponse()  # only its tasks
         self._outbox_answers: deque[pb.ConsumeResponse] = deque()
         self._writer: asyncio.Task[None] | None = None
+        # Who holds the leases sent down this stream (the cap on unacked leases), and where
+        # the cancellation of one of them is heard: it goes down in the next message.
+        self._consumer = service.stream_consumer(self._cancelled)
+        # Reports taken and not answered yet (see MAX_UNANSWERED_REPORTS).
+        self.unanswered = 0
+        self._answers_drained = asyncio.Event()
 
     async def run(self, requests: AsyncIterator[Any]) -> None:
         first = await anext(requests, None)
@@ -110,6 +135,11 @@ class ConsumeStream:
             return  # closed before it started
         start = consume_start(_parsed(first))
         self._take(first, first=True)
+        if self._service.draining:
+            raise StreamClosed("the feeder is shutting down; reconnect")
+        # Tells the caller its stream is accepted (before any task is ready): one that
+        # breaks later was working, and is reopened without the backoff growing.
+        await self._context.send_initial_metadata(ACCEPTED)
         leasing = asyncio.create_task(self._lease_loop(start), name="feedwork-consume-lease")
         reading = asyncio.create_task(self._read_loop(requests), name="feedwork-consume-read")
         try:
@@ -137,6 +167,7 @@ class ConsumeStream:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            self._service.close_consumer(self._consumer)
             await self._stop_writing()
 
     async def _stop_writing(self) -> None:
@@ -156,6 +187,9 @@ class ConsumeStream:
     async def _read_loop(self, requests: AsyncIterator[Any]) -> None:
         async for request in requests:
             self._take(request, first=False)
+            while self.unanswered >= MAX_UNANSWERED_REPORTS:
+                self._answers_drained.clear()
+                await self._answers_drained.wait()
 
     def _take(self, request: Any, *, first: bool) -> None:
         request = _parsed(request)
@@ -172,6 +206,7 @@ class ConsumeStream:
             self._credits += credits
             self._credited.set()
         if request.acks or request.nacks or request.extends:
+            self.unanswered += 1
             report = asyncio.create_task(self._answer(request))
             self._reports.add(report)
             report.add_done_callback(self._reports.discard)
@@ -193,6 +228,8 @@ class ConsumeStream:
                 lease_duration=start.lease_duration,
                 wait=LEASE_WAIT,
                 worker_id=start.worker_id,
+                consumer=self._consumer,
+                max_unacked=start.max_unacked,
             )
             if grants:
                 self._credits -= len(grants)
@@ -228,6 +265,10 @@ class ConsumeStream:
             extend_results = await service.extend(extends)
             response.extend_results.extend(map(convert.extend_result_pb, extend_results))
 
+    def _cancelled(self, task_id: int) -> None:
+        self._outbox_tasks.cancelled_task_ids.append(str(task_id))
+        self._post()
+
     def _post(self) -> None:
         """Makes sure the writer runs; it starts next loop turn, so whatever else is ready
         in this one goes in the same message."""
@@ -237,10 +278,12 @@ class ConsumeStream:
     async def _write_out(self) -> None:
         # One message per report answer, with every task waiting added to the first; gRPC
         # allows one write in progress per stream, so this task is the only writer.
+        # Cancellations ride with the tasks.
         answers = self._outbox_answers
-        while self._outbox_tasks.tasks or answers:
+        while self._outbox_tasks.tasks or self._outbox_tasks.cancelled_task_ids or answers:
             tasks = self._outbox_tasks
-            if not tasks.tasks:
+            answered = 1 if answers else 0
+            if not tasks.tasks and not tasks.cancelled_task_ids:
                 message = answers.popleft()
             else:
                 self._outbox_tasks = pb.ConsumeResponse()
@@ -251,6 +294,7 @@ class ConsumeStream:
                         tasks.MergeFrom(answer)
                     else:
                         answer.tasks.extend(tasks.tasks)
+                        answer.cancelled_task_ids.extend(tasks.cancelled_task_ids)
                         message = answer
             try:
                 await self._context.write(message)
@@ -258,6 +302,10 @@ class ConsumeStream:
                 self._outbox_tasks = pb.ConsumeResponse()
                 answers.clear()
                 return
+            if answered:
+                self.unanswered -= answered
+                if self.unanswered < MAX_UNANSWERED_REPORTS:
+                    self._answers_drained.set()
 
 
 def _renamed(field: str, parse: Callable[..., list[Any]], items: _Items, **kwargs: Any) -> Any:

@@ -120,6 +120,8 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
         # Turns Submit's relative delays into times and ages the oldest ready task in
         # GetStats; the same clock the service runs on.
         self._clock = clock
+        # The Consume streams being served (for tests and diagnostics).
+        self.streams: set[ConsumeStream] = set()
 
     @_rpc
     async def Submit(
@@ -142,6 +144,7 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
             lease_duration=query.lease_duration,
             wait=query.wait,
             worker_id=query.worker_id,
+            max_unacked=query.max_unacked,
         )
         reply = pb.LeaseResponse()
         convert.add_leased_tasks(reply.tasks, grants)
@@ -153,6 +156,7 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
         stream = ConsumeStream(
             service=self._service, limits=self._limits, context=context, status_of=status_of
         )
+        self.streams.add(stream)
         try:
             await stream.run(requests)
         except grpc.aio.AbortError:
@@ -160,6 +164,8 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
         except Exception as exc:
             code, details = status_of(exc, method="Consume")
             await context.abort(code, details)
+        finally:
+            self.streams.discard(stream)
 
     @_rpc
     async def Ack(

@@ -80,6 +80,8 @@ class LeaseQuery:
     lease_duration: float | None
     wait: float
     worker_id: str
+    # The caller's own cap on unacked leases; None: the feeder's.
+    max_unacked: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,14 @@ def lease_query(request: pb.LeaseRequest) -> LeaseQuery:
         lease_duration=_lease_duration(request, "lease_duration"),
         wait=wait,
         worker_id=request.worker_id,
+        max_unacked=max_unacked(request.max_unacked, "max_unacked"),
     )
+
+
+def max_unacked(value: int, field: str) -> int | None:
+    """A caller's cap on its unacked leases: 0 (None: the feeder's) or positive."""
+    _int_range(value, field, 0, 2**31 - 1, rule="must be 0 (the feeder's cap) or more")
+    return value or None
 
 
 def ack_items(request: pb.AckRequest, *, limits: Limits) -> list[AckItem]:

@@ -31,6 +31,7 @@ from feeder.core.policy import QueuePolicy
 from feeder.core.records import fast_init
 from feeder.core.tokens import LeaseRef, TokenCodec, TokenError
 from feeder.service.clock import SteadyClock
+from feeder.service.consumers import CAP_RECHECK, Consumer, Consumers
 from feeder.service.janitor import Janitor
 from feeder.service.reaper import Reaper
 from feeder.service.waiters import Waiters
@@ -51,6 +52,13 @@ OutcomeT = TypeVar("OutcomeT")
 MAX_RACES = 8
 # How long to wait before trying again to take the maintenance role after a failure.
 LEADERSHIP_RETRY = 1.0
+# The most leases one consumer (a Consume stream, a Lease caller) holds unacked, by default.
+MAX_UNACKED_PER_CONSUMER = 1000
+# On a shared database, the leases consumers hold are all re-read this often: ends this
+# feeder did not hear of (acks through other feeders, expiries by another's reaper) would
+# otherwise stay in its books for as long as their consumer stays below its cap.
+RECHECK_EVERY = 60.0
+RECHECK_BATCH = 1000
 
 
 @fast_init
@@ -121,10 +129,13 @@ class TaskService:
         on_availability: Callable[[bool], None] | None = None,
         max_reply_bytes: int | None = None,
         max_queues: int | None = None,
+        max_unacked: int = MAX_UNACKED_PER_CONSUMER,
     ) -> None:
         """`on_availability(ok)` hears when the store becomes unreachable and reachable
         again (the server's health status follows it). `clock` defaults to a
-        `SteadyClock`: wall-clock seconds that do not follow the wall clock's steps."""
+        `SteadyClock`: wall-clock seconds that do not follow the wall clock's steps.
+        `max_unacked` caps the leases one consumer holds unacked (see
+        `feeder.service.consumers`)."""
         self._store = store
         # A lease hands out no more tasks than fit one reply (None: no bound).
         self._max_reply_bytes = max_reply_bytes
@@ -142,15 +153,46 @@ class TaskService:
         self._releasing: set[asyncio.Future[list[NackResult]]] = set()
         self._draining = False
         self._leading = False
+        self._consumers = Consumers()
+        self._rechecks: set[asyncio.Future[None]] = set()
+        self._rechecked_at = 0.0
+        self.max_unacked = max_unacked
         # Looked up at each call (not bound now), so a test can stand in for any of them.
         store.set_hooks(
             StoreHooks(
                 ready=lambda queue, count: self._waiters.wake(queue, count),
                 timer=lambda when: self._reaper.wake_by(when),
-                missed=lambda: self._waiters.wake_every_queue(),
+                missed=lambda: self._missed(),
                 available=on_availability or (lambda ok: None),
+                ended=lambda leases: self._consumers.ended(leases),
             )
         )
+
+    def _missed(self) -> None:
+        """Notifications from other feeders may have been lost: long polls look again,
+        and the leases of every consumer are re-read (a lost cancellation is then pushed
+        to its holder all the same)."""
+        self._waiters.wake_every_queue()
+        self._recheck_consumers()
+
+    def _recheck_consumers(self) -> None:
+        """Re-reads every lease a consumer holds, in the background (once at a time)."""
+        if self._rechecks or not self._consumers.holders:
+            return
+        self._rechecked_at = asyncio.get_running_loop().time()
+        checking = asyncio.ensure_future(self._recheck())
+        self._rechecks.add(checking)
+        checking.add_done_callback(self._rechecks.discard)
+
+    async def _recheck(self) -> None:
+        consumers = self._consumers
+        for consumer, ids in consumers.by_holder().items():
+            for start in range(0, len(ids), RECHECK_BATCH):
+                batch = ids[start : start + RECHECK_BATCH]
+                try:
+                    consumers.verify(consumer, batch, await self._store.get(batch))
+                except StoreUnavailable:
+                    return  # the next `missed`, once the store is back, tries again
 
     @property
     def reaper(self) -> Reaper:
@@ -217,6 +259,8 @@ class TaskService:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         self._loops = []
+        for checking in list(self._rechecks):
+            checking.cancel()
         if self._releasing:
             await asyncio.wait(self._releasing)
         await self._store.close()
@@ -244,6 +288,14 @@ class TaskService:
 
     # -- lease --------------------------------------------------------------------------
 
+    def stream_consumer(self, on_cancelled: Callable[[int], None]) -> Consumer:
+        """A consumer for one Consume stream; `on_cancelled(task_id)` hears at once of the
+        cancellation of a task it holds. `close_consumer` it when the stream ends."""
+        return Consumer("stream", on_cancelled)
+
+    def close_consumer(self, consumer: Consumer) -> None:
+        self._consumers.close(consumer)
+
     async def lease(
         self,
         queue: str,
@@ -252,9 +304,62 @@ class TaskService:
         lease_duration: float | None,
         wait: float,
         worker_id: str,
+        consumer: Consumer | None = None,
+        max_unacked: int | None = None,
     ) -> list[LeaseGrant]:
+        """Leases up to `max_tasks` for `consumer` (default: the Lease caller `worker_id`),
+        waiting up to `wait` for the first. A consumer holding its cap of unacked leases
+        (the feeder's, or `max_unacked` if lower) gets none until some of them end."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + wait
+        if consumer is None:
+            consumer = self._consumers.lease_caller(worker_id)
+        cap = self.max_unacked if not max_unacked else min(max_unacked, self.max_unacked)
+        room = await self._room(consumer, cap, give_up_at)
+        if room <= 0:
+            return []
+        count = min(max_tasks, room)
+        if self._store.shared and loop.time() - self._rechecked_at >= RECHECK_EVERY:
+            self._recheck_consumers()
+        consumer.reserved += count
+        try:
+            grants = await self._lease(queue, count, lease_duration, worker_id, give_up_at)
+            self._consumers.granted(consumer, (grant.task for grant in grants))
+        finally:
+            self._consumers.release_reservation(consumer, count)
+        return grants
+
+    async def _room(self, consumer: Consumer, cap: int, give_up_at: float) -> int:
+        """How many more leases `consumer` may take, once it may take any (0: the wait
+        ended first). At its cap it waits for one of its leases to end, and re-reads them
+        every CAP_RECHECK seconds for ends this feeder did not hear of."""
+        loop = asyncio.get_running_loop()
+        consumers = self._consumers
+        while not self._draining:
+            room = consumer.room(cap)
+            if room > 0:
+                return room
+            if consumer.held and consumers.due_check(consumer, loop.time()):
+                held = list(consumer.held)
+                consumers.verify(consumer, held, await self._store.get(held))
+                continue
+            remaining = give_up_at - loop.time()
+            if remaining <= 0:
+                return 0
+            consumer.freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(consumer.freed.wait(), min(remaining, CAP_RECHECK))
+        return 0
+
+    async def _lease(
+        self,
+        queue: str,
+        max_tasks: int,
+        lease_duration: float | None,
+        worker_id: str,
+        give_up_at: float,
+    ) -> list[LeaseGrant]:
+        loop = asyncio.get_running_loop()
         waiters = self._waiters
         first = False
         while not self._draining:

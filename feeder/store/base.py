@@ -121,27 +121,46 @@ class StoreHooks:
     - `missed()`: notifications from other feeders may have been lost (a reconnect):
       anything may have changed.
     - `available(ok)`: the database became unreachable (False) or reachable again (True).
+    - `ended(leases)`: the leases of these tasks ended, as (task id, state now, None if
+      deleted): acked, nacked, expired, revoked or cancelled through this store; of the
+      changes other feeders make, only cancellations are heard (state CANCELLED).
     """
 
     ready: Callable[[str, int], None] = _ignore
     timer: Callable[[float], None] = _ignore
     missed: Callable[[], None] = _ignore
     available: Callable[[bool], None] = _ignore
+    ended: Callable[[list[tuple[int, State | None]]], None] = _ignore
+
+
+@dataclass(slots=True)
+class News:
+    """What applied changes mean to the service (see `changes_news`)."""
+
+    # Tasks that became ready, per queue.
+    ready: Counter[str]
+    # The earliest lease deadline or not-before time set.
+    timer: float | None
+    # Leases that ended: (task id, state now).
+    ended: list[tuple[int, State | None]]
 
 
 def changes_news(
     records: Iterable[tuple[State | None, Task | None]],
-) -> tuple[Counter[str], float | None]:
-    """What applied changes mean to waiters and timers: (tasks that became ready per queue,
-    the earliest timer set), from (state before, or None for a new task; record after, or
-    None for a deletion). Every backend reports through this one function."""
+) -> News:
+    """What applied changes mean to waiters, timers and lease holders, from (state before,
+    or None for a new task; record after, or None for a deletion). Every backend reports
+    through this one function."""
     ready: Counter[str] = Counter()
     earliest: float | None = None
+    ended: list[tuple[int, State | None]] = []
     ready_state, leased, scheduled = State.READY, State.LEASED, State.SCHEDULED
     for before, task in records:
         if task is None:
             continue
         state = task.state
+        if before is leased and state is not leased:
+            ended.append((task.id, state))
         if state is ready_state:
             # A task that was ready already (a stale nack's note) is not news.
             if before is not ready_state:
@@ -155,14 +174,16 @@ def changes_news(
             continue
         if when is not None and (earliest is None or when < earliest):
             earliest = when
-    return ready, earliest
+    return News(ready, earliest, ended)
 
 
-def report_news(hooks: StoreHooks, ready: Mapping[str, int], timer: float | None) -> None:
-    for queue, count in ready.items():
+def report_news(hooks: StoreHooks, news: News) -> None:
+    for queue, count in news.ready.items():
         hooks.ready(queue, count)
-    if timer is not None:
-        hooks.timer(timer)
+    if news.timer is not None:
+        hooks.timer(news.timer)
+    if news.ended:
+        hooks.ended(news.ended)
 
 
 class Store(Protocol):

@@ -259,7 +259,7 @@ class IndexedStore:
         return applied
 
     def _report(self, records: Sequence[tuple[State | None, Task | None]]) -> None:
-        report_news(self._hooks, *changes_news(records))
+        report_news(self._hooks, changes_news(records))
 
     def _count(self, events: EventCounts) -> None:
         for (queue, event), count in events.items():

@@ -228,18 +228,20 @@ class SubmitResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SubmitResult, _Mapping]]] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
-    __slots__ = ("queue", "max_tasks", "lease_duration", "wait", "worker_id")
+    __slots__ = ("queue", "max_tasks", "lease_duration", "wait", "worker_id", "max_unacked")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
     LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_UNACKED_FIELD_NUMBER: _ClassVar[int]
     queue: str
     max_tasks: int
     lease_duration: _duration_pb2.Duration
     wait: _duration_pb2.Duration
     worker_id: str
-    def __init__(self, queue: _Optional[str] = ..., max_tasks: _Optional[int] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    max_unacked: int
+    def __init__(self, queue: _Optional[str] = ..., max_tasks: _Optional[int] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_id: _Optional[str] = ..., max_unacked: _Optional[int] = ...) -> None: ...
 
 class LeasedTask(_message.Message):
     __slots__ = ("task_id", "queue", "payload", "headers", "attempt", "lease_token", "lease_deadline", "priority", "max_attempts")
@@ -371,14 +373,16 @@ class ExtendResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ExtendResult, _Mapping]]] = ...) -> None: ...
 
 class ConsumeStart(_message.Message):
-    __slots__ = ("queue", "lease_duration", "worker_id")
+    __slots__ = ("queue", "lease_duration", "worker_id", "max_unacked")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_UNACKED_FIELD_NUMBER: _ClassVar[int]
     queue: str
     lease_duration: _duration_pb2.Duration
     worker_id: str
-    def __init__(self, queue: _Optional[str] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    max_unacked: int
+    def __init__(self, queue: _Optional[str] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_id: _Optional[str] = ..., max_unacked: _Optional[int] = ...) -> None: ...
 
 class ConsumeRequest(_message.Message):
     __slots__ = ("start", "credits", "report_id", "acks", "nacks", "extends")
@@ -397,7 +401,7 @@ class ConsumeRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[ConsumeStart, _Mapping]] = ..., credits: _Optional[int] = ..., report_id: _Optional[int] = ..., acks: _Optional[_Iterable[_Union[AckItem, _Mapping]]] = ..., nacks: _Optional[_Iterable[_Union[NackItem, _Mapping]]] = ..., extends: _Optional[_Iterable[_Union[ExtendItem, _Mapping]]] = ...) -> None: ...
 
 class ConsumeResponse(_message.Message):
-    __slots__ = ("tasks", "report_id", "ack_results", "nack_results", "extend_results", "error_code", "error_message")
+    __slots__ = ("tasks", "report_id", "ack_results", "nack_results", "extend_results", "error_code", "error_message", "cancelled_task_ids")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     ACK_RESULTS_FIELD_NUMBER: _ClassVar[int]
@@ -405,6 +409,7 @@ class ConsumeResponse(_message.Message):
     EXTEND_RESULTS_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[LeasedTask]
     report_id: int
     ack_results: _containers.RepeatedCompositeFieldContainer[AckResult]
@@ -412,7 +417,8 @@ class ConsumeResponse(_message.Message):
     extend_results: _containers.RepeatedCompositeFieldContainer[ExtendResult]
     error_code: int
     error_message: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., report_id: _Optional[int] = ..., ack_results: _Optional[_Iterable[_Union[AckResult, _Mapping]]] = ..., nack_results: _Optional[_Iterable[_Union[NackResult, _Mapping]]] = ..., extend_results: _Optional[_Iterable[_Union[ExtendResult, _Mapping]]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+    cancelled_task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., report_id: _Optional[int] = ..., ack_results: _Optional[_Iterable[_Union[AckResult, _Mapping]]] = ..., nack_results: _Optional[_Iterable[_Union[NackResult, _Mapping]]] = ..., extend_results: _Optional[_Iterable[_Union[ExtendResult, _Mapping]]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., cancelled_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("task_id",)

@@ -126,6 +126,13 @@ class FeederServicer:
         be acked on another stream or with Ack. Closing the stream does not give leased tasks
         back; their leases run to their deadlines like any other. The feeder ends the stream
         with UNAVAILABLE when it shuts down; a client reconnects and carries on.
+
+        Keepalive: the feeder accepts HTTP/2 pings from a client at most every 10 s (also
+        with no call open) and answers a client that pings more often with GOAWAY
+        ("too_many_pings", the call fails with RESOURCE_EXHAUSTED or UNAVAILABLE). The
+        feedwork SDKs ping every 30 s while a call is open and give up on a connection whose
+        ping is not answered within 10 s. A stream whose caller does not read its answers is
+        not read either once 32 of its reports wait for their answer (backpressure).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,7 +171,8 @@ class FeederServicer:
 
     def CancelTask(self, request, context):
         """Cancels a task that has not completed. A cancelled task is never leased again; the
-        current lease, if any, learns it from its next Extend or Ack.
+        current lease, if any, learns it from its next Extend or Ack, or at once when it was
+        leased on a Consume stream (ConsumeResponse.cancelled_task_ids).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -250,6 +250,9 @@ class _SlowWrites:
         self.in_flight = 0
         self.written: list[pb.ConsumeResponse] = []
 
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        pass
+
     async def write(self, message: pb.ConsumeResponse) -> None:
         await asyncio.shield(self._send(message))
 

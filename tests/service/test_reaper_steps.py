@@ -45,7 +45,9 @@ async def expired_storm(n: int) -> tuple[FakeClock, CostlyStore, TaskService, Fa
     """`n` leased tasks of queue "q", all past their deadline at the returned clock's now."""
     clock, timer = FakeClock(), FakeClock(0.0)
     store = CostlyStore(timer)
-    service = TaskService(store=store, policies=lambda queue: QueuePolicy(), clock=clock)
+    service = TaskService(
+        store=store, policies=lambda queue: QueuePolicy(), clock=clock, max_unacked=n
+    )
     await service.start(background=False)
     for start in range(0, n, 1000):
         await service.submit([TaskSpec(queue="q") for _ in range(min(1000, n - start))])

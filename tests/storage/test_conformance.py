@@ -656,6 +656,35 @@ def test_hooks_announce_ready_tasks_and_timers(make_store: StoreFactory) -> None
     run(make_store, body)
 
 
+def test_hooks_announce_ended_leases(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        ended: list[tuple[int, State | None]] = []
+        store.set_hooks(StoreHooks(ended=ended.extend))
+        acked, nacked, expired, cancelled, kept = await submit_tasks(store, [spec()] * 5)
+        leased = {t.id: t for t in await store.claim("q", 5, leaser(T0 + 1, duration=20.0))}
+        assert ended == []  # leasing ends nothing
+        await step(store, leased[acked.id], ack_d(leased[acked.id], T0 + 2))
+        await step(store, leased[nacked.id], nack_d(leased[nacked.id], T0 + 2))
+        await step(store, leased[expired.id], machine.advance(leased[expired.id], T0 + 100))
+        await step(store, leased[cancelled.id], machine.cancel(leased[cancelled.id], now=T0 + 2))
+        kept_task = leased[kept.id]
+        await step(
+            store,
+            kept_task,
+            machine.extend(kept_task, kept_task.attempt, lease_duration=None, now=T0 + 3),
+        )
+        assert sorted(ended) == sorted(
+            [
+                (acked.id, State.COMPLETED),
+                (nacked.id, State.SCHEDULED),
+                (expired.id, State.READY),
+                (cancelled.id, State.CANCELLED),
+            ]
+        )
+
+    run(make_store, body)
+
+
 # -- timers -------------------------------------------------------------------------------
 
 

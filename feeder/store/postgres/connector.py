@@ -26,7 +26,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -47,6 +47,8 @@ LISTEN_CHECK_TIMEOUT = 5.0
 # Deadlocks and serialization failures between concurrent transactions: retried this often.
 CONFLICT_RETRIES = 5
 R = TypeVar("R")
+# Task ids per "c" (cancelled) notification: 20 digits and a space each, under 8000 bytes.
+CANCELLED_PER_NOTIFICATION = 300
 
 # SQLSTATE classes and codes that mean the database is not reachable now, as opposed to a
 # statement that is wrong: 08 connection exception, 53 insufficient resources (too many
@@ -89,18 +91,24 @@ def unavailable(exc: BaseException) -> StoreUnavailable:
 
 @dataclass(slots=True)
 class _Outbox:
-    """Notifications waiting to be sent: ready tasks per queue and the earliest timer."""
+    """Notifications waiting to be sent: ready tasks per queue, the earliest timer and
+    tasks whose lease was cancelled."""
 
     ready: Counter[str]
     timer: float | None = None
+    cancelled: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.ready) or self.timer is not None
+        return bool(self.ready) or self.timer is not None or bool(self.cancelled)
 
     def payloads(self) -> list[str]:
         found = [f"r {count} {queue}" for queue, count in self.ready.items()]
         if self.timer is not None:
             found.append(f"t {self.timer!r}")
+        # A payload must stay under PostgreSQL's 8000 bytes.
+        for start in range(0, len(self.cancelled), CANCELLED_PER_NOTIFICATION):
+            ids = self.cancelled[start : start + CANCELLED_PER_NOTIFICATION]
+            found.append("c " + " ".join(map(str, ids)))
         return found
 
 
@@ -117,6 +125,7 @@ class PostgresConnector:
         on_timer: Callable[[float], None],
         on_missed: Callable[[], None],
         on_available: Callable[[bool], None],
+        on_cancelled: Callable[[list[int]], None] | None = None,
     ) -> None:
         self._dsn = dsn
         self._pool_size = pool_size
@@ -125,6 +134,7 @@ class PostgresConnector:
         self._on_timer = on_timer
         self._on_missed = on_missed
         self._on_available = on_available
+        self._on_cancelled = on_cancelled
         self._pool: asyncpg.Pool | None = None
         self._listen: asyncpg.Connection | None = None
         self._listening: asyncio.Task[None] | None = None
@@ -317,13 +327,17 @@ class PostgresConnector:
 
     # -- notifications --------------------------------------------------------------------
 
-    def announce(self, ready: Counter[str], timer: float | None) -> None:
+    def announce(
+        self, ready: Counter[str], timer: float | None, cancelled: list[int] | None = None
+    ) -> None:
         """Tells the other feeders that tasks became ready (and, if it is soon, that a timer
-        was set), in the next coalesced NOTIFY."""
-        if not ready and timer is None:
+        was set, and which leased tasks were cancelled), in the next coalesced NOTIFY."""
+        if not ready and timer is None and not cancelled:
             return
         outbox = self._outbox
         outbox.ready.update(ready)
+        if cancelled:
+            outbox.cancelled.extend(cancelled)
         if timer is not None and (outbox.timer is None or timer < outbox.timer):
             outbox.timer = timer
         if self._sending is None or self._sending.done():
@@ -359,6 +373,8 @@ class PostgresConnector:
                 self._on_ready(queue, int(count))
             elif kind == "t":
                 self._on_timer(float(rest))
+            elif kind == "c" and self._on_cancelled is not None:
+                self._on_cancelled([int(task_id) for task_id in rest.split()])
         except ValueError:
             log.warning("ignoring a malformed notification %r", payload)
 

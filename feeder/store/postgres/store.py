@@ -287,6 +287,7 @@ class PostgresStore:
             on_timer=lambda when: self._hooks.timer(when),
             on_missed=lambda: self._hooks.missed(),
             on_available=lambda ok: self._hooks.available(ok),
+            on_cancelled=lambda ids: self._hooks.ended([(i, State.CANCELLED) for i in ids]),
         )
         self._secret: bytes | None = None
         self._ids = _IdBlocks()
@@ -347,10 +348,15 @@ class PostgresStore:
         """Tells this feeder (hooks) and the others (NOTIFY) what committed changes did.
         Other feeders hear of a timer only if it is due before the maintenance leader
         re-reads the earliest timer anyway."""
-        ready, timer = changes_news(records)
-        report_news(self._hooks, ready, timer)
+        news = changes_news(records)
+        report_news(self._hooks, news)
+        timer = news.timer
         soon = timer if timer is not None and timer < time.time() + TIMER_RECHECK else None
-        self._connector.announce(ready, soon)
+        # Cancelled leases too, so the feeder that granted a lease pushes the cancellation
+        # to its holder at once (rare, so a notification each is cheap; other ends of
+        # leases are not announced: one per ack would cost every feeder a message per task).
+        cancelled = [task_id for task_id, state in news.ended if state is State.CANCELLED]
+        self._connector.announce(news.ready, soon, cancelled)
 
     # -- writes ---------------------------------------------------------------------------
 
