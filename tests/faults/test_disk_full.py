@@ -42,6 +42,7 @@ from tests.faults.harness import (
     running,
     scaled,
     totals_figures,
+    wait_for,
     wait_settled,
 )
 
@@ -212,7 +213,10 @@ def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> N
             assert error is not None, "a submit got through on a full file system"
             assert_full(error)
             message = error.details()
-            assert healthy(feeder.target)
+            # Health tells the truth: the store cannot write.
+            full_at = time.monotonic()
+            wait_for(lambda: not healthy(feeder.target), within=5, what="NOT_SERVING when full")
+            not_serving_after = time.monotonic() - full_at
             tasks = get_tasks(stub, stored)
             assert len(tasks) == len(stored)
 
@@ -221,7 +225,11 @@ def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> N
             time.sleep(3)
             completed_while_full = queue_stats(stub, QUEUE).completed
 
+            assert not healthy(feeder.target)
             ballast.unlink()
+            freed = time.monotonic()
+            wait_for(lambda: healthy(feeder.target), within=10, what="SERVING with room again")
+            serving_again = time.monotonic() - freed
             after, error = try_submit(stub, specs(20))
             assert error is None, error
             stored += after
@@ -241,6 +249,8 @@ def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> N
             "tasks_stored_before_full": len(stored) - len(after),
             "submit_error": f"UNAVAILABLE: {message}",
             "completed_while_full": completed_while_full,
+            "not_serving_after_s": round(not_serving_after, 2),
+            "serving_again_after_s": round(serving_again, 2),
             "submitted_after_space_returned": len(after),
             "tasks": len(stored),
             **result.figures(),
