@@ -1,13 +1,18 @@
-"""The fault-injection harness: real feeder and worker processes on 127.0.0.1, a ledger of
-every execution, and the audit that checks the ledger against the feeder's own records.
+"""The fault-injection harness: real feeder and worker processes on 127.0.0.1, two ledgers
+kept by the workers (every execution, and every ack the feeder answered), and the audit
+that checks the feeder's records against them.
 
     feeder = FeederProc(tmp_path)             # python -m feeder on a fixed free port
     feeder.start(); feeder.kill9(); feeder.start()   # same database, same port
     workers = WorkerPool(tmp_path, feeder.target, queue="q", ledger=ledger_path)
     workers.start(8, concurrency=4)           # python -m worker ... tests.faults.handlers:ledger
     ...
-    result = audit(stub, task_ids, ledger_path)   # GetTask for every id + the ledger
+    result = audit(stub, task_ids, ledger_path)   # GetTask for every id + both ledgers
     assert result.lost == 0 and result.completed_twice == 0
+
+Completions are counted from the workers' side: each worker runs with `--ack-ledger`
+(`ack_ledger_paths(ledger)`, one JSON-lines file per worker process), and the audit holds
+the feeder to every ACKED or ADOPTED answer it gave (see `audit`).
 
 Sizes: `scaled(small, big)` is `big` when FEEDWORK_CHAOS=1 (`make chaos`), else `small`
 (the CI-sized run of plain `make test`). Every test records its figures with `record()`
@@ -17,6 +22,7 @@ docs/RELIABILITY.md from that file.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -169,13 +175,15 @@ class FeederProc(Proc):
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         name: str = "feeder",
+        module: str = "feeder",
     ) -> None:
-        """`db`: a SQLite file (default `workdir/feedwork.db`) or a PostgreSQL URL."""
+        """`db`: a SQLite file (default `workdir/feedwork.db`) or a PostgreSQL URL. `module`:
+        what runs (tests.faults.faulty_feeder: the feeder on a store with a fault)."""
         self.db = db or workdir / "feedwork.db"
         self.port = port or free_port()
         self.port_file = workdir / f"{name}.port"
         argv = [
-            "-m", "feeder",
+            "-m", module,
             "--listen", f"127.0.0.1:{self.port}",
             "--db", str(self.db),
             "--port-file", str(self.port_file),
@@ -272,6 +280,7 @@ class WorkerPool:
             "--grace", str(self.grace),
             "--wait", str(self.wait),
             "--worker-id", name,
+            "--ack-ledger", str(ack_ledger_path(self.ledger, name)),
             "--log-level", "INFO",
             *(["--lease-duration", str(self.lease_duration)] if self.lease_duration else []),
             *self.extra,
@@ -431,7 +440,7 @@ def every_worker_runs_again(
     return probe_ids
 
 
-# -- the ledger and the audit -----------------------------------------------------------------
+# -- the ledgers and the audit ----------------------------------------------------------------
 
 
 def read_ledger(path: Path) -> list[tuple[str, int, int]]:
@@ -443,6 +452,50 @@ def read_ledger(path: Path) -> list[tuple[str, int, int]]:
         task_id, attempt, pid = line.split()
         lines.append((task_id, int(attempt), int(pid)))
     return lines
+
+
+def ack_ledger_path(ledger: Path, worker: str) -> Path:
+    """The ack ledger (`python -m worker --ack-ledger`) of one worker of a pool whose
+    execution ledger is `ledger`."""
+    return ledger.with_name(f"{ledger.stem}.acks-{worker}.jsonl")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """An ack as its worker saw it: the feeder's answer, and the result the worker sent."""
+
+    task_id: str
+    attempt: int
+    outcome: str  # ACKED, ADOPTED, DUPLICATE, REJECTED, ...
+    result: bytes
+    worker_id: str
+
+    @property
+    def completed(self) -> bool:
+        """The feeder told this worker that its ack completed the task."""
+        return self.outcome in ("ACKED", "ADOPTED")
+
+
+def read_receipts(ledger: Path) -> list[Receipt]:
+    """Every ack answer recorded by the workers of the pool whose execution ledger is
+    `ledger`. A line cut short (a worker killed while writing it) is left out."""
+    receipts = []
+    for path in sorted(ledger.parent.glob(f"{ledger.stem}.acks-*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            receipts.append(
+                Receipt(
+                    task_id=data["task_id"],
+                    attempt=int(data["attempt"]),
+                    outcome=data["outcome"],
+                    result=base64.b64decode(data["result"]),
+                    worker_id=data["worker_id"],
+                )
+            )
+    return receipts
 
 
 def ts(value: Any) -> float:
@@ -458,8 +511,18 @@ class Audit:
     cancelled: int = 0
     # Submitted but not final, or unknown to the feeder.
     lost: int = 0
-    # Tasks with more than one ACKED attempt in their history.
+    # Tasks the feeder told two attempts (by their workers' ack ledgers) that their ack
+    # completed it (ACKED or ADOPTED), or whose history holds two ACKED attempts.
     completed_twice: int = 0
+    # Tasks acknowledged as completed to a worker (ACKED or ADOPTED) that are not COMPLETED
+    # with that worker's result: a completion the feeder answered and did not keep.
+    acknowledged_not_kept: int = 0
+    # ACKED or ADOPTED answers the workers recorded, for the audited tasks.
+    acks_recorded: int = 0
+    # COMPLETED tasks with no recorded ACKED/ADOPTED answer: the answer was lost and the
+    # retried ack answered DUPLICATE, or its worker was killed before writing it down. Not
+    # a failure: the audit just knows less about them.
+    completed_without_receipt: int = 0
     executions: int = 0
     # Executions beyond the first, per task, summed.
     duplicate_executions: int = 0
@@ -477,6 +540,37 @@ class Audit:
         return data
 
 
+def check_receipts(
+    result: Audit, task: pb.Task | None, task_id: str, receipts: list[Receipt]
+) -> None:
+    """Holds the feeder to what it told the workers about one task: every ACKED or ADOPTED
+    answer means the task is COMPLETED with that ack's result, and at most one attempt got
+    such an answer (a second ack is DUPLICATE, whichever came first)."""
+    completions = [r for r in receipts if r.completed]
+    result.acks_recorded += len(completions)
+    attempts = sorted({r.attempt for r in completions})
+    if len(attempts) > 1:
+        result.completed_twice += 1
+        told = ", ".join(f"attempt {r.attempt} {r.outcome} to {r.worker_id}" for r in completions)
+        result.problems.append(f"{task_id}: acknowledged as completed to {told}")
+    not_kept = [
+        r
+        for r in completions
+        if task is None or task.state != pb.TASK_STATE_COMPLETED or task.result != r.result
+    ]
+    if not_kept:
+        result.acknowledged_not_kept += 1
+        state = "missing" if task is None else pb.TaskState.Name(task.state)
+        stored = None if task is None else task.result
+        for r in not_kept:
+            result.problems.append(
+                f"{task_id}: attempt {r.attempt} was {r.outcome} with result {r.result!r} "
+                f"(worker {r.worker_id}), but the task is {state} with result {stored!r}"
+            )
+    if task is not None and task.state == pb.TASK_STATE_COMPLETED and not completions:
+        result.completed_without_receipt += 1
+
+
 def audit(
     stub: feeder_pb2_grpc.FeederStub,
     task_ids: Sequence[str],
@@ -485,15 +579,20 @@ def audit(
     expect: int = pb.TASK_STATE_COMPLETED,
     expect_for: dict[str, int] | None = None,
 ) -> tuple[Audit, dict[str, pb.Task]]:
-    """Reads every task back and checks it against the ledger of executions."""
+    """Reads every task back and checks it against the workers' ledgers: the executions
+    (`ledger`) and the acks the feeder answered (`read_receipts(ledger)`)."""
     tasks = get_tasks(stub, task_ids)
     lines = read_ledger(ledger)
+    receipts: dict[str, list[Receipt]] = {}
+    for receipt in read_receipts(ledger):
+        receipts.setdefault(receipt.task_id, []).append(receipt)
     executions = Counter(task_id for task_id, _, _ in lines)
     per_attempt = Counter((task_id, attempt) for task_id, attempt, _ in lines)
     result = Audit(tasks=len(task_ids))
     states: Counter[str] = Counter()
     for task_id in task_ids:
         task = tasks.get(task_id)
+        check_receipts(result, task, task_id, receipts.get(task_id, []))
         if task is None:
             result.lost += 1
             result.problems.append(f"{task_id}: not found")
@@ -510,8 +609,10 @@ def audit(
         result.completed += task.state == pb.TASK_STATE_COMPLETED
         result.dead += task.state == pb.TASK_STATE_DEAD
         result.cancelled += task.state == pb.TASK_STATE_CANCELLED
+        # The feeder's own history: one ACKED attempt per completed task. (It cannot show
+        # a completion lost in a crash: the receipts above can.)
         acked = sum(a.outcome == pb.ATTEMPT_OUTCOME_ACKED for a in task.history)
-        if acked > 1:
+        if acked > 1 and len({r.attempt for r in receipts.get(task_id, []) if r.completed}) < 2:
             result.completed_twice += 1
             result.problems.append(f"{task_id}: {acked} ACKED attempts")
         if task.state == pb.TASK_STATE_COMPLETED and acked != 1:
@@ -539,11 +640,15 @@ def audit(
 
 
 def assert_clean(result: Audit) -> None:
-    """The promises every test checks: nothing lost, nothing completed twice, no lease
-    executed twice, and each task in the state it should end in."""
+    """The promises every test checks: nothing lost, nothing completed twice, every
+    completion a worker was told of kept, no lease executed twice, and each task in the
+    state it should end in."""
     shown = "\n".join(result.problems[:30])
     assert result.lost == 0, f"{result.lost} tasks lost:\n{shown}"
     assert result.completed_twice == 0, f"{result.completed_twice} completed twice:\n{shown}"
+    assert result.acknowledged_not_kept == 0, (
+        f"{result.acknowledged_not_kept} acknowledged completions not kept:\n{shown}"
+    )
     assert result.attempt_executed_twice == 0, shown
     assert result.phantom_executions == 0, shown
     assert not result.problems, shown
