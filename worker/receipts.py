@@ -23,8 +23,12 @@ import base64
 import json
 import os
 import time
+from dataclasses import dataclass
 
 from feedwork.v1 import feeder_pb2 as pb
+
+# The outcomes that tell a worker its ack completed the task.
+COMPLETING = frozenset({"ACKED", "ADOPTED"})
 
 
 class AckLedger:
@@ -56,3 +60,41 @@ class AckLedger:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceipt:
+    """One line of an ack ledger: the feeder's answer to an ack, and the result sent."""
+
+    task_id: str
+    attempt: int
+    outcome: str  # ACKED, ADOPTED, DUPLICATE, REJECTED, ...
+    result: bytes
+    worker_id: str
+
+    @property
+    def completed(self) -> bool:
+        """The feeder told this worker that its ack completed the task."""
+        return self.outcome in COMPLETING
+
+
+def read_ack_ledger(path: str | os.PathLike[str]) -> list[AckReceipt]:
+    """The lines of an ack ledger; a line cut short (its worker killed while writing it)
+    is left out."""
+    receipts = []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                data = json.loads(line)
+                receipts.append(
+                    AckReceipt(
+                        task_id=str(data["task_id"]),
+                        attempt=int(data["attempt"]),
+                        outcome=str(data["outcome"]),
+                        result=base64.b64decode(data["result"]),
+                        worker_id=str(data["worker_id"]),
+                    )
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+    return receipts

@@ -22,7 +22,6 @@ docs/RELIABILITY.md from that file.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import json
@@ -44,6 +43,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc
 from tests.processes import die_with_parent
+from worker.receipts import AckReceipt as Receipt
+from worker.receipts import read_ack_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAOS = os.environ.get("FEEDWORK_CHAOS", "").strip().lower() not in ("", "0", "false", "no")
@@ -460,41 +461,12 @@ def ack_ledger_path(ledger: Path, worker: str) -> Path:
     return ledger.with_name(f"{ledger.stem}.acks-{worker}.jsonl")
 
 
-@dataclass(frozen=True)
-class Receipt:
-    """An ack as its worker saw it: the feeder's answer, and the result the worker sent."""
-
-    task_id: str
-    attempt: int
-    outcome: str  # ACKED, ADOPTED, DUPLICATE, REJECTED, ...
-    result: bytes
-    worker_id: str
-
-    @property
-    def completed(self) -> bool:
-        """The feeder told this worker that its ack completed the task."""
-        return self.outcome in ("ACKED", "ADOPTED")
-
-
 def read_receipts(ledger: Path) -> list[Receipt]:
     """Every ack answer recorded by the workers of the pool whose execution ledger is
-    `ledger`. A line cut short (a worker killed while writing it) is left out."""
-    receipts = []
+    `ledger` (their `--ack-ledger` files)."""
+    receipts: list[Receipt] = []
     for path in sorted(ledger.parent.glob(f"{ledger.stem}.acks-*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue
-            receipts.append(
-                Receipt(
-                    task_id=data["task_id"],
-                    attempt=int(data["attempt"]),
-                    outcome=data["outcome"],
-                    result=base64.b64decode(data["result"]),
-                    worker_id=data["worker_id"],
-                )
-            )
+        receipts += read_ack_ledger(path)
     return receipts
 
 
