@@ -11,13 +11,14 @@ that checks the feeder's records against them.
     assert result.lost == 0 and result.completed_twice == 0
 
 Completions are counted from the workers' side: each worker runs with `--ack-ledger`
-(`ack_ledger_paths(ledger)`, one JSON-lines file per worker process), and the audit holds
+(`ack_ledger_path(ledger, worker)`, one JSON-lines file per worker process), and the audit holds
 the feeder to every ACKED or ADOPTED answer it gave (see `audit`).
 
 Sizes: `scaled(small, big)` is `big` when FEEDWORK_CHAOS=1 (`make chaos`), else `small`
-(the CI-sized run of plain `make test`). Every test records its figures with `record()`
-into tests/faults/figures.json (or $FEEDWORK_FIGURES); tests/faults/report.py renders
-docs/RELIABILITY.md from that file.
+(the CI-sized run of plain `make test`). Every test records its figures with `record()`,
+before its final checks, into tests/faults/figures.json (or $FEEDWORK_FIGURES) under the
+id of its pytest run (RUN_ID, or $FEEDWORK_FIGURES_RUN), and the run records each test's
+outcome; tests/faults/report.py renders docs/RELIABILITY.md from one run of that file.
 """
 
 from __future__ import annotations
@@ -713,9 +714,24 @@ def check_duplicates_counted(result: Audit, totals: pb.Totals) -> None:
 
 # -- figures ----------------------------------------------------------------------------------
 
+# The run this process's figures belong to: `make chaos` names it (FEEDWORK_FIGURES_RUN) so
+# that the report renders that run and nothing else; otherwise each pytest run is its own.
+RUN_ID = os.environ.get("FEEDWORK_FIGURES_RUN") or time.strftime(
+    f"%Y%m%dT%H%M%SZ-{os.getpid()}", time.gmtime()
+)
+# Runs kept in the figures file (the newest); older ones are dropped.
+KEEP_RUNS = 5
 
-def record(test: str, figures: dict[str, Any]) -> None:
-    """Merges one test's figures into the figures file (under a lock: runs may overlap)."""
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@contextlib.contextmanager
+def _this_run() -> Iterator[dict[str, Any]]:
+    """This run's entry of the figures file, to change in place; written back atomically,
+    under a lock (runs may overlap). Each run keeps its own figures: a run never shows a
+    figure another run measured."""
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{FIGURES}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -723,13 +739,39 @@ def record(test: str, figures: dict[str, Any]) -> None:
             data = json.loads(FIGURES.read_text())
         except (OSError, ValueError):
             data = {}
-        if not isinstance(data, dict) or not isinstance(data.get("tests"), dict):
-            data = {"tests": {}}
-        data["tests"][test] = {
-            "chaos": CHAOS,
-            "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **figures,
-        }
+        if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
+            data = {"runs": {}}  # a file of the earlier layout holds no run we can name
+        runs = data["runs"]
+        run = runs.setdefault(
+            RUN_ID,
+            {"run": RUN_ID, "chaos": CHAOS, "started_at": _now(), "tests": {}, "outcomes": {}},
+        )
+        yield run
+        for old in sorted(runs, key=lambda r: runs[r].get("started_at", ""))[:-KEEP_RUNS]:
+            del runs[old]
         temporary = FIGURES.with_suffix(f".tmp{os.getpid()}")
         temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(temporary, FIGURES)
+
+
+def record(test: str, figures: dict[str, Any]) -> None:
+    """Records one test's figures in this run. Call it before the test's final checks, so
+    that a failing test leaves the figures that made it fail (the report shows them with
+    the failure)."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    with _this_run() as run:
+        run["tests"][test] = {
+            "chaos": CHAOS,
+            "recorded_at": _now(),
+            "nodeid": current,
+            **figures,
+        }
+
+
+def record_outcomes(outcomes: dict[str, str], suite: dict[str, Any]) -> None:
+    """Records how each test of this run ended (passed, failed, skipped) and the suite's
+    totals; the report shows a test that failed as failed, whatever figures it left."""
+    with _this_run() as run:
+        run["outcomes"].update(outcomes)
+        run["tests"]["_suite"] = {"chaos": CHAOS, "recorded_at": _now(), **suite}
+        run["finished_at"] = _now()

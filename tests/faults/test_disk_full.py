@@ -138,8 +138,6 @@ def test_page_cap_refuses_submits_while_stored_tasks_drain(tmp_path: Path) -> No
         assert feeder.alive() and feeder.starts == 1
     elapsed = time.monotonic() - started
 
-    assert_clean(result)
-    check_duplicates_counted(result, stats.totals)
     record(
         "disk_full_page_cap",
         {
@@ -156,6 +154,8 @@ def test_page_cap_refuses_submits_while_stored_tasks_drain(tmp_path: Path) -> No
             "seconds": round(elapsed, 1),
         },
     )
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)
 
 
 def error_code(error: grpc.RpcError | None) -> str:
@@ -240,8 +240,6 @@ def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> N
             assert feeder.alive() and feeder.starts == 1
         elapsed = time.monotonic() - started
 
-    assert_clean(result)
-    check_duplicates_counted(result, stats.totals)
     record(
         "disk_full_tmpfs",
         {
@@ -260,6 +258,8 @@ def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> N
             "seconds": round(elapsed, 1),
         },
     )
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)
 
 
 def test_commits_failing_with_enospc_stall_writes_until_space_returns(tmp_path: Path) -> None:
@@ -310,8 +310,6 @@ def test_commits_failing_with_enospc_stall_writes_until_space_returns(tmp_path: 
         assert feeder.alive() and feeder.starts == 1
     elapsed = time.monotonic() - started
 
-    assert_clean(result)
-    check_duplicates_counted(result, stats.totals)
     record(
         "disk_full_injected",
         {
@@ -328,3 +326,5 @@ def test_commits_failing_with_enospc_stall_writes_until_space_returns(tmp_path: 
             "seconds": round(elapsed, 1),
         },
     )
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)
