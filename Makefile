@@ -67,9 +67,11 @@ docker-cluster: venv ## the compose cluster on a real Docker engine, then clean 
 bench: venv services ## run the benchmarks
 	$(BIN)/python -m bench
 
+# The report renders this run's figures only (failures shown as failures), never an older run's.
 chaos: venv services ## run the fault-injection suite at full size, then render docs/RELIABILITY.md
-	FEEDWORK_CHAOS=1 $(BIN)/python -m pytest tests/faults -m chaos; status=$$?; \
-	$(BIN)/python tests/faults/report.py; exit $$status
+	run=chaos-$$(date -u +%Y%m%dT%H%M%SZ)-$$$$; \
+	FEEDWORK_CHAOS=1 FEEDWORK_FIGURES_RUN=$$run $(BIN)/python -m pytest tests/faults -m chaos; \
+	status=$$?; $(BIN)/python tests/faults/report.py --run $$run; exit $$status
 
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -1,6 +1,7 @@
 """Run a feeder and worker processes on this machine, submit sleep tasks, optionally
-SIGKILL some workers mid-run, and check in the feeder's ledger that every task
-completed exactly once.
+SIGKILL some workers mid-run, and check that every task completed exactly once: the
+feeder's records against the acks each worker recorded (`--ack-ledger`, see
+feedwork.ledger).
 
 Each task sleeps 10-60 ms. Killed workers' tasks come back after their lease (short
 here, --lease) expires and are done by the others.
@@ -29,6 +30,7 @@ from feedwork.errors import FeedworkError
 from feedwork.ledger import Ledger, read_ledger
 from feedwork.processes import Child, ChildProcesses
 from feedwork.types import TaskSpec
+from worker.receipts import AckReceipt, read_ack_ledger
 
 # Set in each demo worker's environment; the handler names it in its result.
 WORKER_ID_ENV = "FEEDWORK_DEMO_WORKER_ID"
@@ -115,13 +117,15 @@ def _run(
         task_ids, sleeps = _submit(client, args)
         console.print(f"submitted {len(task_ids)} tasks to queue {args.queue!r} at {target}")
         started = time.monotonic()
-        workers = [_start_worker(children, target, args.queue, n) for n in range(args.workers)]
+        workers = [
+            _start_worker(children, run_dir, target, args.queue, n) for n in range(args.workers)
+        ]
         done = _follow(client, args, console, children, workers, baseline.completed)
         wall_seconds = time.monotonic() - started
         children.stop([worker.name for worker in workers])
         if not done:
             console.print(f"[red]gave up after {args.timeout:.0f}s[/]")
-        ledger = read_ledger(client, task_ids, sleeps)
+        ledger = read_ledger(client, task_ids, sleeps, _receipts(run_dir))
         totals = client.stats([args.queue]).queue(args.queue).totals
     _report(console, ledger, workers, wall_seconds, args)
     console.print(
@@ -177,10 +181,21 @@ def _submit(client: FeederClient, args: argparse.Namespace) -> tuple[list[str], 
     return task_ids, dict(zip(task_ids, sleeps, strict=True))
 
 
-def _start_worker(children: ChildProcesses, target: str, queue: str, index: int) -> Child:
+def _start_worker(
+    children: ChildProcesses, run_dir: Path, target: str, queue: str, index: int
+) -> Child:
     name = f"w{index + 1:02d}"
     args = ["--target", target, "--queue", queue, "--handler", HANDLER, "--worker-id", name]
+    args += ["--ack-ledger", str(run_dir / f"acks-{name}.jsonl")]
     return children.start_module(name, "worker", args, group="workers", env={WORKER_ID_ENV: name})
+
+
+def _receipts(run_dir: Path) -> list[AckReceipt]:
+    """What the workers were told of their acks (each worker's --ack-ledger)."""
+    receipts: list[AckReceipt] = []
+    for path in sorted(run_dir.glob("acks-*.jsonl")):
+        receipts += read_ack_ledger(path)
+    return receipts
 
 
 def _follow(

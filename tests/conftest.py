@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from feeder.config import Settings
 from feeder.server.app import FeederServer
@@ -37,6 +39,12 @@ from feeder.store.postgres import PostgresStore
 from feeder.store.sqlite import SqliteStore
 from feedwork.v1 import feeder_pb2_grpc
 from tests import postgres
+
+# Hypothesis keeps its example database and a cache of constants in `.hypothesis/` of the
+# directory the tests run in (the checkout): here they go to a directory of this run's own,
+# removed at exit. A failing example is printed, which is what reproduces it.
+_HYPOTHESIS_HOME = tempfile.TemporaryDirectory(prefix="feedwork-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME.name)
 
 STORE_KINDS = ("memory", "sqlite", "postgres")
 # Every store kind: the parametrization of tests that must hold on each backend.

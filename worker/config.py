@@ -42,6 +42,7 @@ class WorkerConfig:
     ack_batch_size: int = 64
     ack_flush_interval: float = 0.005
     transport: str = "stream"
+    ack_ledger: str | None = None
     log_level: str = "INFO"
 
     def worker_options(self) -> dict[str, Any]:
@@ -58,6 +59,7 @@ class WorkerConfig:
             "ack_batch_size": self.ack_batch_size,
             "ack_flush_interval": self.ack_flush_interval,
             "transport": self.transport,
+            "ack_ledger": self.ack_ledger,
         }
 
 
@@ -243,6 +245,13 @@ _OPTIONS = (
         "stream: lease and report over one Consume stream (the fast path); unary: Lease, "
         "Ack and Nack calls (for proxies that cannot carry streams)",
         TRANSPORTS,
+    ),
+    _Option(
+        "ack-ledger",
+        str,
+        None,
+        "append a JSON line per ack the feeder answered (task, attempt, outcome, result) "
+        "to this file: completions as the worker saw them, for audits",
     ),
     _Option("log-level", str.upper, "INFO", "logging level", LOG_LEVELS),
 )

@@ -35,6 +35,7 @@ from worker.acker import Acker
 from worker.handlers import Failed, Invocation, Invoker, Outcome, Succeeded, describe
 from worker.heartbeater import Heartbeater
 from worker.leaser import Slots
+from worker.receipts import AckLedger
 from worker.task import Task
 
 log = logging.getLogger("feedwork.worker")
@@ -91,6 +92,7 @@ class Jobs:
         task_timeout: float | None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        ack_ledger: AckLedger | None = None,
     ) -> None:
         self._invoker = invoker
         self._acker = acker
@@ -101,6 +103,7 @@ class Jobs:
         self._task_timeout = task_timeout
         self._clock = clock
         self._wall_clock = wall_clock
+        self._ack_ledger = ack_ledger
         self._jobs: dict[str, _Job] = {}
         # Set when the worker stops leasing: tasks that still arrive are given back.
         self.stopping = False
@@ -188,10 +191,9 @@ class Jobs:
         job.settled.set_result(None)
         task = job.task
         if isinstance(outcome, Succeeded) and job.lost in (None, pb.EXTEND_OUTCOME_LEASE_LOST):
-            acked = self._acker.ack(
-                lease_token=task.lease_token, task_id=task.id, result=outcome.result
-            )
-            acked.add_done_callback(lambda future: self._on_acked(task, future))
+            result = outcome.result
+            acked = self._acker.ack(lease_token=task.lease_token, task_id=task.id, result=result)
+            acked.add_done_callback(lambda future: self._on_acked(task, future, result))
         elif isinstance(outcome, Failed) and job.lost is None:
             self._counters.failed += 1
             nacked = self._acker.nack(
@@ -212,7 +214,7 @@ class Jobs:
         )
         released.add_done_callback(lambda future: self._on_nacked(task, future))
 
-    def _on_acked(self, task: Task, future: asyncio.Future[int]) -> None:
+    def _on_acked(self, task: Task, future: asyncio.Future[int], result: bytes) -> None:
         self._heartbeater.forget(task.lease_token)
         if future.cancelled():
             return  # undelivered at exit; the worker logs those
@@ -227,6 +229,10 @@ class Jobs:
             nacked.add_done_callback(lambda f: self._on_nacked(task, f))
             return
         outcome = future.result()
+        if self._ack_ledger is not None:
+            self._ack_ledger.record(
+                task_id=task.id, attempt=task.attempt, outcome=outcome, result=result
+            )
         if outcome in _ACK_TAKEN:
             self._counters.done += 1
         else:

@@ -30,6 +30,7 @@ from worker.handlers import Handler, Invoker
 from worker.heartbeater import Heartbeater
 from worker.jobs import MAX_LEASE, MIN_LEASE, Jobs, WorkerCounters
 from worker.leaser import Leaser, Slots
+from worker.receipts import AckLedger
 from worker.stream import ConsumeStream, StreamUnsupported
 
 log = logging.getLogger("feedwork.worker")
@@ -90,7 +91,10 @@ class Worker:
         ack_flush_interval: float = 0.005,
         flush_timeout: float = 10.0,
         transport: str = "stream",
+        ack_ledger: str | None = None,
     ) -> None:
+        """`ack_ledger`: a file to append a JSON line to for every ack the feeder answers
+        (see `worker.receipts`), for audits of completions from the worker's side."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if lease_duration is not None and not MIN_LEASE <= lease_duration <= MAX_LEASE:
@@ -119,6 +123,7 @@ class Worker:
         # "stream": one Consume stream carries leases and reports (falls back to "unary",
         # Lease/Ack/Nack calls, on a feeder without Consume).
         self.transport = transport
+        self.ack_ledger = ack_ledger
         self.counters = WorkerCounters()
         self._parts: _Parts | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,14 +143,19 @@ class Worker:
         self.counters = WorkerCounters()
         # Names in a list are looked up once, here, off the loop (it may be an app's).
         resolved = await asyncio.to_thread(resolve_target, self.target)
-        async with aio_channel(resolved) as channel:
-            stub = feeder_pb2_grpc.FeederStub(channel)  # type: ignore[no-untyped-call]
-            parts = self._parts = self._build(stub)
-            if self._early_stop is not None:
-                self._request_stop(now=self._early_stop)
-                self._early_stop = None
-            with self._signal_handlers(handle_signals):
-                await self._serve(parts, channel)
+        ledger = AckLedger(self.ack_ledger, worker_id=self.worker_id) if self.ack_ledger else None
+        try:
+            async with aio_channel(resolved) as channel:
+                stub = feeder_pb2_grpc.FeederStub(channel)  # type: ignore[no-untyped-call]
+                parts = self._parts = self._build(stub, ledger)
+                if self._early_stop is not None:
+                    self._request_stop(now=self._early_stop)
+                    self._early_stop = None
+                with self._signal_handlers(handle_signals):
+                    await self._serve(parts, channel)
+        finally:
+            if ledger is not None:
+                ledger.close()
 
     def stop(self, *, now: bool = False) -> None:
         """Asks the worker to stop; safe from any thread and idempotent. Leasing stops at
@@ -167,7 +177,7 @@ class Worker:
         """Sync handler calls still running (after `run` returns: ones that overran)."""
         return self._parts.invoker.threads_running if self._parts is not None else 0
 
-    def _build(self, stub: Any) -> _Parts:
+    def _build(self, stub: Any, ack_ledger: AckLedger | None) -> _Parts:
         monitor = ConnectionMonitor(target=self.target)
         slots = Slots(self.concurrency)
         invoker = Invoker(
@@ -206,6 +216,7 @@ class Worker:
             counters=self.counters,
             lease_duration=self.lease_duration,
             task_timeout=self.task_timeout,
+            ack_ledger=ack_ledger,
         )
         leaser = Leaser(
             stub=stub,

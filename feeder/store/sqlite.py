@@ -11,6 +11,11 @@ New tasks become visible only after their insert committed, so a failed insert (
 is simply reported to its submitter. Updates are visible before they commit; if a commit of
 updates fails, the index is rebuilt from disk and every caller waiting on it gets
 StoreUnavailable (nothing they were told happened is lost, and they may retry).
+
+A failed commit also makes the store unavailable (`StoreHooks.available(False)`: the
+feeder's health turns NOT_SERVING) until a commit succeeds again: the next write, or a
+small probe write tried every PROBE_INTERVAL meanwhile, so that an idle feeder (one a load
+balancer stopped sending to) still finds out that the disk has room again.
 """
 
 from __future__ import annotations
@@ -153,6 +158,13 @@ FINAL_CACHE = 10_000
 MAX_PAGES_ENV = "FEEDWORK_SQLITE_MAX_PAGES"
 # Under the cap, submits stop while 1/10 of the pages (at least 16) are still free.
 RESERVE_FRACTION, RESERVE_MIN_PAGES = 10, 16
+# While commits fail, a probe write is tried this often (seconds) if nothing else commits.
+PROBE_INTERVAL = 1.0
+# The probe: a row of its own, rewritten, so that the commit has a page to write.
+PROBE = (
+    "INSERT INTO meta (key, value) VALUES ('write_probe', ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 
 
 def _insert_row(t: Task) -> tuple[Any, ...]:
@@ -266,9 +278,17 @@ class _Batch:
     )
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     insert_errors: list[BaseException | None] = field(default_factory=list)
+    # A probe write (see PROBE_INTERVAL) rides along.
+    probe: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.totals or self.inserts or self.waiters)
+        return bool(self.rows or self.totals or self.inserts or self.waiters or self.probe)
+
+    @property
+    def changes_index(self) -> bool:
+        """Whether the index shows writes of this batch (it must be rebuilt from disk if
+        they fail): changes and their event counts do; new tasks and probes do not."""
+        return bool(self.rows or self.totals)
 
 
 class _InsertFailed(Exception):
@@ -283,6 +303,9 @@ class _InsertFailed(Exception):
 class SqliteStore(IndexedStore):
     """SQLite at `path`. Only one feeder process may open a database, by whatever path
     (see feeder.store.sqlite_lock)."""
+
+    # The class of its connections: tests put one here that fails as a full disk would.
+    connection_class: type[sqlite3.Connection] = sqlite3.Connection
 
     def __init__(self, path: str | os.PathLike[str], *, sync: str = "full") -> None:
         super().__init__()
@@ -301,11 +324,19 @@ class SqliteStore(IndexedStore):
         self._final: OrderedDict[int, None] = OrderedDict()
         # With a page cap (MAX_PAGES_ENV): free pages a submit must leave for updates.
         self._reserve_pages = 0
+        # False from a failed commit until one succeeds (reported through the hooks).
+        self._writable = True
+        self._probe_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self._path,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=self.connection_class,
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._sync.upper()}")
         conn.execute("PRAGMA busy_timeout=5000")
@@ -385,6 +416,8 @@ class SqliteStore(IndexedStore):
         # New writes are refused from now on; those staged before (including any staged while
         # an earlier batch commits) are committed before the connections close.
         self._closed = True
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
         while self._batch or self._writing:
             await self._barrier()
         await self._settle()
@@ -507,6 +540,8 @@ class SqliteStore(IndexedStore):
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if batch.probe:
+                conn.execute(PROBE, (token_bytes(8),))
             updates: tuple[list[tuple[Any, ...]], ...] = ([], [], [])
             deletes = []
             for task_id, task in batch.rows.items():
@@ -588,14 +623,18 @@ class SqliteStore(IndexedStore):
             for task in batch.rows.values():
                 if task is not None and not task.state.is_pending:
                     self._remember_final(task)
+            self._set_writable(True)
         else:
-            log.error("commit failed, reloading the index from disk: %s", error)
+            if self._writable:
+                log.error("commit failed: %s", error)
+            self._set_writable(False)
             self._fail_all(batch, error)
         if self._batch and not self._kicked:
             self._kick()
 
     def _fail_all(self, batch: _Batch, error: BaseException) -> None:
-        """The index is ahead of the disk: fail everyone who waits, then reload from disk."""
+        """Fails everyone who waits; if the index shows writes that did not commit (it is
+        ahead of the disk), it is rebuilt from disk."""
         staged, self._batch = self._batch, _Batch()
         for b in (batch, staged):
             for _tasks, _totals, future in b.inserts:
@@ -604,7 +643,27 @@ class SqliteStore(IndexedStore):
             for future in b.waiters:
                 if not future.done():
                     future.set_exception(_unavailable(error))
-        self._load()
+        if batch.changes_index or staged.changes_index:
+            log.warning("reloading the index from disk")
+            self._load()
+
+    def _set_writable(self, writable: bool) -> None:
+        """Reports a change of whether commits succeed through `StoreHooks.available`, and
+        keeps a probe write coming while they fail."""
+        if writable != self._writable:
+            self._writable = writable
+            if writable:
+                log.info("a commit succeeded again: the store is available")
+            self._hooks.available(writable)
+        if not writable and self._probe_timer is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._probe_timer = loop.call_later(PROBE_INTERVAL, self._probe)
+
+    def _probe(self) -> None:
+        self._probe_timer = None
+        if self._writable or self._closed:
+            return
+        self._staged().probe = True
 
     def _remember_final(self, task: Task) -> None:
         """Keeps the most recent final tasks in memory; older ones are read back from disk."""

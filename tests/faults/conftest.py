@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.harness import record
+from tests.faults.harness import record_outcomes
 
 _seconds: list[float] = []
 _outcomes: dict[str, str] = {}
@@ -17,6 +17,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if "tests/faults/" not in report.nodeid.replace("\\", "/"):
         return
     _seconds.append(report.duration)
+    # A failure in any phase (setup, call, teardown) is the test's outcome.
+    if _outcomes.get(report.nodeid) == "failed":
+        return
     if report.when == "call" or report.outcome != "passed":
         _outcomes[report.nodeid] = report.outcome
 
@@ -25,8 +28,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not _outcomes:
         return
     outcomes = list(_outcomes.values())
-    record(
-        "_suite",
+    record_outcomes(
+        dict(_outcomes),
         {
             "seconds": round(sum(_seconds), 1),
             "tests": len(outcomes),

@@ -1,18 +1,24 @@
-"""The fault-injection harness: real feeder and worker processes on 127.0.0.1, a ledger of
-every execution, and the audit that checks the ledger against the feeder's own records.
+"""The fault-injection harness: real feeder and worker processes on 127.0.0.1, two ledgers
+kept by the workers (every execution, and every ack the feeder answered), and the audit
+that checks the feeder's records against them.
 
     feeder = FeederProc(tmp_path)             # python -m feeder on a fixed free port
     feeder.start(); feeder.kill9(); feeder.start()   # same database, same port
     workers = WorkerPool(tmp_path, feeder.target, queue="q", ledger=ledger_path)
     workers.start(8, concurrency=4)           # python -m worker ... tests.faults.handlers:ledger
     ...
-    result = audit(stub, task_ids, ledger_path)   # GetTask for every id + the ledger
+    result = audit(stub, task_ids, ledger_path)   # GetTask for every id + both ledgers
     assert result.lost == 0 and result.completed_twice == 0
 
+Completions are counted from the workers' side: each worker runs with `--ack-ledger`
+(`ack_ledger_path(ledger, worker)`, one JSON-lines file per worker process), and the audit holds
+the feeder to every ACKED or ADOPTED answer it gave (see `audit`).
+
 Sizes: `scaled(small, big)` is `big` when FEEDWORK_CHAOS=1 (`make chaos`), else `small`
-(the CI-sized run of plain `make test`). Every test records its figures with `record()`
-into tests/faults/figures.json (or $FEEDWORK_FIGURES); tests/faults/report.py renders
-docs/RELIABILITY.md from that file.
+(the CI-sized run of plain `make test`). Every test records its figures with `record()`,
+before its final checks, into tests/faults/figures.json (or $FEEDWORK_FIGURES) under the
+id of its pytest run (RUN_ID, or $FEEDWORK_FIGURES_RUN), and the run records each test's
+outcome; tests/faults/report.py renders docs/RELIABILITY.md from one run of that file.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc
 from tests.processes import die_with_parent
+from worker.receipts import AckReceipt as Receipt
+from worker.receipts import read_ack_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAOS = os.environ.get("FEEDWORK_CHAOS", "").strip().lower() not in ("", "0", "false", "no")
@@ -169,13 +177,15 @@ class FeederProc(Proc):
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         name: str = "feeder",
+        module: str = "feeder",
     ) -> None:
-        """`db`: a SQLite file (default `workdir/feedwork.db`) or a PostgreSQL URL."""
+        """`db`: a SQLite file (default `workdir/feedwork.db`) or a PostgreSQL URL. `module`:
+        what runs (tests.faults.faulty_feeder: the feeder on a store with a fault)."""
         self.db = db or workdir / "feedwork.db"
         self.port = port or free_port()
         self.port_file = workdir / f"{name}.port"
         argv = [
-            "-m", "feeder",
+            "-m", module,
             "--listen", f"127.0.0.1:{self.port}",
             "--db", str(self.db),
             "--port-file", str(self.port_file),
@@ -272,6 +282,7 @@ class WorkerPool:
             "--grace", str(self.grace),
             "--wait", str(self.wait),
             "--worker-id", name,
+            "--ack-ledger", str(ack_ledger_path(self.ledger, name)),
             "--log-level", "INFO",
             *(["--lease-duration", str(self.lease_duration)] if self.lease_duration else []),
             *self.extra,
@@ -431,7 +442,7 @@ def every_worker_runs_again(
     return probe_ids
 
 
-# -- the ledger and the audit -----------------------------------------------------------------
+# -- the ledgers and the audit ----------------------------------------------------------------
 
 
 def read_ledger(path: Path) -> list[tuple[str, int, int]]:
@@ -443,6 +454,21 @@ def read_ledger(path: Path) -> list[tuple[str, int, int]]:
         task_id, attempt, pid = line.split()
         lines.append((task_id, int(attempt), int(pid)))
     return lines
+
+
+def ack_ledger_path(ledger: Path, worker: str) -> Path:
+    """The ack ledger (`python -m worker --ack-ledger`) of one worker of a pool whose
+    execution ledger is `ledger`."""
+    return ledger.with_name(f"{ledger.stem}.acks-{worker}.jsonl")
+
+
+def read_receipts(ledger: Path) -> list[Receipt]:
+    """Every ack answer recorded by the workers of the pool whose execution ledger is
+    `ledger` (their `--ack-ledger` files)."""
+    receipts: list[Receipt] = []
+    for path in sorted(ledger.parent.glob(f"{ledger.stem}.acks-*.jsonl")):
+        receipts += read_ack_ledger(path)
+    return receipts
 
 
 def ts(value: Any) -> float:
@@ -458,8 +484,18 @@ class Audit:
     cancelled: int = 0
     # Submitted but not final, or unknown to the feeder.
     lost: int = 0
-    # Tasks with more than one ACKED attempt in their history.
+    # Tasks the feeder told two attempts (by their workers' ack ledgers) that their ack
+    # completed it (ACKED or ADOPTED), or whose history holds two ACKED attempts.
     completed_twice: int = 0
+    # Tasks acknowledged as completed to a worker (ACKED or ADOPTED) that are not COMPLETED
+    # with that worker's result: a completion the feeder answered and did not keep.
+    acknowledged_not_kept: int = 0
+    # ACKED or ADOPTED answers the workers recorded, for the audited tasks.
+    acks_recorded: int = 0
+    # COMPLETED tasks with no recorded ACKED/ADOPTED answer: the answer was lost and the
+    # retried ack answered DUPLICATE, or its worker was killed before writing it down. Not
+    # a failure: the audit just knows less about them.
+    completed_without_receipt: int = 0
     executions: int = 0
     # Executions beyond the first, per task, summed.
     duplicate_executions: int = 0
@@ -477,6 +513,37 @@ class Audit:
         return data
 
 
+def check_receipts(
+    result: Audit, task: pb.Task | None, task_id: str, receipts: list[Receipt]
+) -> None:
+    """Holds the feeder to what it told the workers about one task: every ACKED or ADOPTED
+    answer means the task is COMPLETED with that ack's result, and at most one attempt got
+    such an answer (a second ack is DUPLICATE, whichever came first)."""
+    completions = [r for r in receipts if r.completed]
+    result.acks_recorded += len(completions)
+    attempts = sorted({r.attempt for r in completions})
+    if len(attempts) > 1:
+        result.completed_twice += 1
+        told = ", ".join(f"attempt {r.attempt} {r.outcome} to {r.worker_id}" for r in completions)
+        result.problems.append(f"{task_id}: acknowledged as completed to {told}")
+    not_kept = [
+        r
+        for r in completions
+        if task is None or task.state != pb.TASK_STATE_COMPLETED or task.result != r.result
+    ]
+    if not_kept:
+        result.acknowledged_not_kept += 1
+        state = "missing" if task is None else pb.TaskState.Name(task.state)
+        stored = None if task is None else task.result
+        for r in not_kept:
+            result.problems.append(
+                f"{task_id}: attempt {r.attempt} was {r.outcome} with result {r.result!r} "
+                f"(worker {r.worker_id}), but the task is {state} with result {stored!r}"
+            )
+    if task is not None and task.state == pb.TASK_STATE_COMPLETED and not completions:
+        result.completed_without_receipt += 1
+
+
 def audit(
     stub: feeder_pb2_grpc.FeederStub,
     task_ids: Sequence[str],
@@ -485,15 +552,20 @@ def audit(
     expect: int = pb.TASK_STATE_COMPLETED,
     expect_for: dict[str, int] | None = None,
 ) -> tuple[Audit, dict[str, pb.Task]]:
-    """Reads every task back and checks it against the ledger of executions."""
+    """Reads every task back and checks it against the workers' ledgers: the executions
+    (`ledger`) and the acks the feeder answered (`read_receipts(ledger)`)."""
     tasks = get_tasks(stub, task_ids)
     lines = read_ledger(ledger)
+    receipts: dict[str, list[Receipt]] = {}
+    for receipt in read_receipts(ledger):
+        receipts.setdefault(receipt.task_id, []).append(receipt)
     executions = Counter(task_id for task_id, _, _ in lines)
     per_attempt = Counter((task_id, attempt) for task_id, attempt, _ in lines)
     result = Audit(tasks=len(task_ids))
     states: Counter[str] = Counter()
     for task_id in task_ids:
         task = tasks.get(task_id)
+        check_receipts(result, task, task_id, receipts.get(task_id, []))
         if task is None:
             result.lost += 1
             result.problems.append(f"{task_id}: not found")
@@ -510,8 +582,10 @@ def audit(
         result.completed += task.state == pb.TASK_STATE_COMPLETED
         result.dead += task.state == pb.TASK_STATE_DEAD
         result.cancelled += task.state == pb.TASK_STATE_CANCELLED
+        # The feeder's own history: one ACKED attempt per completed task. (It cannot show
+        # a completion lost in a crash: the receipts above can.)
         acked = sum(a.outcome == pb.ATTEMPT_OUTCOME_ACKED for a in task.history)
-        if acked > 1:
+        if acked > 1 and len({r.attempt for r in receipts.get(task_id, []) if r.completed}) < 2:
             result.completed_twice += 1
             result.problems.append(f"{task_id}: {acked} ACKED attempts")
         if task.state == pb.TASK_STATE_COMPLETED and acked != 1:
@@ -539,11 +613,15 @@ def audit(
 
 
 def assert_clean(result: Audit) -> None:
-    """The promises every test checks: nothing lost, nothing completed twice, no lease
-    executed twice, and each task in the state it should end in."""
+    """The promises every test checks: nothing lost, nothing completed twice, every
+    completion a worker was told of kept, no lease executed twice, and each task in the
+    state it should end in."""
     shown = "\n".join(result.problems[:30])
     assert result.lost == 0, f"{result.lost} tasks lost:\n{shown}"
     assert result.completed_twice == 0, f"{result.completed_twice} completed twice:\n{shown}"
+    assert result.acknowledged_not_kept == 0, (
+        f"{result.acknowledged_not_kept} acknowledged completions not kept:\n{shown}"
+    )
     assert result.attempt_executed_twice == 0, shown
     assert result.phantom_executions == 0, shown
     assert not result.problems, shown
@@ -636,9 +714,24 @@ def check_duplicates_counted(result: Audit, totals: pb.Totals) -> None:
 
 # -- figures ----------------------------------------------------------------------------------
 
+# The run this process's figures belong to: `make chaos` names it (FEEDWORK_FIGURES_RUN) so
+# that the report renders that run and nothing else; otherwise each pytest run is its own.
+RUN_ID = os.environ.get("FEEDWORK_FIGURES_RUN") or time.strftime(
+    f"%Y%m%dT%H%M%SZ-{os.getpid()}", time.gmtime()
+)
+# Runs kept in the figures file (the newest); older ones are dropped.
+KEEP_RUNS = 5
 
-def record(test: str, figures: dict[str, Any]) -> None:
-    """Merges one test's figures into the figures file (under a lock: runs may overlap)."""
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@contextlib.contextmanager
+def _this_run() -> Iterator[dict[str, Any]]:
+    """This run's entry of the figures file, to change in place; written back atomically,
+    under a lock (runs may overlap). Each run keeps its own figures: a run never shows a
+    figure another run measured."""
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{FIGURES}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -646,13 +739,39 @@ def record(test: str, figures: dict[str, Any]) -> None:
             data = json.loads(FIGURES.read_text())
         except (OSError, ValueError):
             data = {}
-        if not isinstance(data, dict) or not isinstance(data.get("tests"), dict):
-            data = {"tests": {}}
-        data["tests"][test] = {
-            "chaos": CHAOS,
-            "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **figures,
-        }
+        if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
+            data = {"runs": {}}  # a file of the earlier layout holds no run we can name
+        runs = data["runs"]
+        run = runs.setdefault(
+            RUN_ID,
+            {"run": RUN_ID, "chaos": CHAOS, "started_at": _now(), "tests": {}, "outcomes": {}},
+        )
+        yield run
+        for old in sorted(runs, key=lambda r: runs[r].get("started_at", ""))[:-KEEP_RUNS]:
+            del runs[old]
         temporary = FIGURES.with_suffix(f".tmp{os.getpid()}")
         temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(temporary, FIGURES)
+
+
+def record(test: str, figures: dict[str, Any]) -> None:
+    """Records one test's figures in this run. Call it before the test's final checks, so
+    that a failing test leaves the figures that made it fail (the report shows them with
+    the failure)."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    with _this_run() as run:
+        run["tests"][test] = {
+            "chaos": CHAOS,
+            "recorded_at": _now(),
+            "nodeid": current,
+            **figures,
+        }
+
+
+def record_outcomes(outcomes: dict[str, str], suite: dict[str, Any]) -> None:
+    """Records how each test of this run ended (passed, failed, skipped) and the suite's
+    totals; the report shows a test that failed as failed, whatever figures it left."""
+    with _this_run() as run:
+        run["outcomes"].update(outcomes)
+        run["tests"]["_suite"] = {"chaos": CHAOS, "recorded_at": _now(), **suite}
+        run["finished_at"] = _now()

@@ -1,10 +1,14 @@
 """Renders docs/RELIABILITY.md from the figures the fault tests recorded.
 
-    python tests/faults/report.py [--figures tests/faults/figures.json] [--out docs/RELIABILITY.md]
+    python tests/faults/report.py [--figures tests/faults/figures.json] [--run ID]
+                                  [--out docs/RELIABILITY.md]
 
-`make chaos` runs the fault suite at full size and then this script. The prose lives here,
-the numbers come from the figures file (each test's latest run); edit this file, not the
-Markdown it writes. Standard library only, so it runs without the project installed.
+`make chaos` runs the fault suite at full size under a run id of its own and then this
+script for that run. The prose lives here, the numbers come from the figures file; edit
+this file, not the Markdown it writes. Every figure on the page comes from the one run it
+names (the newest, unless --run says which): a test that did not run in it shows as not
+run, one that failed shows as FAILED with whatever figures it recorded, never a figure of
+an earlier run. Standard library only, so it runs without the project installed.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ PROMISES = """\
 2. **At-least-once processing.** A task whose worker dies, hangs, is cut off or is too slow
    is leased again once its lease expires (or at once, when a stopping worker releases it),
    until it completes or runs out of attempts (then it is DEAD, in the dead-letter list).
-3. **Exactly-once completion.** The feeder's ledger completes a task once: its history has
-   exactly one ACKED attempt. The first ack of any attempt wins; a late ack of an expired
-   lease is ADOPTED if nobody completed the task yet, else dropped as DUPLICATE.
+3. **Exactly-once completion.** The feeder completes a task once, and keeps what it
+   acknowledged: the first ack of any attempt wins and is answered ACKED (or ADOPTED, for
+   a late ack of an expired lease that nobody completed yet); every later ack is answered
+   DUPLICATE. No two attempts of a task are ever told that they completed it, and a task
+   whose completion was acknowledged stays COMPLETED with that ack's result.
 4. **Every duplicate execution is caused by a fault and is counted.** A task runs more
    than once only when a lease was lost (worker killed, network cut, lease reply lost,
    worker too slow) or given back; each extra run is a redelivery in the feeder's totals
@@ -45,26 +51,40 @@ waits until every task has settled, and then audits. The tests run in two modes:
 producers given all three as `--target a,b,c`). The shared harness is
 `tests/faults/harness.py`:
 
-- **The ledger.** Workers run `tests/faults/handlers.py:ledger`, which appends one line per
-  execution, `task_id attempt pid`, to a per-run file (one `O_APPEND` write per line, so
-  lines from many processes never interleave), before doing what the payload asks (sleep,
-  crash the process, fail). A run cut short by a crash is in the ledger too.
+- **The ledgers.** Workers run `tests/faults/handlers.py:ledger`, which appends one line
+  per execution, `task_id attempt pid`, to a per-run file (one `O_APPEND` write per line,
+  so lines from many processes never interleave), before doing what the payload asks
+  (sleep, crash the process, fail). A run cut short by a crash is in the ledger too. Each
+  worker also keeps an ack ledger (`python -m worker --ack-ledger FILE`): one JSON line per
+  ack the feeder answered, with the answer (ACKED, ADOPTED, DUPLICATE...) and the result
+  the worker sent. Completions are counted from there, outside the feeder.
 - **The audit.** For every submitted id the test calls GetTask and compares with the
-  ledger: `lost` counts tasks the feeder does not know or that are not final; `completed
-  twice` counts tasks with more than one ACKED attempt; `attempt executed twice` counts a
-  (task, attempt) run twice (one lease handed out twice); `phantom executions` counts runs of
-  an attempt number the feeder never issued; `duplicate executions` is the sum over tasks
-  of executions beyond the first, which must not exceed the feeder's `redelivered` total.
-  Any of the first four above zero fails the test.
+  ledgers: `lost` counts tasks the feeder does not know or that are not final; `completed
+  twice` counts tasks whose completion the feeder acknowledged (ACKED or ADOPTED) to two
+  attempts, by the workers' ack ledgers (or whose history holds two ACKED attempts);
+  `acknowledged not kept` counts tasks acknowledged as completed to a worker that are not
+  COMPLETED with that worker's result; `attempt executed twice` counts a (task, attempt)
+  run twice (one lease handed out twice); `phantom executions` counts runs of an attempt
+  number the feeder never issued; `duplicate executions` is the sum over tasks of
+  executions beyond the first, which must not exceed the feeder's `redelivered` total. Any
+  of the first five above zero fails the test. (The feeder's own history could not show a
+  double completion: it records one completing attempt, and a completion lost in a crash
+  leaves no trace in it. The audit's own test below shows the difference.)
 - **Sizes.** `make test` runs every fault test at a CI-friendly size; `make chaos`
   (`FEEDWORK_CHAOS=1`) runs the same tests bigger. Each test records its figures in
-  `tests/faults/figures.json` (git-ignored), and `tests/faults/report.py` renders this page.
+  `tests/faults/figures.json` (git-ignored) under the id of its run, before its final
+  checks (so a failing test leaves the figures that failed it), and the run records how
+  each test ended; `tests/faults/report.py` renders this page from one run only.
 """
 
-TESTS: list[tuple[str, str, str]] = [
+AUDIT_CHECK = "audit_catches_broken_store"
+# (figures key, title, the tests that record it (a path under tests/faults/, or a test's
+# node id there), description). Entries after AUDIT_CHECK are not in the summary table.
+TESTS: list[tuple[str, str, str, str]] = [
     (
         "cluster_feeder_killed",
         "Cluster: one of three feeders killed (`test_cluster_killed.py`)",
+        "test_cluster_killed.py",
         """\
 Three feeders on one PostgreSQL database; two producers (`FeederClient`, own idempotency
 keys, every fifth batch sent twice) and 8 workers (concurrency 4) are given all three. At
@@ -77,6 +97,7 @@ restarted: each carried on through the surviving feeders.""",
     (
         "postgres_restarted",
         "Cluster: PostgreSQL restarted under load (`test_postgres_restart.py`)",
+        "test_postgres_restart.py",
         """\
 The same cluster under the same load while the PostgreSQL server itself is stopped (fast
 shutdown: every session cut, open transactions rolled back) for 1-3 s and started again,
@@ -87,6 +108,7 @@ again. Checked as above, and no feeder or worker was restarted.""",
     (
         "feeder_killed",
         "Feeder killed (`test_feeder_killed.py`)",
+        "test_feeder_killed.py",
         """\
 kill -9 of the feeder at random moments (every 0.2-1.2 s, down for up to 0.5 s more),
 restarted on the same database and port each time, while two producers submit batches with
@@ -99,6 +121,7 @@ ran tasks again after the last restart without being restarted itself.""",
     (
         "workers_killed",
         "Workers killed (`test_workers_killed.py`)",
+        "test_workers_killed.py",
         """\
 kill -9 of the worker that most recently started a task (so it is mid-task), replaced by a
 fresh process each time, while tasks arrive at about half the pool's capacity. Tasks are
@@ -111,6 +134,7 @@ worker.""",
     (
         "graceful_stop",
         "Graceful worker stop (`test_graceful_stop.py`)",
+        "test_graceful_stop.py",
         """\
 SIGTERM to a worker (concurrency 4, grace 2 s, lease 30 s) busy with two 1 s tasks and two
 60 s tasks, with more tasks queued behind; a second worker starts at the same moment. The
@@ -122,6 +146,7 @@ worker on their first attempt; the stopped worker exits 0 right after its grace 
     (
         "network_cut",
         "Network cut (`test_network_cut.py`)",
+        "test_network_cut.py",
         """\
 The workers reach the feeder through a TCP proxy of the test's own (`tests/faults/proxy.py`,
 asyncio in a thread) that *cuts* (resets every connection and refuses new ones for up to
@@ -134,6 +159,7 @@ completing only after the outage: the acks were retried (or delivered late), not
     (
         "slow_worker",
         "Slow worker (`test_slow_worker.py`)",
+        "test_slow_worker.py",
         """\
 A worker slower than its 1 s lease that never extends it (the test on raw stubs): (a) alone,
 its late ack is ADOPTED; (b) over a newer lease, its ack is ADOPTED, the newer attempt is
@@ -145,6 +171,7 @@ DUPLICATE after, the attempt history agreeing each time. One completion per task
     (
         "disk_full_page_cap",
         "Database full, page cap (`test_disk_full.py`)",
+        "test_disk_full.py::test_page_cap_refuses_submits_while_stored_tasks_drain",
         """\
 The feeder runs with `FEEDWORK_SQLITE_MAX_PAGES=400` (a cap on the SQLite file, see below).
 Tasks are submitted until Submit fails: it fails with UNAVAILABLE and "the database is
@@ -155,17 +182,32 @@ without a restart, and the new tasks complete.""",
     (
         "disk_full_tmpfs",
         "File system full (`test_disk_full.py`, root only)",
+        "test_disk_full.py::test_full_file_system_stalls_writes_until_space_returns",
         """\
 The database lives on an 8 MiB tmpfs that a ballast file fills. Submit fails with
-UNAVAILABLE "the database is full"; reads (GetTask, GetStats, health) go on. A full file
-system refuses every write, the WAL's included, so leases and acks fail too (UNAVAILABLE,
-retried by the workers): `completed while full` is 0. Deleting the ballast is enough:
-everything completes without a restart, nothing lost. Skipped when the tests cannot
-mount a tmpfs.""",
+UNAVAILABLE "the database is full"; reads (GetTask, GetStats) go on, and health reports
+NOT_SERVING while commits fail. A full file system refuses every write, the WAL's
+included, so leases and acks fail too (UNAVAILABLE, retried by the workers): `completed
+while full` is 0. Deleting the ballast is enough: health turns SERVING (a probe write
+finds out), and everything completes without a restart, nothing lost. Skipped when the
+tests cannot mount a tmpfs.""",
+    ),
+    (
+        "disk_full_injected",
+        "Commits fail with ENOSPC (`test_disk_full.py`, injected, runs anywhere)",
+        "test_disk_full.py::test_commits_failing_with_enospc_stall_writes_until_space_returns",
+        """\
+The tmpfs test's failure without root: the feeder (`tests/faults/faulty_feeder.py`) runs
+on a SQLite store whose every COMMIT fails as on a full disk (SQLITE_FULL, "database or
+disk is full", rolled back; `tests/faults/enospc.py`) while a flag file exists, in the
+middle of a running workload. Writes answer UNAVAILABLE, health reports NOT_SERVING, the
+committed tasks stay intact; once the flag is gone, health reports SERVING again, and
+every task completes without a restart, nothing lost.""",
     ),
     (
         "poison_task",
         "Poison task (`test_poison_task.py`)",
+        "test_poison_task.py",
         """\
 A payload whose handler calls `os._exit(3)`: the worker process dies every time it runs
 it. A supervisor loop in the test restarts crashed workers. The poison task ends DEAD after
@@ -176,6 +218,7 @@ the poison when it crashed are redelivered, and counted).""",
     (
         "bad_input",
         "Bad input (`test_bad_input.py`)",
+        "test_bad_input.py",
         """\
 One feeder, hypothesis-driven fuzz of all 11 RPCs with random field values (huge, empty,
 negative, out-of-range, unicode, NUL, 100 kB strings, payloads over the limit, batches
@@ -187,6 +230,19 @@ INVALID_TOKEN; the tasks they were made from stay leased by their owner, who can
 extend and ack them. Raw undecodable bytes and 9 MiB messages to each method path answer
 INVALID_ARGUMENT and RESOURCE_EXHAUSTED; malformed HTTP/2 from raw sockets and 50 idle
 connections do not stop the server. Afterwards: health SERVING, no traceback in its log.""",
+    ),
+    (
+        AUDIT_CHECK,
+        "The audit's own test: a broken store (`test_audit_catches.py`)",
+        "test_audit_catches.py",
+        """\
+The audit must be able to fail. The feeder runs on a store broken on purpose
+(`tests/faults/faulty_feeder.py`): it answers acks as usual but never writes a completion
+to disk. Workers complete every task; the feeder is killed and restarted, forgets those
+completions, and the tasks run and complete again. The feeder's history then holds one
+ACKED attempt per task (`history acked twice` 0: counting those sees nothing wrong). The
+workers' ack ledgers show every task acknowledged as completed to two attempts and the
+first result not kept: the test passes when the audit reports exactly that.""",
     ),
 ]
 
@@ -209,6 +265,17 @@ Bugs the fault tests found, and what was done:
    operations knob that sets `PRAGMA max_page_count` on the writer) keeps a reserve of a
    tenth of the pages (at least 16): a Submit that would eat into it fails, so leases and
    acks of the stored tasks find room. The test fails without the reserve.
+
+3. **Health stayed SERVING while the database could not write** (disk full). *Fixed* in
+   `feeder/store/sqlite.py`: a failed commit reports the store unavailable through the
+   same hook the PostgreSQL store uses (`StoreHooks.available`), so health turns
+   NOT_SERVING, and SERVING again after the next commit that succeeds (a small probe
+   write is tried every second meanwhile, so an idle feeder finds out too). The injected
+   ENOSPC test and the tmpfs test check both turns.
+4. **"Completed twice" could not fail.** It counted ACKED attempts in the feeder's own
+   history, which keeps one completing attempt, and a completion lost in a crash erases
+   itself from it. *Fixed*: completions are counted from the workers' ack ledgers (see
+   the audit's own test).
 
 Known limits (reported, not changed):
 
@@ -239,6 +306,7 @@ LABELS = {
     "tasks": "tasks",
     "lost": "lost",
     "completed_twice": "completed twice",
+    "acknowledged_not_kept": "acknowledged not kept",
     "attempt_executed_twice": "attempt executed twice",
     "phantom_executions": "phantom executions",
     "executions": "executions",
@@ -256,12 +324,16 @@ FIRST = [
     "tasks",
     "lost",
     "completed_twice",
+    "acknowledged_not_kept",
+    "acks_recorded",
+    "completed_without_receipt",
     "attempt_executed_twice",
     "phantom_executions",
     "executions",
     "duplicate_executions",
 ]
-SKIP = {"chaos", "recorded_at"}
+SKIP = {"chaos", "recorded_at", "nodeid"}
+NOT_MEASURED = "n/a"
 
 
 def label(key: str) -> str:
@@ -307,6 +379,8 @@ def faults_of(key: str, f: dict[str, Any]) -> str:
         return f"{f.get('cuts')} cuts, {f.get('stalls')} stalls"
     if key == "slow_worker":
         return f"{sum((f.get('late_acks') or {}).values())} slow acks"
+    if key == "disk_full_injected":
+        return "commits failing (injected ENOSPC)"
     if key.startswith("disk_full"):
         return "1 full database"
     if key == "poison_task":
@@ -324,40 +398,89 @@ def mode_and_name(title: str) -> tuple[str, str]:
     return "embedded (SQLite)", name
 
 
-def summary_table(tests: dict[str, Any]) -> str:
-    rows = [
-        "| mode | test | faults | tasks | lost | completed twice | duplicate executions"
-        " (redelivered) | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+def outcome_of(node: str, outcomes: dict[str, str]) -> str:
+    """How the tests behind one entry ended in the run: "failed" if any failed, "skipped"
+    if all were skipped, "passed" if all passed; "not run" (none ran) or "unknown" (the
+    run recorded no outcomes: it did not finish)."""
+    prefix = f"tests/faults/{node}"
+    ended = [
+        o for n, o in outcomes.items() if n == prefix or n.startswith((prefix + "::", prefix + "["))
     ]
-    for key, title, _ in TESTS:
+    if not ended:
+        return "not run" if outcomes else "unknown"
+    if "failed" in ended:
+        return "failed"
+    if all(o == "skipped" for o in ended):
+        return "skipped"
+    return "passed"
+
+
+def shown_outcome(outcome: str) -> str:
+    return "**FAILED**" if outcome == "failed" else outcome
+
+
+def measured(f: dict[str, Any], key: str) -> str:
+    """A figure the test measured, or "n/a": never a constant standing in for one."""
+    return value(f[key]) if key in f else NOT_MEASURED
+
+
+def summary_table(tests: dict[str, Any], outcomes: dict[str, str]) -> str:
+    rows = [
+        "| mode | test | result | faults | tasks | lost | completed twice | duplicate"
+        " executions (redelivered) | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, title, node, _ in TESTS:
+        if key == AUDIT_CHECK:
+            continue
         f = tests.get(key)
         mode, name = mode_and_name(title)
+        result = shown_outcome(outcome_of(node, outcomes))
         if f is None:
-            rows.append(f"| {mode} | {name} | not run | | | | | |")
+            rows.append(f"| {mode} | {name} | {result} | no figures | | | | | |")
             continue
         totals = f.get("feeder_totals") or {}
-        dup = f.get("duplicate_executions", "")
-        if totals:
+        dup = measured(f, "duplicate_executions")
+        if totals and "duplicate_executions" in f:
             dup = f"{dup} ({totals.get('redelivered', 0)})"
         rows.append(
-            f"| {mode} | {name} | {faults_of(key, f)} | {f.get('tasks', '')} "
-            f"| {f.get('lost', 0 if key == 'bad_input' else '')} "
-            f"| {f.get('completed_twice', 0 if key == 'bad_input' else '')} | {dup} "
-            f"| {value(f.get('seconds', ''))} |"
+            f"| {mode} | {name} | {result} | {faults_of(key, f)} | {measured(f, 'tasks')} "
+            f"| {measured(f, 'lost')} | {measured(f, 'completed_twice')} | {dup} "
+            f"| {measured(f, 'seconds')} |"
         )
     return "\n".join(rows)
 
 
-def render(data: dict[str, Any]) -> str:
-    tests = data.get("tests", {})
+def pick_run(data: dict[str, Any], run_id: str | None) -> dict[str, Any]:
+    """The run to render: `run_id`, or the one started last."""
+    runs = data.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        raise ValueError("the figures file holds no run (run the fault tests first)")
+    if run_id is None:
+        run_id = max(runs, key=lambda r: runs[r].get("started_at", ""))
+    if run_id not in runs:
+        raise ValueError(f"no run {run_id!r} in the figures file (runs: {', '.join(runs)})")
+    run: dict[str, Any] = runs[run_id]
+    return run
+
+
+def render(run: dict[str, Any]) -> str:
+    tests = run.get("tests", {})
+    outcomes = run.get("outcomes", {})
     suite = tests.get("_suite", {})
-    chaos = {bool(f.get("chaos")) for k, f in tests.items() if k != "_suite"}
-    size = "full size (`make chaos`)" if chaos == {True} else "CI size (`make test`)"
-    if len(chaos) > 1:
-        size = "mixed sizes (some tests at CI size, some at full size)"
-    dates = sorted(f.get("recorded_at", "") for k, f in tests.items() if k != "_suite")
-    when = f"{dates[0]} to {dates[-1]}" if dates else "never"
+    size = "full size (`make chaos`)" if run.get("chaos") else "CI size (`make test`)"
+    finished = run.get("finished_at")
+    when = f"started {run.get('started_at', '?')}" + (
+        f", finished {finished}" if finished else ", did not finish (no outcomes recorded)"
+    )
+    ran = (
+        f"; the fault tests took {value(suite.get('seconds'))} s in all"
+        f" ({suite.get('passed', '?')} passed, {suite.get('failed', 0)} failed,"
+        f" {suite.get('skipped', 0)} skipped)."
+        if suite
+        else "."
+    )
+    failed = sorted(n for n, o in outcomes.items() if o == "failed")
     parts = [
         "# Reliability",
         "",
@@ -366,15 +489,18 @@ def render(data: dict[str, Any]) -> str:
         "",
         "What feedwork promises when things go wrong, how the fault-injection suite",
         "(`tests/faults/`) checks each promise against real processes, and the figures of",
-        f"its last run: {size}, recorded {when}"
-        + (
-            f"; the fault tests took {value(suite.get('seconds'))} s in all"
-            f" ({suite.get('passed', '?')} passed, {suite.get('failed', 0)} failed,"
-            f" {suite.get('skipped', 0)} skipped)."
-            if suite
-            else "."
-        ),
+        f"one run of it, `{run.get('run', '?')}`: {size}, {when}{ran} Every figure below",
+        "comes from that run.",
         "",
+    ]
+    if failed:
+        parts += [
+            f"**{len(failed)} fault tests FAILED in this run:** "
+            + ", ".join(f"`{n.removeprefix('tests/faults/')}`" for n in failed)
+            + ". Their figures, where they recorded any, are the ones that failed them.",
+            "",
+        ]
+    parts += [
         "## The promises",
         "",
         PROMISES,
@@ -386,21 +512,33 @@ def render(data: dict[str, Any]) -> str:
         "one test: `.venv/bin/pytest tests/faults/test_feeder_killed.py`. Set",
         "`FEEDWORK_CHAOS_SEED` to replay the kill schedule of the feeder test.",
         "",
-        "## Summary of the last run",
+        "## Summary of the run",
         "",
-        summary_table(tests),
+        summary_table(tests, outcomes),
         "",
         "A duplicate execution is a run of a task beyond its first; each is a counted",
         "redelivery (the number in brackets is the feeder's `redelivered` total, which also",
-        "counts redeliveries whose lease reply was lost before any run).",
+        "counts redeliveries whose lease reply was lost before any run). n/a: the test does",
+        "not measure that figure.",
         "",
         "## The tests",
         "",
     ]
-    for key, title, text in TESTS:
-        parts += [f"### {title}", "", text, ""]
+    for key, title, node, text in TESTS:
+        outcome = outcome_of(node, outcomes)
+        parts += [
+            f"### {title}",
+            "",
+            text,
+            "",
+            f"Result in this run: {shown_outcome(outcome)}.",
+            "",
+        ]
         f = tests.get(key)
-        parts += [figures_table(f) if f else "_Not run yet._", ""]
+        if f:
+            parts += [figures_table(f), ""]
+        else:
+            parts += ["_No figures recorded in this run._", ""]
     parts += ["## Findings", "", FINDINGS]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -408,15 +546,16 @@ def render(data: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--figures", type=Path, default=HERE / "figures.json")
+    parser.add_argument("--run", help="the run to render (default: the one started last)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "RELIABILITY.md")
     args = parser.parse_args(argv)
     try:
-        data = json.loads(args.figures.read_text())
+        run = pick_run(json.loads(args.figures.read_text()), args.run)
     except (OSError, ValueError) as exc:
-        print(f"report: cannot read {args.figures}: {exc}", file=sys.stderr)
+        print(f"report: cannot use {args.figures}: {exc}", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(data))
+    args.out.write_text(render(run))
     print(f"wrote {args.out}")
     return 0
 

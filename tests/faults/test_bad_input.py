@@ -71,6 +71,8 @@ class Env:
     codes: Counter[str] = field(default_factory=Counter)
     cases: Counter[str] = field(default_factory=Counter)
     tampered_sent: int = 0
+    # Tampered tokens that got anything but INVALID_TOKEN, or named a task.
+    tampered_accepted: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -408,6 +410,8 @@ def test_fuzz_token_rpc(env: Env, method: str) -> None:
         for token, result in zip(tokens, reply.results, strict=True):
             if token.kind == "tampered":
                 env.tampered_sent += 1
+                accepted = result.outcome != INVALID_TOKEN[method] or result.task_id != ""
+                env.tampered_accepted += accepted
                 # A token that was never issued names no task and changes nothing.
                 assert result.outcome == INVALID_TOKEN[method], (token, result)
                 assert result.task_id == ""
@@ -471,6 +475,7 @@ def test_fuzz_consume(env: Env) -> None:
             for token, result in zip(tokens, results, strict=False):
                 if token.kind == "tampered":
                     env.tampered_sent += 1
+                    env.tampered_accepted += result.task_id != ""
                     assert result.task_id == "", (token, result)
 
     fuzz()
@@ -564,27 +569,28 @@ def test_idle_connections_do_not_block_others(env: Env) -> None:
 
 
 def test_zz_owned_tasks_untouched_and_feeder_healthy(env: Env) -> None:
-    """Runs last: the owned tasks survived every forged and tampered token."""
+    """Runs last: the owned tasks survived every forged and tampered token. The figures
+    are recorded before the checks, so that a failure shows in them."""
+    untouched = []
     for task_id, _ in env.owned.items():
         task = env.stub.GetTask(pb.GetTaskRequest(task_id=task_id), timeout=10).task
-        assert task.state == pb.TASK_STATE_LEASED, task
-        assert task.attempts == 1 and task.failures == 0
-        assert [(h.worker_id, h.outcome) for h in task.history] == [
-            ("owner", pb.ATTEMPT_OUTCOME_RUNNING)
-        ]
+        history = [(h.worker_id, h.outcome) for h in task.history]
+        untouched.append(
+            task.state == pb.TASK_STATE_LEASED
+            and task.attempts == 1
+            and task.failures == 0
+            and history == [("owner", pb.ATTEMPT_OUTCOME_RUNNING)]
+        )
     tokens = list(env.owned.values())
     extended = env.stub.Extend(
         pb.ExtendRequest(items=[pb.ExtendItem(lease_token=t) for t in tokens]), timeout=10
     )
-    assert {r.outcome for r in extended.results} == {pb.EXTEND_OUTCOME_EXTENDED}
     acked = env.stub.Ack(
         pb.AckRequest(items=[pb.AckItem(lease_token=t, result=b"mine") for t in tokens]),
         timeout=10,
     )
-    assert {r.outcome for r in acked.results} == {pb.ACK_OUTCOME_ACKED}
-    assert env.feeder.alive() and healthy(env.feeder.target)
+    alive, serving = env.feeder.alive(), healthy(env.feeder.target)
     log = Path(env.feeder.log_path).read_text(errors="replace")
-    assert "Traceback" not in log, log[-3000:]
     cases = sum(env.cases.values())
     record(
         "bad_input",
@@ -594,11 +600,20 @@ def test_zz_owned_tasks_untouched_and_feeder_healthy(env: Env) -> None:
             "cases_by_kind": dict(sorted(env.cases.items())),
             "status_codes": dict(sorted(env.codes.items())),
             "tampered_tokens_sent": env.tampered_sent,
-            "tampered_tokens_accepted": 0,
+            "tampered_tokens_accepted": env.tampered_accepted,
+            "owned_tasks_untouched": f"{sum(untouched)} of {len(untouched)}",
             "feeder_restarts": env.feeder.starts - 1,
+            "healthy_after": alive and serving,
+            "tracebacks_in_log": log.count("Traceback"),
             "seconds": round(time.monotonic() - env.started, 1),
             "internal_or_unknown": sum(
                 n for code, n in env.codes.items() if code.endswith(("INTERNAL", "UNKNOWN"))
             ),
         },
     )
+    assert all(untouched), untouched
+    assert {r.outcome for r in extended.results} == {pb.EXTEND_OUTCOME_EXTENDED}
+    assert {r.outcome for r in acked.results} == {pb.ACK_OUTCOME_ACKED}
+    assert alive and serving
+    assert "Traceback" not in log, log[-3000:]
+    assert env.tampered_accepted == 0

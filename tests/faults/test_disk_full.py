@@ -27,6 +27,7 @@ import pytest
 
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc
+from tests.faults.faulty_feeder import DISK_FULL_ENV
 from tests.faults.harness import (
     FeederProc,
     WorkerPool,
@@ -42,6 +43,7 @@ from tests.faults.harness import (
     running,
     scaled,
     totals_figures,
+    wait_for,
     wait_settled,
 )
 
@@ -136,8 +138,6 @@ def test_page_cap_refuses_submits_while_stored_tasks_drain(tmp_path: Path) -> No
         assert feeder.alive() and feeder.starts == 1
     elapsed = time.monotonic() - started
 
-    assert_clean(result)
-    check_duplicates_counted(result, stats.totals)
     record(
         "disk_full_page_cap",
         {
@@ -154,6 +154,8 @@ def test_page_cap_refuses_submits_while_stored_tasks_drain(tmp_path: Path) -> No
             "seconds": round(elapsed, 1),
         },
     )
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)
 
 
 def error_code(error: grpc.RpcError | None) -> str:
@@ -212,7 +214,10 @@ def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> N
             assert error is not None, "a submit got through on a full file system"
             assert_full(error)
             message = error.details()
-            assert healthy(feeder.target)
+            # Health tells the truth: the store cannot write.
+            full_at = time.monotonic()
+            wait_for(lambda: not healthy(feeder.target), within=5, what="NOT_SERVING when full")
+            not_serving_after = time.monotonic() - full_at
             tasks = get_tasks(stub, stored)
             assert len(tasks) == len(stored)
 
@@ -221,7 +226,11 @@ def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> N
             time.sleep(3)
             completed_while_full = queue_stats(stub, QUEUE).completed
 
+            assert not healthy(feeder.target)
             ballast.unlink()
+            freed = time.monotonic()
+            wait_for(lambda: healthy(feeder.target), within=10, what="SERVING with room again")
+            serving_again = time.monotonic() - freed
             after, error = try_submit(stub, specs(20))
             assert error is None, error
             stored += after
@@ -231,8 +240,6 @@ def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> N
             assert feeder.alive() and feeder.starts == 1
         elapsed = time.monotonic() - started
 
-    assert_clean(result)
-    check_duplicates_counted(result, stats.totals)
     record(
         "disk_full_tmpfs",
         {
@@ -241,6 +248,8 @@ def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> N
             "tasks_stored_before_full": len(stored) - len(after),
             "submit_error": f"UNAVAILABLE: {message}",
             "completed_while_full": completed_while_full,
+            "not_serving_after_s": round(not_serving_after, 2),
+            "serving_again_after_s": round(serving_again, 2),
             "submitted_after_space_returned": len(after),
             "tasks": len(stored),
             **result.figures(),
@@ -249,3 +258,73 @@ def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> N
             "seconds": round(elapsed, 1),
         },
     )
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)
+
+
+def test_commits_failing_with_enospc_stall_writes_until_space_returns(tmp_path: Path) -> None:
+    """The tmpfs test's failure, injected so that it runs anywhere: the feeder's every
+    commit fails as on a full disk (SQLITE_FULL at COMMIT, tests/faults/enospc.py) while a
+    flag file exists, under a running workload. Writes answer UNAVAILABLE, health is
+    NOT_SERVING; removing the flag is enough: health SERVING, everything completes, nothing
+    lost, without a restart."""
+    ledger = tmp_path / "ledger.txt"
+    flag = tmp_path / "disk-full"
+    feeder = FeederProc(
+        tmp_path,
+        module="tests.faults.faulty_feeder",
+        env=child_env(**{DISK_FULL_ENV: str(flag)}),
+    )
+    workers = WorkerPool(tmp_path, feeder.target, queue=QUEUE, ledger=ledger, concurrency=4)
+    started = time.monotonic()
+    with running(feeder, workers), feeder_stub(feeder.target) as stub:
+        feeder.start()
+        slow = [pb.TaskSpec(queue=QUEUE, payload=json.dumps({"sleep": 0.5}).encode())] * 16
+        stored = [r.task_id for r in stub.Submit(pb.SubmitRequest(tasks=slow)).results]
+        stored += [r.task_id for r in stub.Submit(pb.SubmitRequest(tasks=specs(STORED))).results]
+        workers.start(2)
+        wait_for(lambda: queue_stats(stub, QUEUE).leased > 0, within=10, what="leases")
+        flag.touch()
+        full_at = time.monotonic()
+        _, error = try_submit(stub, specs(5))
+        assert error is not None, "a submit got through on a full disk"
+        assert_full(error)
+        message = error.details()
+        wait_for(lambda: not healthy(feeder.target), within=5, what="NOT_SERVING when full")
+        not_serving_after = time.monotonic() - full_at
+        assert len(get_tasks(stub, stored)) == len(stored)
+        time.sleep(2)  # the workers' acks and leases fail meanwhile, and are retried
+        completed_while_full = queue_stats(stub, QUEUE).completed
+        assert not healthy(feeder.target)
+
+        flag.unlink()
+        freed = time.monotonic()
+        wait_for(lambda: healthy(feeder.target), within=10, what="SERVING with room again")
+        serving_again = time.monotonic() - freed
+        after, error = try_submit(stub, specs(20))
+        assert error is None, error
+        stored += after
+        wait_settled(stub, QUEUE, len(stored), within=60)
+        result, _ = audit(stub, stored, ledger)
+        stats = queue_stats(stub, QUEUE)
+        assert feeder.alive() and feeder.starts == 1
+    elapsed = time.monotonic() - started
+
+    record(
+        "disk_full_injected",
+        {
+            "tasks_stored_before_full": len(stored) - len(after),
+            "submit_error": f"{error_code(error) if error else 'UNAVAILABLE'}: {message}",
+            "not_serving_after_s": round(not_serving_after, 2),
+            "completed_while_full": completed_while_full,
+            "serving_again_after_s": round(serving_again, 2),
+            "submitted_after_space_returned": len(after),
+            "tasks": len(stored),
+            **result.figures(),
+            "feeder_totals": totals_figures(stats.totals),
+            "feeder_restarts": feeder.starts - 1,
+            "seconds": round(elapsed, 1),
+        },
+    )
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)

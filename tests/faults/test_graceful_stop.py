@@ -106,14 +106,6 @@ def test_sigterm_finishes_in_flight_tasks_and_releases_the_rest(tmp_path: Path) 
         stats = queue_stats(stub, QUEUE)
     elapsed = time.monotonic() - started
 
-    assert_clean(result)
-    check_duplicates_counted(result, stats.totals)
-    assert stats.totals.expired == 0 and stats.totals.failed == 0
-    # Released at the end of the grace period, not at the lease deadline 30 s on...
-    assert min(release_margins) > LEASE - GRACE - 5, release_margins
-    # ...and leased again at once by the idle worker.
-    assert max(release_gaps) < 1.0, release_gaps
-    assert max(exit_after_term) < GRACE + 5, exit_after_term
     record(
         "graceful_stop",
         {
@@ -132,3 +124,11 @@ def test_sigterm_finishes_in_flight_tasks_and_releases_the_rest(tmp_path: Path) 
             "seconds": round(elapsed, 1),
         },
     )
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)
+    assert stats.totals.expired == 0 and stats.totals.failed == 0
+    # Released at the end of the grace period, not at the lease deadline 30 s on...
+    assert min(release_margins) > LEASE - GRACE - 5, release_margins
+    # ...and leased again at once by the idle worker.
+    assert max(release_gaps) < 1.0, release_gaps
+    assert max(exit_after_term) < GRACE + 5, exit_after_term

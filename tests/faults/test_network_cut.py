@@ -151,8 +151,6 @@ def test_workers_survive_cuts_and_stalls(tmp_path: Path) -> None:
             }
     elapsed = time.monotonic() - started
 
-    assert_clean(result)
-    check_duplicates_counted(result, stats.totals)
     record(
         "network_cut",
         {
@@ -168,3 +166,5 @@ def test_workers_survive_cuts_and_stalls(tmp_path: Path) -> None:
             "seconds": round(elapsed, 1),
         },
     )
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)

@@ -81,19 +81,6 @@ def test_poison_task_ends_dead_and_spares_the_others(tmp_path: Path) -> None:
         exits = [p.returncode() for p in workers.procs if p.reaped]
     elapsed = time.monotonic() - started
 
-    assert_clean(result)
-    check_duplicates_counted(result, stats.totals)
-    executions = read_ledger(ledger)
-    for task_id in poison_ids:
-        task = tasks[task_id]
-        assert task.state == pb.TASK_STATE_DEAD
-        assert task.failures == MAX_ATTEMPTS and task.attempts == MAX_ATTEMPTS
-        assert [h.outcome for h in task.history] == [pb.ATTEMPT_OUTCOME_EXPIRED] * MAX_ATTEMPTS
-        assert sum(t == task_id for t, _, _ in executions) == MAX_ATTEMPTS
-    assert result.completed == ORDINARY and result.dead == POISON
-    # One crash per poison execution, each with the poison's exit status.
-    assert workers.crashes == POISON * MAX_ATTEMPTS, workers.crashes
-    assert exits == [3] * len(exits)
     collateral = sum(
         1
         for task_id in ordinary_ids
@@ -116,3 +103,16 @@ def test_poison_task_ends_dead_and_spares_the_others(tmp_path: Path) -> None:
             "seconds": round(elapsed, 1),
         },
     )
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)
+    executions = read_ledger(ledger)
+    for task_id in poison_ids:
+        task = tasks[task_id]
+        assert task.state == pb.TASK_STATE_DEAD
+        assert task.failures == MAX_ATTEMPTS and task.attempts == MAX_ATTEMPTS
+        assert [h.outcome for h in task.history] == [pb.ATTEMPT_OUTCOME_EXPIRED] * MAX_ATTEMPTS
+        assert sum(t == task_id for t, _, _ in executions) == MAX_ATTEMPTS
+    assert result.completed == ORDINARY and result.dead == POISON
+    # One crash per poison execution, each with the poison's exit status.
+    assert workers.crashes == POISON * MAX_ATTEMPTS, workers.crashes
+    assert exits == [3] * len(exits)

@@ -8,8 +8,10 @@ backoff, few attempts) so that retries and dead letters happen within a second o
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -442,3 +444,27 @@ async def test_more_slots_than_a_stream_may_hold_as_credits(feeder: Any) -> None
         tasks = await wait_for_states(feeder, task_ids, pb.TASK_STATE_COMPLETED)
         await wait_until(lambda: worker.counters.done == 30)
     assert sorted(t.result for t in tasks) == sorted(str(i).encode() for i in range(30))
+
+
+async def test_the_ack_ledger_records_every_answered_ack_with_its_result(
+    feeder: Any, tmp_path: Path
+) -> None:
+    """`ack_ledger`: a JSON line per ack the feeder answered, with the result sent, so an
+    audit can hold the feeder to each completion it acknowledged."""
+    path = tmp_path / "acks.jsonl"
+    task_ids = await submit(feeder, b"a", b"b", b"c")
+
+    def handler(task: Task) -> bytes:
+        return b"done " + task.payload
+
+    async with running(feeder.target, handler, ack_ledger=str(path), worker_id="w7"):
+        await wait_for_states(feeder, task_ids, pb.TASK_STATE_COMPLETED)
+        await wait_until(lambda: path.exists() and len(path.read_text().splitlines()) == 3)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    by_task = {line["task_id"]: line for line in lines}
+    assert set(by_task) == set(task_ids)
+    for task_id in task_ids:
+        task = await get_task(feeder, task_id)
+        line = by_task[task_id]
+        assert (line["attempt"], line["outcome"], line["worker_id"]) == (1, "ACKED", "w7")
+        assert base64.b64decode(line["result"]) == task.result == b"done " + task.payload

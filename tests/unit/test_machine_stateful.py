@@ -1,8 +1,12 @@
-"""A model-based test: a small in-memory feeder driven by hypothesis.
+"""A model-based test: a small feeder driven by hypothesis.
 
-The task records are the durable state. Every operation of the state machine is applied to
-them with a fake clock, with lease tokens of current and old attempts, and with restarts
-(a new rng; the records survive). After every step the feeder's guarantees must hold.
+The model is the records the test expects (`records`), and the ids the store gave back for
+every Submit (`submitted`). Every operation of the state machine is applied to them with a
+fake clock, with lease tokens of current and old attempts, and with restarts (a new rng;
+the store is closed and opened again from its file). Each decision is also applied to a
+real SQLite store, guarded by the version it was made from; after every step the rows on
+disk must be the model's records (nothing lost, nothing changed behind its back) and the
+feeder's guarantees must hold.
 
 How each attempt ended is also kept here, outside the machine, for every attempt ever
 handed out: the machine's own rules (a late ack of an attempt that gave its task back is
@@ -13,11 +17,18 @@ the history no longer holds.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import shutil
+import sqlite3
+import tempfile
 from collections import Counter
-from typing import Any
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
 
-from hypothesis import event, settings
+import pytest
+from hypothesis import Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -42,7 +53,14 @@ from feeder.core.model import (
     TaskSpec,
 )
 from feeder.core.policy import QueuePolicy
+from feeder.store.base import Change
+from feeder.store.rows import COLUMNS, task_from_row
+from feeder.store.sqlite import SqliteStore
 
+T = TypeVar("T")
+# The databases live in RAM where there is a tmpfs for it: thousands of short runs, whose
+# fsyncs (at each checkpoint and close) would only wait for a disk.
+SCRATCH = "/dev/shm" if Path("/dev/shm").is_dir() else None
 T0 = 1_700_000_000.0
 POLICY = QueuePolicy(max_attempts=3, backoff_base=1.0, backoff_cap=8.0, lease_duration=10.0)
 
@@ -54,6 +72,8 @@ class Feeder(RuleBasedStateMachine):
     task_ids = Bundle("task_ids")
     tokens = Bundle("tokens")  # (task id, attempt): every lease ever handed out
 
+    store_class: type[SqliteStore] = SqliteStore
+
     def __init__(self) -> None:
         super().__init__()
         self.now = T0
@@ -63,12 +83,35 @@ class Feeder(RuleBasedStateMachine):
         self.submitted: set[int] = set()
         self.completions: Counter[int] = Counter()
         self.totals: Counter[Event] = Counter()
-        self.next_id = 1
         # (task id, attempt) -> how it ended, as seen from the outside: "nacked" (failed or
         # released by its own worker) or "expired". Never trimmed.
         self.ended: dict[tuple[int, int], str] = {}
+        self.loop = asyncio.new_event_loop()
+        self.workdir = Path(tempfile.mkdtemp(prefix="feedwork-stateful-", dir=SCRATCH))
+        self.path = self.workdir / "feedwork.db"
+        self.store = self.store_class(self.path)
+        self.run(self.store.open())
+        # The test's own look at the file (it sees what is committed, whatever the store
+        # holds in memory).
+        self.disk = sqlite3.connect(self.path)
+
+    def teardown(self) -> None:
+        try:
+            self.disk.close()
+            self.run(self.store.close())
+        finally:
+            self.loop.close()
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- helpers --------------------------------------------------------------------------
+
+    def run(self, step: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(step)
+
+    def on_disk(self) -> dict[int, Task]:
+        """Every task row in the database file."""
+        rows = self.disk.execute(f"SELECT {COLUMNS} FROM tasks")
+        return {row[0]: task_from_row(row) for row in rows}
 
     def apply(self, task_id: int, decision: Decision[Any]) -> Task:
         """Checks one decision against the record it was made from, then stores it."""
@@ -94,6 +137,8 @@ class Feeder(RuleBasedStateMachine):
             assert Event.COMPLETED not in decision.events
         if Event.DEAD_LETTERED in decision.events:
             assert before.state is not State.DEAD
+        applied = self.run(self.store.apply([Change(before, after, decision.events)]))
+        assert applied == [True], "the store holds another version than the model"
         self.records[task_id] = after
         return after
 
@@ -140,14 +185,22 @@ class Feeder(RuleBasedStateMachine):
         not_before = None if delay is None else self.now + delay
         spec = TaskSpec(
             queue="q",
-            payload=b"p%d" % self.next_id,
+            payload=b"p%d" % len(self.submitted),
             not_before=not_before,
             max_attempts=max_attempts,
             lease_duration=lease_duration,
         )
-        decision = machine.create(spec, task_id=self.next_id, now=self.now, policy=POLICY)
-        task = decision.task
-        assert task is not None
+        decisions: list[Decision[State]] = []
+
+        def create(spec: TaskSpec, task_id: int) -> Decision[State]:
+            decisions.append(machine.create(spec, task_id=task_id, now=self.now, policy=POLICY))
+            return decisions[-1]
+
+        [submitted] = self.run(self.store.submit([spec], create=create, max_depth=lambda q: 10**6))
+        [decision] = decisions
+        task = submitted.task
+        assert task is decision.task and not submitted.deduplicated
+        assert task.id not in self.submitted, "an id was handed out twice"
         assert decision.events == (Event.SUBMITTED,)
         assert task.version == 1 and task.attempt == 0 and task.failures == 0
         scheduled = not_before is not None and not_before > self.now
@@ -155,7 +208,6 @@ class Feeder(RuleBasedStateMachine):
         assert task.state is expect is decision.outcome
         self.records[task.id] = task
         self.submitted.add(task.id)
-        self.next_id += 1
         return task.id
 
     def ready_ids(self) -> list[int]:
@@ -405,14 +457,26 @@ class Feeder(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
+        """A feeder restart: the store is closed and opened again on its file."""
         self.restarts += 1
         self.rng = random.Random(self.restarts)
+        self.run(self.store.close())
+        self.store = self.store_class(self.path)
+        self.run(self.store.open())
 
     # -- invariants -----------------------------------------------------------------------
 
     @invariant()
     def no_task_lost(self) -> None:
-        assert set(self.records) == self.submitted
+        """The store holds every task a Submit returned, each as the model expects it: on
+        disk, and as the store serves it."""
+        disk = self.on_disk()
+        assert set(disk) == self.submitted, "tasks lost or made up"
+        for task_id, task in disk.items():
+            expected = self.records[task_id]
+            assert task == expected, f"task {task_id} on disk: {task}, expected {expected}"
+        served = self.run(self.store.get(self.submitted))
+        assert served == {task_id: self.records[task_id] for task_id in self.submitted}
 
     @invariant()
     def completes_at_most_once(self) -> None:
@@ -451,9 +515,38 @@ class SmallHistoryFeeder(Feeder):
 
     def teardown(self) -> None:
         machine.MAX_HISTORY = self._kept
+        super().teardown()
 
 
 SmallHistoryFeeder.TestCase.settings = settings(
     max_examples=200, stateful_step_count=50, deadline=None, database=None
 )
 TestSmallHistoryFeeder = SmallHistoryFeeder.TestCase
+
+
+class AckWritesLost(SqliteStore):
+    """A broken store: completions are applied in memory but never written to disk (as a
+    feeder that answers an ack before, or without, making it durable)."""
+
+    async def _persist_changes(self, changes: Any, events: Any) -> None:
+        kept = [c for c in changes if c.after is None or c.after.state is not State.COMPLETED]
+        await super()._persist_changes(kept, events)
+
+
+class FeederOnABrokenStore(Feeder):
+    store_class = AckWritesLost
+
+
+def test_the_model_catches_a_store_that_loses_completions() -> None:
+    """The invariants can fail: against a store that drops the writes of acks, the model
+    finds a task whose row on disk is not what the feeder answered."""
+    run = FeederOnABrokenStore.TestCase(methodName="runTest")
+    run.settings = settings(
+        max_examples=200,
+        stateful_step_count=50,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+    )
+    with pytest.raises(AssertionError, match=r"on disk|lost or made up|another version"):
+        run.runTest()

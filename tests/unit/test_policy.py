@@ -81,6 +81,19 @@ def test_backoff_is_capped() -> None:
         assert 5.0 <= delay <= 10.0
 
 
+def test_capped_retries_are_still_spread() -> None:
+    """The cap bounds the step, and the jitter applies to the capped step: retries of tasks
+    that failed together past the cap spread over [cap/2, cap]. (A cap applied after the
+    jitter would make every one of them wait exactly the cap.)"""
+    policy = QueuePolicy(backoff_base=1.0, backoff_cap=10.0)
+    rng = random.Random(5)
+    for failures in (5, 20, 1000):
+        delays = [policy.backoff(failures, rng) for _ in range(500)]
+        assert all(5.0 <= d <= 10.0 for d in delays)
+        assert min(delays) < 5.5 and max(delays) > 9.5
+        assert sum(d == 10.0 for d in delays) <= 1
+
+
 def test_backoff_of_zero_or_negative_failures_is_the_first_step() -> None:
     policy = QueuePolicy(backoff_base=2.0, backoff_cap=100.0)
     for failures in (0, -1, -100):
@@ -124,3 +137,7 @@ def test_backoff_stays_within_half_step_and_step(
     assert math.isfinite(delay)
     assert step / 2 <= delay <= step
     assert delay <= cap
+    # Spread, capped or not: other seeds give other delays over at least half the range.
+    rng = random.Random(seed)
+    others = [policy.backoff(failures, rng) for _ in range(64)]
+    assert max(others) - min(others) >= step / 4
