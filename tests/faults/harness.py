@@ -754,13 +754,16 @@ def _this_run() -> Iterator[dict[str, Any]]:
         os.replace(temporary, FIGURES)
 
 
-def record(test: str, figures: dict[str, Any]) -> None:
+def record(test: str, figures: dict[str, Any], *, merge: bool = False) -> None:
     """Records one test's figures in this run. Call it before the test's final checks, so
     that a failing test leaves the figures that made it fail (the report shows them with
-    the failure)."""
+    the failure). `merge`: added to what this run recorded under `test` before (an entry
+    whose figures come from several test functions)."""
     current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
     with _this_run() as run:
+        earlier = run["tests"].get(test, {}) if merge else {}
         run["tests"][test] = {
+            **earlier,
             "chaos": CHAOS,
             "recorded_at": _now(),
             "nodeid": current,

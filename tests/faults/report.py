@@ -232,6 +232,50 @@ INVALID_ARGUMENT and RESOURCE_EXHAUSTED; malformed HTTP/2 from raw sockets and 5
 connections do not stop the server. Afterwards: health SERVING, no traceback in its log.""",
     ),
     (
+        "overload_burst",
+        "Burst of concurrent Submits (`test_overload.py`)",
+        "test_overload.py::test_a_burst_of_concurrent_submits_through_the_sdk_all_get_through",
+        """\
+Thousands of Submits sent at once on one channel, through the producer SDK and then on raw
+stubs without retries. Before the fix gRPC cancelled the calls the server had not picked
+up past its backlog (1,000 soft, 3,000 hard): ~1,200 of 4,000 failed CANCELLED and the SDK
+did not retry them. Checked: every SDK call returned a task id, every raw call was served
+(none dropped), and the feeder stored exactly that many tasks.""",
+    ),
+    (
+        "overload_bound",
+        "Work in flight past its bound (`test_overload.py`)",
+        "test_overload.py::test_past_its_bound_the_feeder_refuses_explicitly_and_clients_retry",
+        """\
+A feeder with `--max-in-flight 100` and 2,000 Submits at once, first on raw stubs: every
+call is either served or refused UNAVAILABLE "the feeder is overloaded" (nothing else,
+nothing dropped), and exactly the served ones are stored (a refusal applies nothing);
+then through the SDK, which retries the refusals with backoff: all 2,000 stored. The
+feeder logs the overload.""",
+    ),
+    (
+        "clock_steps",
+        "Wall clock stepped (`test_clock_steps.py`)",
+        "test_clock_steps.py",
+        """\
+The feeder runs under libfaketime; its wall clock is stepped while it runs, its monotonic
+clock left alone. +10 min: a healthy worker's 5 min lease stays LEASED and can be extended
+and acked (it expired within seconds before the fix). -1 h: a dead worker's 3 s lease
+expires and a 3 s delay ends after about 3 s of elapsed time (they waited an hour before
+the fix), and the task is leased again as attempt 2.""",
+    ),
+    (
+        "fsync_before_reply",
+        "Power loss: fsync before every reply (`test_fsync_before_reply.py`)",
+        "test_fsync_before_reply.py",
+        """\
+The feeder runs under strace, which records when it calls fsync/fdatasync; 20 Submits and
+20 Acks are sent one after another and each one's send and reply times taken. With the
+default `--sync full` every reply has an fsync between its request and its reply (the
+write was on stable storage before the answer); with `--sync normal` none has one (its
+documented loss window on power loss).""",
+    ),
+    (
         AUDIT_CHECK,
         "The audit's own test: a broken store (`test_audit_catches.py`)",
         "test_audit_catches.py",
@@ -387,6 +431,12 @@ def faults_of(key: str, f: dict[str, Any]) -> str:
         return f"{f.get('worker_crashes')} worker crashes"
     if key == "bad_input":
         return f"{f.get('fuzz_cases')} bad requests"
+    if key.startswith("overload"):
+        return f"{f.get('concurrent_submits') or f.get('raw_calls')} Submits at once"
+    if key == "clock_steps":
+        return "wall clock stepped +10 min, -1 h"
+    if key == "fsync_before_reply":
+        return f"{f.get('writes_full')} writes counted against fsyncs"
     return ""
 
 

@@ -19,7 +19,15 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from feedwork.v1 import feeder_pb2 as pb
-from tests.faults.harness import FeederProc, call, child_env, feeder_stub, running, wait_for
+from tests.faults.harness import (
+    FeederProc,
+    call,
+    child_env,
+    feeder_stub,
+    record,
+    running,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 
@@ -68,11 +76,22 @@ def test_a_forward_step_does_not_expire_a_healthy_lease(
         leased = lease(stub, "q", 300)  # 5 min
         step(offset, +600)  # the wall clock jumps 10 min ahead
         time.sleep(2.0)  # the reaper has had its chance
-        assert state(stub, leased.task_id) == pb.TASK_STATE_LEASED
+        after_step = state(stub, leased.task_id)
         extended = call(
             stub.Extend,
             pb.ExtendRequest(items=[pb.ExtendItem(lease_token=leased.lease_token)]),
         )
+        record(
+            "clock_steps",
+            {
+                "forward_step_s": 600,
+                "lease_s": 300,
+                "state_2_s_after_the_step": pb.TaskState.Name(after_step),
+                "extend_after_the_step": pb.ExtendOutcome.Name(extended.results[0].outcome),
+            },
+            merge=True,
+        )
+        assert after_step == pb.TASK_STATE_LEASED
         assert extended.results[0].outcome == pb.EXTEND_OUTCOME_EXTENDED
         acked = call(
             stub.Ack,
@@ -109,6 +128,12 @@ def test_a_backward_step_does_not_hold_a_dead_workers_lease_or_a_delay(
             within=10.0,
             what="the 3 s delay to pass",
         )
-        assert time.monotonic() - started < 6.0
+        elapsed = time.monotonic() - started
+        record(
+            "clock_steps",
+            {"backward_step_s": -3600, "dead_lease_and_delay_ended_after_s": round(elapsed, 2)},
+            merge=True,
+        )
+        assert elapsed < 6.0
         again = lease(stub, "q", 30)
         assert again.task_id == leased.task_id and again.attempt == 2

@@ -21,7 +21,15 @@ from pathlib import Path
 import pytest
 
 from feedwork.v1 import feeder_pb2 as pb
-from tests.faults.harness import ROOT, call, child_env, feeder_stub, free_port, wait_for
+from tests.faults.harness import (
+    ROOT,
+    call,
+    child_env,
+    feeder_stub,
+    free_port,
+    record,
+    wait_for,
+)
 from tests.processes import die_with_parent
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
@@ -97,6 +105,15 @@ def test_each_write_is_fsynced_before_its_reply_unless_sync_is_normal(
             feeder.wait(timeout=10)
     fsyncs = fsync_times(trace)
     covered = [any(sent < t < replied for t in fsyncs) for _, sent, replied in windows]
+    record(
+        "fsync_before_reply",
+        {
+            f"writes_{sync}": len(windows),
+            f"replies_after_an_fsync_{sync}": sum(covered),
+            f"fsyncs_{sync}": len(fsyncs),
+        },
+        merge=True,
+    )
     if sync == "full":
         missing = [
             (w[0], i) for i, (w, ok) in enumerate(zip(windows, covered, strict=True)) if not ok
