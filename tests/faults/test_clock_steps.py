@@ -32,6 +32,9 @@ from tests.faults.harness import (
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 
 LIBFAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+FORWARD_STEP = 600  # s: 10 min ahead
+HEALTHY_LEASE = 300  # s: 5 min
+BACKWARD_STEP = -3600  # s: an hour back
 
 
 @pytest.fixture
@@ -73,8 +76,8 @@ def test_a_forward_step_does_not_expire_a_healthy_lease(
     with running(feeder), feeder_stub(feeder.target) as stub:
         feeder.start()
         call(stub.Submit, pb.SubmitRequest(tasks=[pb.TaskSpec(queue="q", payload=b"{}")]))
-        leased = lease(stub, "q", 300)  # 5 min
-        step(offset, +600)  # the wall clock jumps 10 min ahead
+        leased = lease(stub, "q", HEALTHY_LEASE)
+        step(offset, FORWARD_STEP)  # the wall clock jumps ahead
         time.sleep(2.0)  # the reaper has had its chance
         after_step = state(stub, leased.task_id)
         extended = call(
@@ -84,8 +87,8 @@ def test_a_forward_step_does_not_expire_a_healthy_lease(
         record(
             "clock_steps",
             {
-                "forward_step_s": 600,
-                "lease_s": 300,
+                "forward_step_s": FORWARD_STEP,
+                "lease_s": HEALTHY_LEASE,
                 "state_2_s_after_the_step": pb.TaskState.Name(after_step),
                 "extend_after_the_step": pb.ExtendOutcome.Name(extended.results[0].outcome),
             },
@@ -116,7 +119,7 @@ def test_a_backward_step_does_not_hold_a_dead_workers_lease_or_a_delay(
             ),
         ).results[0]
         leased = lease(stub, "q", 3)  # and the worker dies: no ack, no extend
-        step(offset, -3600)  # the wall clock jumps an hour back
+        step(offset, BACKWARD_STEP)  # the wall clock jumps back
         started = time.monotonic()
         wait_for(
             lambda: state(stub, leased.task_id) == pb.TASK_STATE_READY,
@@ -131,7 +134,10 @@ def test_a_backward_step_does_not_hold_a_dead_workers_lease_or_a_delay(
         elapsed = time.monotonic() - started
         record(
             "clock_steps",
-            {"backward_step_s": -3600, "dead_lease_and_delay_ended_after_s": round(elapsed, 2)},
+            {
+                "backward_step_s": BACKWARD_STEP,
+                "dead_lease_and_delay_ended_after_s": round(elapsed, 2),
+            },
             merge=True,
         )
         assert elapsed < 6.0

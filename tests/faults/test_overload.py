@@ -24,6 +24,7 @@ from tests.faults.harness import FeederProc, feeder_stub, queue_stats, record, r
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 
 BURST = scaled(4000, 8000)
+BOUNDED_BURST = 2000
 
 
 async def raw_burst(target: str, calls: int, make: str) -> Counter[str]:
@@ -93,14 +94,14 @@ def test_past_its_bound_the_feeder_refuses_explicitly_and_clients_retry(tmp_path
     feeder = FeederProc(tmp_path, args=["--max-in-flight", str(limit)])
     with running(feeder):
         feeder.start()
-        raw = asyncio.run(raw_burst(feeder.target, 2000, "submit"))
+        raw = asyncio.run(raw_burst(feeder.target, BOUNDED_BURST, "submit"))
         with feeder_stub(feeder.target) as stub:
             stored = queue_stats(stub, "raw").ready
 
         async def burst() -> int:
             async with AsyncFeederClient(feeder.target) as client:
                 results = await asyncio.gather(
-                    *(client.submit(b"%d" % i, queue="q") for i in range(2000))
+                    *(client.submit(b"%d" % i, queue="q") for i in range(BOUNDED_BURST))
                 )
             return len({r.task_id for r in results})
 
@@ -112,7 +113,7 @@ def test_past_its_bound_the_feeder_refuses_explicitly_and_clients_retry(tmp_path
         "overload_bound",
         {
             "limit_items": limit,
-            "raw_calls": 2000,
+            "raw_calls": BOUNDED_BURST,
             "raw_outcomes": dict(raw),
             "raw_stored": stored,
             "submitted_through_sdk": sdk_stored,
@@ -123,7 +124,7 @@ def test_past_its_bound_the_feeder_refuses_explicitly_and_clients_retry(tmp_path
     assert set(raw) <= {"OK", "UNAVAILABLE (overloaded)"}, raw
     assert raw["UNAVAILABLE (overloaded)"] > 0, raw
     assert stored == raw["OK"]
-    assert through_sdk == sdk_stored == 2000
+    assert through_sdk == sdk_stored == BOUNDED_BURST
     assert "overloaded: refusing calls" in log
 
 
