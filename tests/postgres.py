@@ -76,9 +76,42 @@ async def _migrated(database: str) -> None:
         await conn.close()
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _drop_orphans() -> None:
+    """Drops the databases of test processes that are gone (killed before their teardown
+    ran): `feedwork_test_<pid>_*` whose pid no longer runs on this machine."""
+    conn = await asyncpg.connect(ADMIN_DSN, timeout=10)
+    try:
+        names = [
+            r[0]
+            for r in await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'feedwork\\_test\\_%'"
+            )
+        ]
+        for name in names:
+            pid = name.split("_")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 def create_template() -> str:
-    """A database with the current schema, for `create_database` to copy."""
+    """A database with the current schema, for `create_database` to copy. Databases left by
+    test processes that were killed are dropped first (only for a local server, where
+    their pids can be checked)."""
     name = f"{_PREFIX}_template"
+    if urlsplit(ADMIN_DSN).hostname in ("127.0.0.1", "localhost", "::1"):
+        _run(_drop_orphans())
     _run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     _run(_admin(f"CREATE DATABASE {name}"))
     _run(_migrated(name))
