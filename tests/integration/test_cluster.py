@@ -272,3 +272,58 @@ async def test_a_feeder_decides_right_from_a_record_of_its_own_that_is_out_of_da
     assert await ack(b, second.lease_token) == [pb.ACK_OUTCOME_DUPLICATE]
     task = await get(b, task_id)
     assert (task.state, task.result, task.attempts) == (pb.TASK_STATE_COMPLETED, b"two", 2)
+
+
+async def test_writes_failing_on_a_full_disk_turn_health_not_serving_until_one_succeeds(
+    feeder_factory: FeederFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL reachable but its disk full (SQLSTATE 53100): every write fails, so the
+    feeder must not say SERVING, though its listen connection is fine. A probe write every
+    second finds out when space is back, with no client traffic."""
+    import asyncpg
+
+    monkeypatch.setattr(connector, "WRITE_PROBE_EVERY", 0.1)
+    feeder = await feeder_factory(store_kind="postgres")
+    store = feeder.server.store
+    health = health_pb2_grpc.HealthStub(feeder.channel)
+    full = True
+
+    async def status() -> int:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        return int(reply.status)
+
+    real_insert = store._insert  # type: ignore[attr-defined]
+    real_probe = connector._write_probe
+
+    async def insert(*args: object, **kwargs: object) -> object:
+        if full:
+            raise asyncpg.exceptions.DiskFullError("could not extend file: No space left")
+        return await real_insert(*args, **kwargs)
+
+    async def probe(conn: object) -> None:
+        if full:
+            raise asyncpg.exceptions.DiskFullError("could not extend file: No space left")
+        await real_probe(conn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_insert", insert)
+    monkeypatch.setattr(connector, "_write_probe", probe)
+    assert await status() == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await submit_ids(feeder, pb.TaskSpec(queue="q"))
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    for _ in range(100):
+        if await status() == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+        await asyncio.sleep(0.02)
+    assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    await asyncio.sleep(0.5)  # probes keep failing: still NOT_SERVING
+    assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    full = False  # space is back
+    for _ in range(200):
+        if await status() == health_pb2.HealthCheckResponse.SERVING:
+            break
+        await asyncio.sleep(0.02)
+    assert await status() == health_pb2.HealthCheckResponse.SERVING
+    [task_id] = await submit_ids(feeder, pb.TaskSpec(queue="q"))
+    [leased] = await lease(feeder, n=1)
+    assert leased.task_id == task_id

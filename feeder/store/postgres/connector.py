@@ -47,6 +47,10 @@ LISTEN_CHECK_TIMEOUT = 5.0
 # Deadlocks and serialization failures between concurrent transactions: retried this often.
 CONFLICT_RETRIES = 5
 R = TypeVar("R")
+# A write refused because the disk is full: health turns NOT_SERVING until a probe write,
+# tried this often, succeeds.
+DISK_FULL = "53100"
+WRITE_PROBE_EVERY = 1.0
 # Task ids per "c" (cancelled) notification: 20 digits and a space each, under 8000 bytes.
 CANCELLED_PER_NOTIFICATION = 300
 
@@ -78,6 +82,14 @@ def is_unavailable(exc: BaseException) -> bool:
 
 def _is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _CONFLICT_CODES
+
+
+async def _write_probe(conn: asyncpg.Connection) -> None:
+    """A small real write (it needs WAL, so it fails while the disk is full)."""
+    await conn.execute(
+        "INSERT INTO feedwork.meta (key, value) VALUES ('write_probe', '\\x01')"
+        " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+    )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -140,6 +152,11 @@ class PostgresConnector:
         self._listening: asyncio.Task[None] | None = None
         self._listen_up = asyncio.Event()
         self._available = False
+        # Health is reachable (the listen connection is up) and writable (no write has
+        # failed on a full disk since the last one that succeeded).
+        self._reachable = False
+        self._writable = True
+        self._probing: asyncio.Task[None] | None = None
         self._outbox = _Outbox(Counter())
         self._sending: asyncio.Task[None] | None = None
         # One operation at a time on the listen connection: the NOTIFYs and the checks.
@@ -216,7 +233,7 @@ class PostgresConnector:
         self._closing = True
         if self._releasing:
             await asyncio.wait(self._releasing, timeout=5.0)
-        for task in (self._sending, self._listening):
+        for task in (self._sending, self._listening, self._probing):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -255,7 +272,7 @@ class PostgresConnector:
             raise
         except Exception as exc:
             if is_unavailable(exc):
-                raise unavailable(exc) from exc
+                raise self.failed(exc) from exc
             raise
 
     async def hold(self) -> asyncpg.Connection:
@@ -266,7 +283,7 @@ class PostgresConnector:
             conn: asyncpg.Connection = await self._pool.acquire(timeout=10.0)
         except Exception as exc:
             if is_unavailable(exc):
-                raise unavailable(exc) from exc
+                raise self.failed(exc) from exc
             raise
         return conn
 
@@ -442,10 +459,44 @@ class PostgresConnector:
             raise
         return conn
 
-    def _set_available(self, available: bool) -> None:
+    def _set_available(self, reachable: bool) -> None:
+        self._reachable = reachable
+        self._report()
+
+    def _report(self) -> None:
+        available = self._reachable and self._writable
         if available != self._available:
             self._available = available
             self._on_available(available)
+
+    def failed(self, exc: BaseException) -> StoreUnavailable:
+        """The StoreUnavailable a write that failed with `exc` (`is_unavailable`) raises. A
+        full disk also turns health NOT_SERVING until a probe write succeeds: reads may
+        still work, but nothing can be accepted."""
+        if (
+            isinstance(exc, asyncpg.PostgresError)
+            and exc.sqlstate == DISK_FULL
+            and self._writable
+            and not self._closing
+        ):
+            log.warning("PostgreSQL cannot write (disk full): health NOT_SERVING until it can")
+            self._writable = False
+            self._report()
+            self._probing = asyncio.ensure_future(self._probe_writes())
+        return unavailable(exc)
+
+    async def _probe_writes(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(WRITE_PROBE_EVERY)
+            try:
+                await self.run(_write_probe)
+            except Exception as exc:
+                log.debug("the write probe failed: %s", exc)
+                continue
+            log.info("PostgreSQL can write again")
+            self._writable = True
+            self._report()
+            return
 
     @property
     def available(self) -> bool:

@@ -52,7 +52,7 @@ from feeder.store.base import (
     wire_size,
 )
 from feeder.store.postgres import sql
-from feeder.store.postgres.connector import PostgresConnector, is_unavailable, unavailable
+from feeder.store.postgres.connector import PostgresConnector, is_unavailable
 from feeder.store.postgres.migrate import LOCK_CLASS, SchemaTooNew, migrate
 from feeder.store.rows import expired_text, headers_json, history_columns, task_from_row
 
@@ -333,7 +333,7 @@ class PostgresStore:
                 await conn.execute("SELECT pg_advisory_lock($1, $2)", LOCK_CLASS, LEADER_LOCK)
             except Exception as exc:
                 if is_unavailable(exc):
-                    raise unavailable(exc) from exc
+                    raise self._connector.failed(exc) from exc
                 raise
             yield lost
         finally:
@@ -497,7 +497,7 @@ class PostgresStore:
             found, known = await self._connector.run(check)
         except Exception as exc:
             if is_unavailable(exc):
-                raise unavailable(exc) from exc
+                raise self._connector.failed(exc) from exc
             raise
         self._known_queues |= found
         new = sorted(unknown - found)
@@ -559,7 +559,7 @@ class PostgresStore:
                 self._hooks.ready(queue, 1)
         except Exception as exc:
             if is_unavailable(exc):
-                raise unavailable(exc) from exc
+                raise self._connector.failed(exc) from exc
             raise
         finally:
             connector.release_after(conn, sql.UNMARK)
