@@ -77,6 +77,8 @@ class FeederServer:
         """`clock`: the feeder's time, by default wall-clock seconds that follow elapsed
         time (`SteadyClock`), the same for the service and the servicer."""
         clock = clock or SteadyClock()
+        # No reply (a Lease's tasks, a page of dead tasks) may pass the message limit.
+        max_reply_bytes = max(settings.max_message_bytes - REPLY_MARGIN, 1)
         self.settings = settings
         self.store = store if store is not None else open_store(settings)
         self.service = TaskService(
@@ -86,14 +88,14 @@ class FeederServer:
             rng=rng,
             retention=settings.retention,
             on_availability=self._store_availability,
-            max_reply_bytes=max(settings.max_message_bytes - REPLY_MARGIN, 1),
+            max_reply_bytes=max_reply_bytes,
             max_queues=settings.max_queues,
             max_unacked=settings.max_unacked_per_consumer,
         )
         limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,
             max_result_bytes=settings.max_result_bytes,
-            max_reply_bytes=max(settings.max_message_bytes - REPLY_MARGIN, 1),
+            max_reply_bytes=max_reply_bytes,
         )
         self.admission = Admission(
             max_items=settings.max_in_flight, max_bytes=settings.max_in_flight_bytes

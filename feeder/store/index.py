@@ -184,16 +184,20 @@ class TaskIndex:
         return queue in self.counts or queue in self.totals
 
     def queue_count(self) -> int:
-        return len(self.queues())
+        return len(self._sorted_names())
 
-    def queues(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
-        """Every queue known, in name order: those after `after`, at most `limit`."""
+    def _sorted_names(self) -> list[str]:
+        """Every queue known, sorted (cached; not to be changed by the caller)."""
         # Keys are only ever added to either dict: their sizes say when a queue appeared.
         stamp = (len(self.counts), len(self.totals))
         if self._names is None or self._names_stamp != stamp:
             self._names = sorted(self.counts.keys() | self.totals.keys())
             self._names_stamp = stamp
-        names = self._names
+        return self._names
+
+    def queues(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Every queue known, in name order: those after `after`, at most `limit`."""
+        names = self._sorted_names()
         start = 0 if after is None else bisect.bisect_right(names, after)
         end = len(names) if limit is None else start + limit
         return names[start:end]
