@@ -70,6 +70,10 @@ class Settings:
     max_in_flight_bytes: int = 128 * MiB
     # Queues a database may know; a submit that would make a new one past it is refused.
     max_queues: int = 10_000
+    # Payload bytes of pending tasks a SQLite feeder holds in memory (the rest stay on disk).
+    payload_memory: int = 64 * MiB
+    # Pending tasks a SQLite (or memory) feeder holds in memory, of every queue (~650 B each).
+    max_pending: int = 5_000_000
     # How long completed and cancelled tasks (and their idempotency keys) are kept.
     retention: float = 86400.0
     # How long a shutdown waits for RPCs in flight before cancelling them.
@@ -249,6 +253,20 @@ OPTIONS: tuple[Option, ...] = (
         parse_positive,
         "queues the database may know; a submit to a new queue past it is refused"
         " (RESOURCE_EXHAUSTED)",
+        "N",
+    ),
+    Option(
+        "payload_memory",
+        parse_size,
+        "payload bytes of pending tasks held in memory (SQLite); past it, payloads stay on"
+        " disk and are read when leased",
+        "SIZE",
+    ),
+    Option(
+        "max_pending",
+        parse_positive,
+        "pending tasks of every queue a SQLite feeder holds (about 650 bytes of memory"
+        " each); a submit past it is refused (RESOURCE_EXHAUSTED)",
         "N",
     ),
     Option("retention", parse_duration, "how long completed/cancelled tasks are kept", "DUR"),

@@ -31,12 +31,10 @@ import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from feeder.config import Settings
-from feeder.server.app import FeederServer
+from feeder.server.app import MEMORY_DB, FeederServer, open_store
 from feeder.service.tasks import TaskService
 from feeder.store.base import Store
-from feeder.store.memory import MemoryStore
 from feeder.store.postgres import PostgresStore
-from feeder.store.sqlite import SqliteStore
 from feedwork.v1 import feeder_pb2_grpc
 from tests import postgres
 
@@ -72,13 +70,15 @@ class RunningFeeder:
 FeederFactory = Callable[..., Awaitable[RunningFeeder]]
 
 
-def make_store(kind: str, db: str) -> Store:
-    """A store of `kind` on `db` (a SQLite path, or for "postgres" a DSN)."""
+def make_store(kind: str, settings: Settings) -> Store:
+    """A store of `kind` on `settings.db` (a SQLite path, or for "postgres" a DSN), with
+    the settings' bounds."""
     if kind == "memory":
-        return MemoryStore()
+        return open_store(dataclasses.replace(settings, db=MEMORY_DB))
     if kind == "sqlite":
-        return SqliteStore(db)
+        return open_store(settings)
     if kind == "postgres":
+        db = settings.db
         return PostgresStore(db, pool_size=4, startup_wait=5.0)
     raise ValueError(f"unknown store kind {kind!r} (want one of {STORE_KINDS})")
 
@@ -138,7 +138,7 @@ async def feeder_factory(
         settings = settings or feeder_settings
         if store_kind == "postgres":
             settings = dataclasses.replace(settings, db=db or await postgres_dsn())
-        store = make_store(store_kind, settings.db)
+        store = make_store(store_kind, settings)
         server = FeederServer(settings, store=store, clock=feeder_clock)
         port = await server.start()
         target = f"127.0.0.1:{port}"

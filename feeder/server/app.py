@@ -59,8 +59,13 @@ def open_store(settings: Settings) -> Store:
     if is_postgres_url(settings.db):
         return PostgresStore(settings.db, pool_size=settings.db_pool_size)
     if settings.db == MEMORY_DB:
-        return MemoryStore()
-    return SqliteStore(settings.db, sync=settings.sync)
+        return MemoryStore(max_pending=settings.max_pending)
+    return SqliteStore(
+        settings.db,
+        sync=settings.sync,
+        payload_memory=settings.payload_memory,
+        max_pending=settings.max_pending,
+    )
 
 
 class FeederServer:

@@ -21,7 +21,7 @@ from feeder.server.admission import Admission, Overloaded
 from feeder.server.consume import ConsumeStream, StreamClosed
 from feeder.server.validate import Limits, ValidationError
 from feeder.service.tasks import TaskService
-from feeder.store.base import QueueFull, StoreUnavailable, TooManyQueues
+from feeder.store.base import QueueFull, StoreUnavailable, TooManyPending, TooManyQueues
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc
 
@@ -51,7 +51,7 @@ def status_of(exc: BaseException, *, method: str = "Consume") -> tuple[grpc.Stat
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, QueueFull | TooManyQueues):
+    if isinstance(exc, QueueFull | TooManyQueues | TooManyPending):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, StreamClosed | Overloaded):
         return grpc.StatusCode.UNAVAILABLE, str(exc)

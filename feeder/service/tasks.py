@@ -190,7 +190,7 @@ class TaskService:
             for start in range(0, len(ids), RECHECK_BATCH):
                 batch = ids[start : start + RECHECK_BATCH]
                 try:
-                    consumers.verify(consumer, batch, await self._store.get(batch))
+                    consumers.verify(consumer, batch, await self._store.get(batch, payloads=False))
                 except StoreUnavailable:
                     return  # the next `missed`, once the store is back, tries again
 
@@ -341,7 +341,7 @@ class TaskService:
                 return room
             if consumer.held and consumers.due_check(consumer, loop.time()):
                 held = list(consumer.held)
-                consumers.verify(consumer, held, await self._store.get(held))
+                consumers.verify(consumer, held, await self._store.get(held, payloads=False))
                 continue
             remaining = give_up_at - loop.time()
             if remaining <= 0:
@@ -589,7 +589,7 @@ class TaskService:
             records, current = await self._store.recall(ids)
             unverified = set(records) - current
         else:
-            records, unverified = await self._store.get(ids), set()
+            records, unverified = await self._store.get(ids, payloads=False), set()
         # Items of one batch that name the same task see each other's effect, in order.
         latest: dict[int, Task] = dict(records)
         changes: list[Change] = []
@@ -649,7 +649,7 @@ class TaskService:
 
     async def cancel(self, task_id: int) -> tuple[CancelOutcome, State] | None:
         for _ in range(MAX_RACES):
-            task = await self.get_task(task_id)
+            task = (await self._store.get([task_id], payloads=False)).get(task_id)
             if task is None:
                 return None
             now = self._clock()
@@ -672,7 +672,7 @@ class TaskService:
         self, queue: str, task_ids: Sequence[int] | None, limit: int
     ) -> list[Task]:
         if task_ids is not None:
-            found = await self._store.get(task_ids)
+            found = await self._store.get(task_ids, payloads=False)
             return [t for t in found.values() if t.queue == queue and t.state is State.DEAD]
         page = await self._store.list_dead(queue, after_id=None, limit=limit)
         return page.tasks

@@ -10,6 +10,7 @@ from feeder.store.base import (
     StoreHooks,
     StoreUnavailable,
     Submitted,
+    TooManyPending,
     TooManyQueues,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "StoreHooks",
     "StoreUnavailable",
     "Submitted",
+    "TooManyPending",
     "TooManyQueues",
 ]

@@ -48,6 +48,18 @@ class TooManyQueues(Exception):
         self.max_queues = max_queues
 
 
+class TooManyPending(Exception):
+    """Submitting would take the tasks a feeder holds pending in memory past its bound."""
+
+    def __init__(self, pending: int, max_pending: int) -> None:
+        super().__init__(
+            f"the feeder holds {pending} pending tasks (max_pending {max_pending}): retry once"
+            " workers have drained some, or raise --max-pending"
+        )
+        self.pending = pending
+        self.max_pending = max_pending
+
+
 # What a leased task adds to a reply besides its payload and headers: ids, token, times,
 # field tags (a generous bound; a lease token is under 100 bytes).
 TASK_OVERHEAD = 512
@@ -263,8 +275,11 @@ class Store(Protocol):
         stays under the message limit; the tasks after it stay READY, in their place."""
         ...
 
-    async def get(self, task_ids: Iterable[int]) -> dict[int, Task]:
-        """Current records of the tasks that exist; missing ids are left out."""
+    async def get(self, task_ids: Iterable[int], *, payloads: bool = True) -> dict[int, Task]:
+        """Current records of the tasks that exist; missing ids are left out.
+        `payloads=False`: the caller does not need payloads, and a record may come without
+        its payload (empty) when the store holds it apart; apply changes decided from it
+        all the same (a store never writes a payload after the task was created)."""
         ...
 
     async def recall(self, task_ids: Iterable[int]) -> tuple[dict[int, Task], set[int]]:
@@ -273,7 +288,7 @@ class Store(Protocol):
         be current (read now). A decision made from a record that is not known current
         must be applied (its guard tells whether the record was current), or, if it
         changes nothing, made again from `get`. Saves a read per acked task on the
-        feeder that leased it."""
+        feeder that leased it. Records may come without payloads (see `get`)."""
         ...
 
     async def apply(
@@ -288,7 +303,8 @@ class Store(Protocol):
 
     async def due(self, now: float, limit: int) -> list[Task]:
         """Up to `limit` tasks whose timer has passed: LEASED with lease_deadline <= now, and
-        SCHEDULED with not_before <= now. Earliest first."""
+        SCHEDULED with not_before <= now. Earliest first. Records may come without
+        payloads (see `get`): the reaper decides expiries, it hands out nothing."""
         ...
 
     async def next_due(self) -> float | None:

@@ -91,7 +91,12 @@ class TaskIndex:
         self._timers: list[tuple[float, int, int]] = []
         self.counts: defaultdict[str, Counter[State]] = defaultdict(Counter)
         self.totals: defaultdict[str, Counter[Event]] = defaultdict(Counter)
+        # Idempotency keys of the tasks held in `tasks` (a store may keep others on disk).
         self.keys: dict[tuple[str, str], int] = {}
+        # Payload bytes of the pending records held (a store may hold some without theirs).
+        self.payload_bytes = 0
+        # Pending records held (scheduled, ready, leased), of every queue.
+        self.pending_total = 0
         # Every queue name, sorted: rebuilt when a queue appears (queues are never dropped).
         self._names: list[str] | None = None
         self._names_stamp = (0, 0)
@@ -102,6 +107,9 @@ class TaskIndex:
         """Records that `before` became `after` (None: created / deleted)."""
         if before is not None:
             self.counts[before.queue][before.state] -= 1
+            if before.state.is_pending:
+                self.payload_bytes -= len(before.payload)
+                self.pending_total -= 1
             if before.state is State.READY:
                 self._ready[before.queue].remove(before)
             if after is None:
@@ -111,6 +119,9 @@ class TaskIndex:
         if after is None:
             return
         self.counts[after.queue][after.state] += 1
+        if after.state.is_pending:
+            self.payload_bytes += len(after.payload)
+            self.pending_total += 1
         if after.idempotency_key is not None:
             self.keys[(after.queue, after.idempotency_key)] = after.id
         self.tasks[after.id] = after
@@ -122,9 +133,24 @@ class TaskIndex:
             heapq.heappush(self._timers, (after.not_before, after.id, after.version))
 
     def evict(self, task: Task) -> None:
-        """Forgets a final task's record (it stays counted; its row lives on disk)."""
+        """Forgets a final task's record and key (it stays counted; its row lives on disk)."""
         if self.tasks.get(task.id) is task:
             del self.tasks[task.id]
+            key = task.idempotency_key
+            if key is not None and self.keys.get((task.queue, key)) == task.id:
+                del self.keys[(task.queue, key)]
+
+    def drop_payload(self, task_id: int) -> int:
+        """Holds the task's record without its payload (its row keeps it); returns the
+        payload's size. The record keeps its version: it is the same record, less the
+        bytes."""
+        task = self.tasks[task_id]
+        size = len(task.payload)
+        if size:
+            self.tasks[task_id] = task.evolve(payload=b"")
+            if task.state.is_pending:
+                self.payload_bytes -= size
+        return size
 
     def count_events(self, queue: str, events: dict[Event, int]) -> None:
         self.totals[queue].update(events)

@@ -19,8 +19,10 @@ from feeder.store.base import (
     QueueCounts,
     QueueFull,
     StoreHooks,
+    StoreUnavailable,
     Submitted,
     TaskFactory,
+    TooManyPending,
     TooManyQueues,
     changes_news,
     report_news,
@@ -42,13 +44,24 @@ class IndexedStore:
     ready_recheck: float | None = None
     timer_recheck: float | None = None
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, payload_memory: int | None = None, max_pending: int | None = None
+    ) -> None:
         self._index = TaskIndex()
+        # Pending tasks held in memory, of every queue (None: no bound but the queues').
+        self._max_pending = max_pending
+        # Payload bytes of pending tasks held in memory; past it, new payloads are left on
+        # disk and read back when leased (None: everything in memory, for a store without a
+        # disk). See `_hold`.
+        self._payload_memory = payload_memory
+        # Tasks whose record is held without its payload: id -> payload size.
+        self._offloaded: dict[int, int] = {}
         self._hooks = StoreHooks()
         self._secret = token_bytes(32)
         self._next_id = 1
         # New tasks of each queue between their depth check and their becoming visible.
         self._inflight: Counter[str] = Counter()
+        self._inflight_total = 0
         # Idempotency keys of submits being made durable, with what their commit resolves.
         self._inflight_keys: dict[tuple[str, str], asyncio.Future[None]] = {}
         # Submits that run to their end even when their caller has gone.
@@ -57,6 +70,12 @@ class IndexedStore:
     @property
     def token_secret(self) -> bytes:
         return self._secret
+
+    @property
+    def held_payload_bytes(self) -> int:
+        """Payload bytes of pending tasks held in memory: never more than `payload_memory`
+        once a write has returned (see `_hold`)."""
+        return self._index.payload_bytes
 
     def set_hooks(self, hooks: StoreHooks) -> None:
         self._hooks = hooks
@@ -89,6 +108,14 @@ class IndexedStore:
 
     async def _fetch(self, task_ids: Sequence[int]) -> dict[int, Task]:
         """Records that are not held in memory."""
+        return {}
+
+    async def _read_payloads(self, task_ids: Sequence[int]) -> dict[int, bytes]:
+        """The stored payloads of tasks held without theirs."""
+        raise NotImplementedError("a store without a disk holds every payload")
+
+    def _find_keys(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Stored tasks with these idempotency keys whose records are not held in memory."""
         return {}
 
     # -- writes -------------------------------------------------------------------------
@@ -132,13 +159,21 @@ class IndexedStore:
         new_events: list[tuple[str, tuple[Event, ...]]] = []
         batch_keys: dict[tuple[str, str], Task] = {}
         existing_ids: dict[int, int] = {}
+        # Keys of tasks not held in memory (finished a while ago) are looked up on disk,
+        # all of the batch's at once.
+        unheld = [
+            (spec.queue, spec.idempotency_key)
+            for spec in specs
+            if spec.idempotency_key and (spec.queue, spec.idempotency_key) not in index.keys
+        ]
+        stored = self._find_keys(unheld) if unheld else {}
         for position, spec in enumerate(specs):
             key = (spec.queue, spec.idempotency_key) if spec.idempotency_key else None
             if key is not None and key in batch_keys:
                 results.append(Submitted(batch_keys[key], True))
                 continue
-            if key is not None and key in index.keys:
-                existing_ids[position] = index.keys[key]
+            if key is not None and (key in index.keys or key in stored):
+                existing_ids[position] = index.keys.get(key) or stored[key]
                 results.append(None)
                 continue
             decision = create(spec, self._next_id + len(new))
@@ -161,6 +196,10 @@ class IndexedStore:
                 known = index.queue_count()
                 if known + len(new_queues) > max_queues:
                     raise TooManyQueues(new_queues[0], known, max_queues)
+        if self._max_pending is not None and new:
+            pending = index.pending_total + self._inflight_total
+            if pending + len(new) > self._max_pending:
+                raise TooManyPending(pending, self._max_pending)
         for queue, count in added.items():
             depth = index.pending(queue) + self._inflight[queue]
             if depth + count > max_depth(queue):
@@ -170,6 +209,7 @@ class IndexedStore:
         self._next_id += len(new)
         if new:
             self._inflight.update(added)
+            self._inflight_total += len(new)
             storing = asyncio.ensure_future(self._store_new(new, events, added, batch_keys))
             for key in batch_keys:
                 self._inflight_keys[key] = storing
@@ -179,7 +219,7 @@ class IndexedStore:
             # does not stop its tasks from joining the index once they are on disk.
             await asyncio.shield(storing)
         if existing_ids:
-            found = await self.get(existing_ids.values())
+            found = await self.get(existing_ids.values(), payloads=False)
             for position, task_id in existing_ids.items():
                 results[position] = Submitted(found[task_id], deduplicated=True)
         return [r for r in results if r is not None]
@@ -197,10 +237,12 @@ class IndexedStore:
             index = self._index
             for task in new:
                 index.put(None, task)
+            self._hold(new)
             self._count(events)
             self._report([(None, task) for task in new])
         finally:
             self._inflight.subtract(added)
+            self._inflight_total -= len(new)
             for key in keys:
                 self._inflight_keys.pop(key, None)
 
@@ -209,10 +251,11 @@ class IndexedStore:
     ) -> list[Task]:
         changes: list[Change] = []
         taken = self._index.pop_ready(queue, limit)
+        offloaded = self._offloaded
         if max_bytes is not None and len(taken) > 1:
             size = 0
             for position, task in enumerate(taken):
-                size += wire_size(task)
+                size += wire_size(task) + offloaded.get(task.id, 0)
                 if size > max_bytes and position:
                     self._index.restore_ready(queue, taken[position:])
                     # Still ready: the next waiter may take them.
@@ -225,7 +268,11 @@ class IndexedStore:
                 changes.append(Change(task, decision.task, decision.events))
         if changes:
             await self.apply(changes)
-        return [c.after for c in changes if c.after is not None and c.after.state is State.LEASED]
+        leased = [c.after for c in changes if c.after is not None and c.after.state is State.LEASED]
+        if offloaded and any(task.id in offloaded for task in leased):
+            loaded = await self._with_payloads(leased)
+            leased = [loaded.get(task.id, task) for task in leased]
+        return leased
 
     async def apply(
         self, changes: Sequence[Change], events: EventCounts | None = None
@@ -238,18 +285,32 @@ class IndexedStore:
         if missing:
             # Records no longer held in memory (final tasks a subclass evicted) are read
             # back; `get` keeps them in the index. Deleted tasks stay missing.
-            await self.get(missing)
+            await self.get(missing, payloads=False)
+        offloaded = self._offloaded
+        held: list[Task] = []
         for change in changes:
             # Every current record is in the index now; anything else was changed meanwhile.
             current = index.tasks.get(change.before.id)
             if current is None or current.version != change.before.version:
                 applied.append(False)
                 continue
-            index.put(current, change.after)
+            after = change.after
+            if after is None:
+                offloaded.pop(current.id, None)
+            elif current.id in offloaded:
+                # Decided from a record read with its payload: the index goes on holding
+                # it without.
+                if after.payload:
+                    after = after.evolve(payload=b"")
+            elif after.payload and after.state.is_pending and not current.state.is_pending:
+                held.append(after)  # back to pending (redriven): counted in the budget
+            index.put(current, after)
             applied.append(True)
             done.append(change)
             for event in change.events:
                 counted[(current.queue, event)] += 1
+        if held:
+            self._hold(held)
         if counted:
             self._count(counted)
         if done or counted:
@@ -257,6 +318,34 @@ class IndexedStore:
         if done:
             self._report([(c.before.state, c.after) for c in done])
         return applied
+
+    def _hold(self, tasks: Sequence[Task]) -> None:
+        """Keeps pending payloads in memory within the budget: past it, the payloads of
+        `tasks` (just made pending), newest first, are left on disk. FIFO queues lease the
+        oldest first, so those that wait longest are the ones read back."""
+        budget = self._payload_memory
+        index = self._index
+        if budget is None or index.payload_bytes <= budget:
+            return
+        for task in reversed(tasks):
+            current = index.tasks.get(task.id)
+            if current is None or not current.payload or not current.state.is_pending:
+                continue
+            self._offloaded[task.id] = index.drop_payload(task.id)
+            if index.payload_bytes <= budget:
+                return
+
+    async def _with_payloads(self, tasks: Iterable[Task]) -> dict[int, Task]:
+        """Copies of the records held without their payloads, with them."""
+        offloaded = self._offloaded
+        missing = {task.id: task for task in tasks if task.id in offloaded and not task.payload}
+        if not missing:
+            return {}
+        payloads = await self._read_payloads(list(missing))
+        if len(payloads) < len(missing):
+            lost = sorted(missing.keys() - payloads.keys())
+            raise StoreUnavailable(f"payloads of tasks {lost[:5]} could not be read")
+        return {i: missing[i].evolve(payload=payloads[i]) for i in missing}
 
     def _report(self, records: Sequence[tuple[State | None, Task | None]]) -> None:
         report_news(self._hooks, changes_news(records))
@@ -267,7 +356,7 @@ class IndexedStore:
 
     # -- reads --------------------------------------------------------------------------
 
-    async def get(self, task_ids: Iterable[int]) -> dict[int, Task]:
+    async def get(self, task_ids: Iterable[int], *, payloads: bool = True) -> dict[int, Task]:
         found: dict[int, Task] = {}
         missing: list[int] = []
         for task_id in task_ids:
@@ -282,11 +371,14 @@ class IndexedStore:
                 # Another coroutine may have loaded (and changed) it during the await.
                 found[task_id] = self._index.tasks.setdefault(task_id, task)
                 self._cached_from_disk(task)
+        if payloads and self._offloaded:
+            found.update(await self._with_payloads(found.values()))
         return found
 
     async def recall(self, task_ids: Iterable[int]) -> tuple[dict[int, Task], set[int]]:
-        # The index holds every current record: nothing is out of date.
-        found = await self.get(task_ids)
+        # The index holds every current record: nothing is out of date. (Decisions on
+        # acks and nacks need no payloads.)
+        found = await self.get(task_ids, payloads=False)
         return found, set(found)
 
     def _cached_from_disk(self, task: Task) -> None:

@@ -6,4 +6,5 @@ from feeder.store.indexed import IndexedStore
 
 
 class MemoryStore(IndexedStore):
-    """Everything in memory, nothing durable."""
+    """Everything in memory, nothing durable: payloads, finished tasks and their keys
+    (until the retention purge) too, so that its memory grows with the tasks it keeps."""

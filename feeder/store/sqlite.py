@@ -25,6 +25,7 @@ import gc
 import logging
 import os
 import sqlite3
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -148,8 +149,12 @@ ADD_TOTAL = (
     "INSERT INTO totals (queue, event, value) VALUES (?, ?, ?)"
     " ON CONFLICT (queue, event) DO UPDATE SET value = value + excluded.value"
 )
-# Final tasks kept in memory after their last write, so duplicate acks stay cheap.
+# Final tasks kept in memory after their last write, so duplicate acks stay cheap: at most
+# this many, holding at most FINAL_CACHE_BYTES of payloads and results.
 FINAL_CACHE = 10_000
+FINAL_CACHE_BYTES = 16 * 2**20
+# Payload bytes of pending tasks held in memory by default (see IndexedStore._hold).
+PAYLOAD_MEMORY = 64 * 2**20
 # A test and operations knob: caps the database file at this many pages (PRAGMA
 # max_page_count on the writer). Submits fail with "the database is full" once only the
 # reserve below is left, so that leases and acks of the stored tasks still find room and
@@ -260,6 +265,10 @@ _UPDATES = (UPDATE, UPDATE_LEASED, UPDATE_ENDED)
 _ROW_OF = (_update_row, _leased_row, _ended_row)
 
 
+# COLUMNS with an empty payload in its place (see _load_index).
+_COLUMNS_WITHOUT_PAYLOAD = COLUMNS.replace("payload", "X'' AS payload", 1)
+
+
 def _ready_order(t: Task) -> tuple[float, int]:
     return (t.ready_at, t.id)
 
@@ -306,22 +315,37 @@ class SqliteStore(IndexedStore):
 
     # The class of its connections: tests put one here that fails as a full disk would.
     connection_class: type[sqlite3.Connection] = sqlite3.Connection
+    # See FINAL_CACHE (tests make them small).
+    final_cache = FINAL_CACHE
+    final_cache_bytes = FINAL_CACHE_BYTES
 
-    def __init__(self, path: str | os.PathLike[str], *, sync: str = "full") -> None:
-        super().__init__()
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync: str = "full",
+        payload_memory: int = PAYLOAD_MEMORY,
+        max_pending: int | None = None,
+    ) -> None:
+        super().__init__(payload_memory=payload_memory, max_pending=max_pending)
         if sync not in ("normal", "full"):
             raise ValueError("sync must be 'normal' or 'full'")
         self._path = Path(path)
         self._sync = sync
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
+        # Reads payloads left on disk, in a worker thread (one at a time).
+        self._payload_reader: sqlite3.Connection | None = None
+        self._payload_lock = threading.Lock()
         self._lock: DatabaseLock | None = None
         self._batch = _Batch()
         self._flushing: _Batch | None = None  # the batch the writer thread is committing
         self._writing = False
         self._kicked = False
         self._closed = False
-        self._final: OrderedDict[int, None] = OrderedDict()
+        # Final records held (see FINAL_CACHE): id -> bytes of payload and result.
+        self._final: OrderedDict[int, int] = OrderedDict()
+        self._final_bytes = 0
         # With a page cap (MAX_PAGES_ENV): free pages a submit must leave for updates.
         self._reserve_pages = 0
         # False from a failed commit until one succeeds (reported through the hooks).
@@ -349,6 +373,7 @@ class SqliteStore(IndexedStore):
         upgrade(self._writer)
         self._reserve_pages = _cap_pages(self._writer)
         self._reader = self._connect()
+        self._payload_reader = self._connect()
         row = self._reader.execute("SELECT value FROM meta WHERE key='token_secret'").fetchone()
         if row is None:
             self._writer.execute(
@@ -377,18 +402,27 @@ class SqliteStore(IndexedStore):
             gc.enable()
 
     def _load_index(self) -> None:
-        """Pending tasks in memory, counts of the rest."""
+        """Pending tasks in memory, without their payloads (read back when leased), and
+        counts of the rest. Idempotency keys of finished tasks stay on disk."""
         assert self._reader is not None
         self._index = type(self._index)()
         self._final.clear()
+        self._final_bytes = 0
+        offloaded = self._offloaded
+        offloaded.clear()
         reader = self._reader
         # Read in storage (id) order and sorted here: the ready FIFOs want (ready_at, id)
         # order, which is nearly id order already, and Python's sort of nearly sorted data
-        # costs a fraction of SQLite's ORDER BY over a million rows.
-        pending = [
-            task_from_row(row)
-            for row in reader.execute(f"SELECT {COLUMNS} FROM tasks WHERE state IN (1, 2, 3)")
-        ]
+        # costs a fraction of SQLite's ORDER BY over a million rows. (task_from_row reads
+        # the columns it knows; the payload's length comes after them.)
+        pending = []
+        for row in reader.execute(
+            f"SELECT {_COLUMNS_WITHOUT_PAYLOAD}, length(payload) FROM tasks"
+            " WHERE state IN (1, 2, 3)"
+        ):
+            pending.append(task_from_row(row))
+            if row[-1]:
+                offloaded[row[0]] = row[-1]
         pending.sort(key=_ready_order)
         put = self._index.put
         for task in pending:
@@ -399,10 +433,6 @@ class SqliteStore(IndexedStore):
             "SELECT queue, state, COUNT(*) FROM tasks WHERE state IN (4, 5, 6) GROUP BY 1, 2"
         ):
             counts[queue][State(state)] = count
-        for queue, key, task_id in reader.execute(
-            "SELECT queue, idempotency_key, id FROM tasks WHERE idempotency_key IS NOT NULL"
-        ):
-            self._index.keys[(queue, key)] = task_id
         for queue, event, value in reader.execute("SELECT queue, event, value FROM totals"):
             self._index.totals[queue][Event(event)] = value
         (max_id,) = reader.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()
@@ -421,7 +451,7 @@ class SqliteStore(IndexedStore):
         while self._batch or self._writing:
             await self._barrier()
         await self._settle()
-        for conn in (self._writer, self._reader):
+        for conn in (self._writer, self._reader, self._payload_reader):
             if conn is not None:
                 conn.close()
         if self._lock is not None:  # after the connections (see feeder.store.sqlite_lock)
@@ -479,6 +509,7 @@ class SqliteStore(IndexedStore):
 
     async def _fetch(self, task_ids: Sequence[int]) -> dict[int, Task]:
         assert self._reader is not None
+        self._trim_final()
         task_ids = [i for i in task_ids if not self._unsynced(i)]
         found: dict[int, Task] = {}
         for start in range(0, len(task_ids), 500):
@@ -492,6 +523,47 @@ class SqliteStore(IndexedStore):
 
     def _cached_from_disk(self, task: Task) -> None:
         self._remember_final(task)
+
+    async def _read_payloads(self, task_ids: Sequence[int]) -> dict[int, bytes]:
+        # In a thread: a lease of many large payloads reads megabytes.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._read_payloads_now, list(task_ids))
+
+    def _read_payloads_now(self, task_ids: list[int]) -> dict[int, bytes]:
+        conn = self._payload_reader
+        assert conn is not None
+        found: dict[int, bytes] = {}
+        with self._payload_lock:
+            for start in range(0, len(task_ids), 500):
+                chunk = task_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for task_id, payload in conn.execute(
+                    f"SELECT id, payload FROM tasks WHERE id IN ({marks})", chunk
+                ):
+                    found[task_id] = bytes(payload)
+        return found
+
+    def _find_keys(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        # On the loop, like the submit it serves: one indexed lookup per key, batched.
+        assert self._reader is not None
+        by_queue: dict[str, list[str]] = {}
+        for queue, key in keys:
+            by_queue.setdefault(queue, []).append(key)
+        found: dict[tuple[str, str], int] = {}
+        held = self._index.tasks
+        for queue, names in by_queue.items():
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, task_id in self._reader.execute(
+                    "SELECT idempotency_key, id FROM tasks"
+                    f" WHERE queue = ? AND idempotency_key IN ({marks})",
+                    (queue, *chunk),
+                ):
+                    # A row whose deletion is not committed yet is gone already.
+                    if task_id in held or not self._unsynced(task_id):
+                        found[(queue, key)] = task_id
+        return found
 
     # -- the writer ---------------------------------------------------------------------
 
@@ -623,6 +695,7 @@ class SqliteStore(IndexedStore):
             for task in batch.rows.values():
                 if task is not None and not task.state.is_pending:
                     self._remember_final(task)
+            self._trim_final()
             self._set_writable(True)
         else:
             if self._writable:
@@ -666,17 +739,31 @@ class SqliteStore(IndexedStore):
         self._staged().probe = True
 
     def _remember_final(self, task: Task) -> None:
-        """Keeps the most recent final tasks in memory; older ones are read back from disk."""
+        """Keeps the most recent final tasks in memory (see `_trim_final`)."""
         if task.state.is_pending:
             return
-        self._final[task.id] = None
-        self._final.move_to_end(task.id)
-        while len(self._final) > FINAL_CACHE:
-            old_id, _ = self._final.popitem(last=False)
+        final = self._final
+        size = len(task.payload) + len(task.result or b"")
+        self._final_bytes += size - final.get(task.id, 0)
+        final[task.id] = size
+        final.move_to_end(task.id)
+
+    def _trim_final(self) -> None:
+        """Forgets the oldest final records past FINAL_CACHE of them or FINAL_CACHE_BYTES of
+        payloads and results; they are read back from disk when needed. Called after each
+        commit and before each read from disk, never during one: the records a read just
+        loaded stay until the caller has used them."""
+        final = self._final
+        while len(final) > self.final_cache or (
+            self._final_bytes > self.final_cache_bytes and final
+        ):
+            old_id, old_size = final.popitem(last=False)
+            self._final_bytes -= old_size
             old = self._index.tasks.get(old_id)
             # A record with an uncommitted write stays (its commit remembers it again).
             if old is not None and not old.state.is_pending and not self._unsynced(old_id):
                 self._index.evict(old)
+                self._offloaded.pop(old_id, None)
 
     # -- reads that need the disk ---------------------------------------------------------
 
@@ -696,6 +783,8 @@ class SqliteStore(IndexedStore):
                 if self._unsynced(row[0]):
                     continue  # deleted, not committed yet
                 task = task_from_row(row)
+            elif row[0] in self._offloaded:
+                task = task.evolve(payload=bytes(row[2]))  # held without it; never changes
             if task.state is State.DEAD:
                 tasks.append(task)
         more = len(rows) > limit

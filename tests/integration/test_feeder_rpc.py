@@ -1356,6 +1356,22 @@ async def test_stats_of_every_queue_come_a_page_at_a_time(feeder) -> None:
     assert [q.queue for q in stats.queues] == names and stats.totals.submitted == 2500
 
 
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+async def test_a_submit_past_the_pending_bound_is_refused(
+    feeder_factory, feeder_settings, store_kind
+) -> None:
+    """A feeder holding its pending tasks in memory bounds them across queues
+    (--max-pending), or a client spreading tasks over many queues could exhaust it."""
+    settings = dataclasses.replace(feeder_settings, max_pending=3)
+    feeder = await feeder_factory(store_kind=store_kind, settings=settings)
+    await submit_ids(feeder, pb.TaskSpec(queue="a"), pb.TaskSpec(queue="b"))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await submit_ids(feeder, pb.TaskSpec(queue="c"), pb.TaskSpec(queue="d"))
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "holds 2 pending tasks (max_pending 3)" in (refused.value.details() or "")
+    await submit_ids(feeder, pb.TaskSpec(queue="c"))
+
+
 @pytest.mark.parametrize("store_kind", ["memory", "sqlite", "postgres"])
 async def test_a_submit_to_a_new_queue_past_the_queue_limit_is_refused(
     feeder_factory, feeder_settings, store_kind

@@ -18,12 +18,24 @@ from feeder.store.memory import MemoryStore
 from feeder.store.postgres import PostgresStore
 from feeder.store.sqlite import SqliteStore
 
-# "sqlite-full" fsyncs every commit from a writer thread; "sqlite" commits on the loop.
-BACKENDS = ["memory", "sqlite", "sqlite-full", "postgres"]
-DURABLE_BACKENDS = ["sqlite", "sqlite-full", "postgres"]
+# "sqlite-full" fsyncs every commit from a writer thread; "sqlite" commits on the loop;
+# "sqlite-lean" holds almost nothing in memory: most payloads, finished records and their
+# idempotency keys are read back from disk.
+BACKENDS = ["memory", "sqlite", "sqlite-full", "sqlite-lean", "postgres"]
+DURABLE_BACKENDS = ["sqlite", "sqlite-full", "sqlite-lean", "postgres"]
 SHARED_BACKENDS = ["postgres"]
 
 StoreFactory = Callable[[], Store]
+
+# The payload bytes of pending tasks the lean store holds: a few small payloads.
+LEAN_PAYLOAD_MEMORY = 64
+
+
+class LeanSqliteStore(SqliteStore):
+    """SQLite holding at most 2 finished records and 64 payload bytes in memory."""
+
+    final_cache = 2
+    final_cache_bytes = 64
 
 
 def _make(backend: str, request: pytest.FixtureRequest) -> Callable[[], Store]:
@@ -35,6 +47,8 @@ def _make(backend: str, request: pytest.FixtureRequest) -> Callable[[], Store]:
         return lambda: SqliteStore(tmp_path / "f.db")
     if backend == "sqlite-full":
         return lambda: SqliteStore(tmp_path / "f.db", sync="full")
+    if backend == "sqlite-lean":
+        return lambda: LeanSqliteStore(tmp_path / "f.db", payload_memory=LEAN_PAYLOAD_MEMORY)
     if backend == "postgres":
         dsn: str = request.getfixturevalue("postgres_dsn")
         return lambda: PostgresStore(dsn, pool_size=4, startup_wait=5.0)

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-import feeder.store.sqlite
 from feeder.core import machine
 from feeder.core.machine import Decision, Event
 from feeder.core.model import (
@@ -40,10 +39,13 @@ from feeder.store import (
     StoreHooks,
     StoreUnavailable,
     Submitted,
+    TooManyPending,
     TooManyQueues,
 )
 from feeder.store.base import wire_size
+from feeder.store.memory import MemoryStore
 from feeder.store.sqlite import SqliteStore
+from tests.storage.conftest import LeanSqliteStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -895,6 +897,61 @@ def test_a_claim_stops_before_a_task_that_would_pass_its_byte_budget(
     run(make_store, body)
 
 
+def test_payloads_come_back_whatever_the_store_holds_in_memory(make_store: StoreFactory) -> None:
+    """Every read that hands a task out (claim, get, list_dead) gives its payload, through
+    nacks, dead-lettering and redrives, though a store may hold payloads apart from the
+    records it keeps in memory (sqlite-lean holds 64 bytes of them)."""
+
+    async def body(store: Store) -> None:
+        payloads = [bytes([i]) * (40 + i) for i in range(12)]
+        tasks = await submit_tasks(store, [spec(payload=p) for p in payloads])
+        ids = [t.id for t in tasks]
+        got = await store.get(ids)
+        assert [got[i].payload for i in ids] == payloads
+        leased = await claim(store, limit=4)
+        assert [t.payload for t in leased] == payloads[:4]
+        # Back to READY (nack, expiry), then leased again: the payload comes along.
+        again = await step(store, leased[0], nack_d(leased[0], T0 + 1, retry_after=0))
+        expired = await step(store, leased[1], machine.advance(leased[1], T0 + 100))
+        assert (again.state, expired.state) == (State.READY, State.READY)
+        dead = await step(store, leased[2], nack_d(leased[2], T0 + 1, terminal=True))
+        done = await step(store, leased[3], ack_d(leased[3], T0 + 1, b"result"))
+        page = await store.list_dead("q", after_id=None, limit=10)
+        assert [(t.id, t.payload) for t in page.tasks] == [(dead.id, payloads[2])]
+        redriven = await step(store, page.tasks[0], machine.redrive(page.tasks[0], now=T0 + 2))
+        assert redriven.state is State.READY
+        rest = await claim(store, limit=100, now=T0 + 200)
+        assert sorted((t.id, t.payload) for t in rest) == sorted(
+            (i, p) for i, p in zip(ids, payloads, strict=True) if i != done.id
+        )
+        finished = (await store.get([done.id]))[done.id]
+        assert (finished.payload, finished.result) == (payloads[3], b"result")
+
+    run(make_store, body)
+
+
+def test_keys_of_finished_tasks_deduplicate_however_long_ago_they_finished(
+    make_store: StoreFactory,
+) -> None:
+    """A store may keep the keys of finished tasks on disk only (sqlite-lean holds two
+    finished records): a resubmit still finds them, until the task is deleted."""
+
+    async def body(store: Store) -> None:
+        keyed = await submit_tasks(store, [spec(idempotency_key=f"k{i}") for i in range(6)])
+        finished = [await complete(store, t, T0 + 1) for t in keyed]
+        for filler in await submit_tasks(store, [spec() for _ in range(6)]):
+            await complete(store, filler, T0 + 2)
+        again = await submit(store, [spec(idempotency_key=f"k{i}") for i in range(6)])
+        assert [(r.deduplicated, r.task.id, r.task.state) for r in again] == [
+            (True, t.id, State.COMPLETED) for t in finished
+        ]
+        assert await store.apply([Change(finished[0], None)]) == [True]
+        (fresh,) = await submit(store, [spec(idempotency_key="k0")])
+        assert not fresh.deduplicated and fresh.task.id > finished[-1].id
+
+    run(make_store, body)
+
+
 def test_a_submit_that_would_pass_the_queue_limit_stores_nothing(make_store: StoreFactory) -> None:
     async def body(store: Store) -> None:
         def create(s: TaskSpec, task_id: int) -> Decision[State]:
@@ -1081,7 +1138,11 @@ def test_everything_survives_close_and_reopen(make_durable_store: StoreFactory) 
             assert [r.task for r in keys[:3]] == [ready, sched, done]
             assert keys[3].task.id > max(t.id for t in records)
             assert [t.id for t in await claim(store, now=T0 + 300)] == [ready.id, keys[3].task.id]
-            assert await store.due(T0 + 300, 10) == [leased, redone]
+            # Due records may come without payloads (the reaper needs none).
+            due = await store.due(T0 + 300, 10)
+            assert [t.evolve(payload=b"") for t in due] == [
+                t.evolve(payload=b"") for t in (leased, redone)
+            ]
             page = await store.list_dead("dlq", after_id=None, limit=10)
             assert page.tasks == [dead]
         finally:
@@ -1117,6 +1178,44 @@ def test_ids_are_not_reused_after_reopen(make_durable_store: StoreFactory) -> No
 
 
 class TestSqlite:
+    def test_memory_holds_pending_payloads_up_to_the_budget_and_no_old_keys(
+        self, tmp_path: Path
+    ) -> None:
+        """Ten times the budget of pending payload bytes: the store holds no more than the
+        budget in memory (the rest read back when leased, every one of them), and keeps
+        finished records and keys within its cache."""
+        budget = 4096
+
+        async def fill(store: Store) -> list[bytes]:
+            assert isinstance(store, SqliteStore)
+            payloads = [bytes([i % 256]) * 1024 for i in range(40)]
+            for start in range(0, 40, 8):
+                await submit_tasks(
+                    store,
+                    [
+                        spec(payload=p, idempotency_key=f"k{start + n}")
+                        for n, p in enumerate(payloads[start : start + 8])
+                    ],
+                )
+                assert store.held_payload_bytes <= budget
+            return payloads
+
+        async def drain(store: Store) -> None:
+            assert isinstance(store, SqliteStore)
+            got: list[bytes] = []
+            while leased := await store.claim("q", 7, leaser(T0 + 1)):
+                got += [t.payload for t in leased]
+                for t in leased:
+                    await step(store, t, ack_d(t, T0 + 2))
+                assert store.held_payload_bytes <= budget
+            assert got == payloads
+            assert len(store._index.tasks) <= LeanSqliteStore.final_cache
+            assert len(store._index.keys) <= LeanSqliteStore.final_cache
+
+        payloads = run(lambda: LeanSqliteStore(tmp_path / "f.db", payload_memory=budget), fill)
+        # Reopened: pending tasks come back without their payloads, read when leased.
+        run(lambda: LeanSqliteStore(tmp_path / "f.db", payload_memory=budget), drain)
+
     def test_a_second_store_on_the_same_path_fails(self, tmp_path: Path) -> None:
         async def body() -> None:
             first = SqliteStore(tmp_path / "f.db")
@@ -1209,7 +1308,7 @@ class TestSqlite:
     def test_final_records_evicted_from_memory_come_back_identical(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(feeder.store.sqlite, "FINAL_CACHE", 2)
+        monkeypatch.setattr(SqliteStore, "final_cache", 2)
 
         async def body(store: Store) -> None:
             assert isinstance(store, SqliteStore)
@@ -1369,3 +1468,29 @@ class TestSqlite:
                 await store.close()
 
         run_async(body)
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_submit_past_the_pending_bound_stores_nothing(backend: str, tmp_path: Path) -> None:
+    """The stores that hold pending tasks in memory bound them across queues."""
+
+    def make() -> Store:
+        if backend == "memory":
+            return MemoryStore(max_pending=5)
+        return SqliteStore(tmp_path / "f.db", max_pending=5)
+
+    async def body(store: Store) -> None:
+        first = await submit_tasks(store, [spec("a"), spec("b"), spec("c")])
+        with pytest.raises(TooManyPending) as caught:
+            await submit(store, [spec("a"), spec("d"), spec("e")])
+        assert (caught.value.pending, caught.value.max_pending) == (3, 5)
+        assert "max_pending 5" in str(caught.value)
+        assert [c.queue for c in await store.queue_counts() if sum(c.by_state.values())] == [
+            "a",
+            "b",
+            "c",
+        ]
+        await complete(store, first[0], T0 + 1)  # finished tasks do not count
+        assert len(await submit_tasks(store, [spec("a"), spec("d"), spec("e")])) == 3
+
+    run(make, body)

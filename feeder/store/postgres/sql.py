@@ -296,6 +296,9 @@ def apply_statement(groups: tuple[Group, ...], deletes: bool) -> str:
 
 # -- reads ---------------------------------------------------------------------------------
 GET = f"SELECT {COLUMNS} FROM {T} WHERE id = ANY($1::bigint[])"
+# The same without payloads (an empty one in their place), for decisions that need none.
+_NO_PAYLOAD = COLUMNS.replace("payload", "''::bytea AS payload", 1)
+GET_WITHOUT_PAYLOADS = f"SELECT {_NO_PAYLOAD} FROM {T} WHERE id = ANY($1::bigint[])"
 DUE = f"""
 (SELECT {COLUMNS} FROM {T} WHERE state = {LEASED} AND lease_deadline <= $1
  ORDER BY lease_deadline LIMIT $2)

@@ -630,7 +630,9 @@ class PostgresStore:
         for change, ok in zip(changes, applied, strict=True):
             after = change.after
             if ok and after is not None and after.state is leased:
-                recent[after.id] = after
+                # Held without its payload: recall serves ack and nack decisions, which
+                # need none, and 10,000 leases of large payloads would be gigabytes.
+                recent[after.id] = after.evolve(payload=b"") if after.payload else after
                 recent.move_to_end(after.id)
             else:
                 recent.pop(change.before.id, None)
@@ -649,17 +651,18 @@ class PostgresStore:
                 missing.append(task_id)
             else:
                 found[task_id] = task
-        fresh = await self.get(missing) if missing else {}
+        fresh = await self.get(missing, payloads=False) if missing else {}
         found.update(fresh)
         return found, set(fresh)
 
-    async def get(self, task_ids: Iterable[int]) -> dict[int, Task]:
+    async def get(self, task_ids: Iterable[int], *, payloads: bool = True) -> dict[int, Task]:
         ids = list(set(task_ids))
         if not ids:
             return {}
+        statement = sql.GET if payloads else sql.GET_WITHOUT_PAYLOADS
 
         async def get(conn: asyncpg.Connection) -> dict[int, Task]:
-            return {row[0]: task_from_row(row) for row in await conn.fetch(sql.GET, ids)}
+            return {row[0]: task_from_row(row) for row in await conn.fetch(statement, ids)}
 
         return await self._connector.run(get)
 
