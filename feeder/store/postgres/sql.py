@@ -53,6 +53,11 @@ counted AS (
 # missed too; that only errs on the safe side. A redrive does not go through the gate:
 # max_depth limits submits, not redrives.) A queue over its limit makes the statement
 # call feedwork.refuse_submit, whose error undoes the whole statement.
+#
+# The janitor deletes the gate row of a queue that holds no task (FORGET_QUEUES), and the
+# next submit makes a new one. A submit whose snapshot has the old row (another
+# `generation`, see migration 0003) counts what the new row admitted, all of it: the queue
+# was empty when its old row went.
 _GATE = """
 stale AS (
     SELECT a.queue, a.n, coalesce((
@@ -60,20 +65,25 @@ stale AS (
         WHERE c.queue = a.queue AND c.counter IN (
             'state:{scheduled}', 'state:{ready}', 'state:{leased}')
     ), 0)::bigint AS pending,
-    coalesce((SELECT admitted FROM feedwork.queue_gates g WHERE g.queue = a.queue), 0) AS seen
-    FROM adding a
+    coalesce(g.admitted, 0) AS seen, g.generation
+    FROM adding a LEFT JOIN feedwork.queue_gates g USING (queue)
 ), gate AS (
     INSERT INTO feedwork.queue_gates AS g (queue, admitted)
     SELECT queue, n FROM adding WHERE n > 0 ORDER BY queue
     ON CONFLICT (queue) DO UPDATE SET admitted = g.admitted + excluded.admitted
-    RETURNING queue, admitted
+    RETURNING queue, admitted, generation
+), depths AS (
+    SELECT s.queue, s.n, CASE
+        WHEN s.generation <> g.generation THEN g.admitted
+        ELSE s.pending + g.admitted - s.seen
+    END AS depth
+    FROM stale s JOIN gate g USING (queue)
 ), refused AS (
-    SELECT feedwork.refuse_submit(s.queue, s.pending + g.admitted - s.n - s.seen, m.max_depth)
-    FROM stale s
-    JOIN gate g USING (queue)
+    SELECT feedwork.refuse_submit(d.queue, d.depth - d.n, m.max_depth)
+    FROM depths d
     JOIN unnest(${limit_queues}::text[], ${limit_depths}::bigint[]) AS m(queue, max_depth)
         USING (queue)
-    WHERE s.pending + g.admitted - s.seen > m.max_depth
+    WHERE d.depth > m.max_depth
 )"""
 
 _COLUMNS_OF_NEW = (
