@@ -135,7 +135,8 @@ class CancelResult:
 
 @dataclass(frozen=True, slots=True)
 class Totals:
-    """Running totals since the feeder's database was created."""
+    """Running totals: of a queue since it was made (a queue that holds no task is
+    forgotten, with its totals), or summed over queues."""
 
     submitted: int = 0
     completed: int = 0

@@ -258,7 +258,8 @@ class Store(Protocol):
         the tasks every feeder on the database submits at the same time. Raises
         TooManyQueues (storing nothing) when the batch names a queue the database does not
         know and it knows `max_queues` already (with several feeders creating queues at
-        once, the limit may be passed by a few)."""
+        once, the limit may be passed by a few). A queue is known from its first submit
+        until `forget_empty_queues` forgets it."""
         ...
 
     async def claim(
@@ -318,6 +319,17 @@ class Store(Protocol):
     async def purge_finished(self, *, finished_before: float, limit: int) -> int:
         """Deletes up to `limit` COMPLETED or CANCELLED tasks that finished before the given
         time (their idempotency keys go with them). Returns how many were deleted."""
+        ...
+
+    async def forget_empty_queues(self, limit: int) -> int:
+        """Forgets up to `limit` queues that hold no task in any state (pending, final or
+        dead): they leave the `queue_counts` listing, no longer count against
+        `max_queues`, and their running totals are dropped. Returns how many were forgotten.
+
+        Safe against submits racing it, here or on other feeders: a queue that a submit is
+        adding tasks to is either forgotten before those tasks are stored (the submit then
+        makes it anew, its tasks and totals counted from nothing) or not at all; never is
+        a stored task left in a forgotten queue, nor a count lost."""
         ...
 
     async def queue_counts(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from feeder.core.machine import Event
@@ -97,7 +98,8 @@ class TaskIndex:
         self.payload_bytes = 0
         # Pending records held (scheduled, ready, leased), of every queue.
         self.pending_total = 0
-        # Every queue name, sorted: rebuilt when a queue appears (queues are never dropped).
+        # Every queue name, sorted. Rebuilt when a queue appears (the sizes of `counts` and
+        # `totals` grow: see `_sorted_names`) or is forgotten (`forget_empty` drops it).
         self._names: list[str] | None = None
         self._names_stamp = (0, 0)
 
@@ -206,15 +208,38 @@ class TaskIndex:
         return found
 
     def knows(self, queue: str) -> bool:
-        """Whether `queue` has (or had) tasks here."""
+        """Whether `queue` has (or had) tasks here, and has not been forgotten since."""
         return queue in self.counts or queue in self.totals
 
     def queue_count(self) -> int:
         return len(self._sorted_names())
 
+    def forget_empty(self, limit: int, busy: Callable[[str], bool]) -> list[str]:
+        """Forgets up to `limit` queues that hold no task in any state (final tasks evicted
+        from `tasks` are still counted, so they keep their queue) and that `busy(queue)`
+        does not claim: their counts, totals and ready FIFOs go. Returns them."""
+        forgotten: list[str] = []
+        for queue in self._sorted_names():
+            if len(forgotten) >= limit:
+                break
+            counts = self.counts.get(queue)
+            if (counts is None or not any(counts.values())) and not busy(queue):
+                forgotten.append(queue)
+        for queue in forgotten:
+            self.counts.pop(queue, None)
+            self.totals.pop(queue, None)
+            self._ready.pop(queue, None)
+        if forgotten:
+            # The only place keys leave `counts` and `totals`: the size stamp cannot tell a
+            # queue forgotten and another made since, so the list is rebuilt outright.
+            self._names = None
+        return forgotten
+
     def _sorted_names(self) -> list[str]:
         """Every queue known, sorted (cached; not to be changed by the caller)."""
-        # Keys are only ever added to either dict: their sizes say when a queue appeared.
+        # Keys are added to either dict anywhere (as defaultdicts), but removed only by
+        # `forget_empty`, which drops the list: between two removals the sizes only grow,
+        # so they say when a queue appeared.
         stamp = (len(self.counts), len(self.totals))
         if self._names is None or self._names_stamp != stamp:
             self._names = sorted(self.counts.keys() | self.totals.keys())

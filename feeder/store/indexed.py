@@ -118,6 +118,11 @@ class IndexedStore:
         """Stored tasks with these idempotency keys whose records are not held in memory."""
         return {}
 
+    async def _persist_forgotten(self, queues: Sequence[str]) -> None:
+        """Makes the forgetting of queues durable (it is already visible in the index):
+        their totals go, in order with the writes before and after it."""
+        return None
+
     # -- writes -------------------------------------------------------------------------
 
     async def submit(
@@ -408,6 +413,18 @@ class IndexedStore:
         ][:limit]
         await self.apply([Change(t, None) for t in old])
         return len(old)
+
+    async def forget_empty_queues(self, limit: int) -> int:
+        # A queue with a submit in flight (between its depth check and its tasks joining
+        # the index) is not empty: its tasks are on their way. Its entry in `_inflight`
+        # goes with the queue, else every name ever submitted to would stay there.
+        inflight = self._inflight
+        forgotten = self._index.forget_empty(limit, busy=lambda queue: inflight[queue] > 0)
+        for queue in forgotten:
+            inflight.pop(queue, None)
+        if forgotten:
+            await self._persist_forgotten(forgotten)
+        return len(forgotten)
 
     async def queue_counts(
         self,

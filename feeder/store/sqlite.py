@@ -289,15 +289,20 @@ class _Batch:
     insert_errors: list[BaseException | None] = field(default_factory=list)
     # A probe write (see PROBE_INTERVAL) rides along.
     probe: bool = False
+    # Queues forgotten (see `SqliteStore._persist_forgotten`): their totals rows go first.
+    forgotten: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.totals or self.inserts or self.waiters or self.probe)
+        return bool(
+            self.rows or self.totals or self.inserts or self.waiters or self.probe or self.forgotten
+        )
 
     @property
     def changes_index(self) -> bool:
         """Whether the index shows writes of this batch (it must be rebuilt from disk if
-        they fail): changes and their event counts do; new tasks and probes do not."""
-        return bool(self.rows or self.totals)
+        they fail): changes, their event counts and forgotten queues do; new tasks and
+        probes do not."""
+        return bool(self.rows or self.totals or self.forgotten)
 
 
 class _InsertFailed(Exception):
@@ -481,6 +486,18 @@ class SqliteStore(IndexedStore):
         batch.inserts.append((list(tasks), totals, future))
         await future
 
+    async def _persist_forgotten(self, queues: Sequence[str]) -> None:
+        batch = self._stage()
+        forgotten = set(queues)
+        # Totals staged before the forgetting were dropped from memory with the queue; those
+        # staged after it (the batch deletes first, see _forget_totals) count anew.
+        for key in [key for key in batch.totals if key[0] in forgotten]:
+            del batch.totals[key]
+        batch.forgotten |= forgotten
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(future)
+        await future
+
     async def _persist_changes(self, changes: Sequence[Change], events: EventCounts) -> None:
         batch = self._stage()
         rows, disk = batch.rows, batch.disk
@@ -612,6 +629,7 @@ class SqliteStore(IndexedStore):
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
+            _forget_totals(conn, batch)
             if batch.probe:
                 conn.execute(PROBE, (token_bytes(8),))
             updates: tuple[list[tuple[Any, ...]], ...] = ([], [], [])
@@ -804,6 +822,14 @@ class SqliteStore(IndexedStore):
         tasks = await self.get(ids)
         applied = await self.apply([Change(t, None) for t in tasks.values()])
         return sum(applied)
+
+
+def _forget_totals(conn: sqlite3.Connection, batch: _Batch) -> None:
+    """Deletes the totals of the queues the batch forgot, before anything else the batch
+    writes: every total it counts was counted after the forgetting (see
+    SqliteStore._persist_forgotten)."""
+    if batch.forgotten:
+        conn.executemany("DELETE FROM totals WHERE queue = ?", [(q,) for q in batch.forgotten])
 
 
 class GuardFailed(sqlite3.DatabaseError):

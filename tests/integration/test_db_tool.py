@@ -56,12 +56,13 @@ async def test_status_and_migrate(empty_dsn: str, capsys: pytest.CaptureFixture[
     assert await db("migrate", "--db", empty_dsn) == dbtool.EXIT_OK
     out = capsys.readouterr().out
     assert "applied 0001_initial" in out and "applied 0002_expired_attempts" in out
+    assert "applied 0003_gate_generations" in out
     assert "up to date" in out
     assert await db("migrate", "--db", empty_dsn) == dbtool.EXIT_OK
     assert "applied" not in capsys.readouterr().out.replace("up to date", "")
     assert await db("status", "--db", empty_dsn) == dbtool.EXIT_OK
     out = capsys.readouterr().out
-    assert "schema version 2" in out and "up to date" in out
+    assert "schema version 3" in out and "up to date" in out
     assert await db("status", "--db", "./feedwork.db") == dbtool.EXIT_USAGE
 
 
@@ -238,7 +239,7 @@ async def test_schema_2_fills_in_the_expired_attempts_from_each_history(empty_ds
                 history_json(tuple(earlier)),
                 *last,
             )
-        assert [m.version for m in await migrate(conn)] == [2]
+        assert [m.version for m in await migrate(conn)] == [2, 3]
         rows = await conn.fetch("SELECT id, expired_attempts FROM feedwork.tasks ORDER BY id")
     finally:
         await conn.close()
@@ -286,7 +287,7 @@ async def test_feeders_starting_at_once_on_an_empty_database_migrate_it_once(
             secrets = await conn.fetchval("SELECT count(*) FROM feedwork.meta")
         finally:
             await conn.close()
-        assert sorted(row["version"] for row in applied) == [1, 2]
+        assert sorted(row["version"] for row in applied) == [1, 2, 3]
         assert secrets == 1
         # One secret for all: a token issued by one feeder verifies on the others.
         assert len({server.store.token_secret for server in servers}) == 1

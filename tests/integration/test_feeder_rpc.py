@@ -1387,3 +1387,28 @@ async def test_a_submit_to_a_new_queue_past_the_queue_limit_is_refused(
     await submit_ids(feeder, pb.TaskSpec(queue="b"))
     stats = await feeder.stub.GetStats(pb.GetStatsRequest())
     assert [(q.queue, q.ready) for q in stats.queues] == [("a", 1), ("b", 2)]
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite", "postgres"])
+async def test_a_queue_left_without_tasks_is_forgotten_and_frees_its_place(
+    feeder_factory, feeder_settings, store_kind
+) -> None:
+    """Once the janitor has purged a queue's last task, GetStats no longer lists the queue
+    and a new queue may take its place under --max-queues."""
+    settings = dataclasses.replace(feeder_settings, max_queues=2)
+    feeder = await feeder_factory(store_kind=store_kind, settings=settings)
+    (task_id,) = await submit_ids(feeder, pb.TaskSpec(queue="a"))
+    await submit_ids(feeder, pb.TaskSpec(queue="b"))
+    await feeder.stub.CancelTask(pb.CancelTaskRequest(task_id=task_id))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await submit_ids(feeder, pb.TaskSpec(queue="c"))
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    sweep = await feeder.service.janitor.run_once(time.time() + settings.retention + 60)
+    assert (sweep.purged, sweep.forgotten) == (1, 1)
+    stats = await feeder.stub.GetStats(pb.GetStatsRequest())
+    assert [(q.queue, q.ready) for q in stats.queues] == [("b", 1)]
+    assert stats.totals.submitted == 1  # the totals of "a" went with it
+    await submit_ids(feeder, pb.TaskSpec(queue="c"))
+    stats = await feeder.stub.GetStats(pb.GetStatsRequest())
+    assert [(q.queue, q.ready) for q in stats.queues] == [("b", 1), ("c", 1)]

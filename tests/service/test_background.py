@@ -10,6 +10,7 @@ from feeder.core.machine import Event
 from feeder.core.model import AttemptOutcome, State, TaskSpec
 from feeder.core.policy import QueuePolicy
 from feeder.service import AckItem, TaskService
+from feeder.service.janitor import BATCH, Janitor, Sweep
 from feeder.service.waiters import Waiters
 from feeder.store.memory import MemoryStore
 
@@ -86,9 +87,9 @@ async def test_janitor_purges_only_finished_tasks_past_retention() -> None:
     grants = await service.lease("q", max_tasks=2, lease_duration=None, wait=0, worker_id="w")
     await service.ack([AckItem(g.lease_token) for g in grants])
     clock.now += 3599
-    assert await service.janitor.run_once(clock.now) == 0
+    assert await service.janitor.run_once(clock.now) == Sweep(purged=0, forgotten=0)
     clock.now += 2
-    assert await service.janitor.run_once(clock.now) == 2
+    assert await service.janitor.run_once(clock.now) == Sweep(purged=2, forgotten=0)
     for grant in grants:
         assert await service.get_task(grant.task.id) is None
     counts = (await service.stats(["q"]))[0]
@@ -97,6 +98,56 @@ async def test_janitor_purges_only_finished_tasks_past_retention() -> None:
     [result] = await service.ack([AckItem(grants[0].lease_token)])
     assert result.outcome.name == "NOT_FOUND"
     await service.stop()
+
+
+async def test_janitor_forgets_the_queues_its_purge_left_empty() -> None:
+    clock = FakeClock()
+    service = make_service(clock)
+    await service.start(background=False)
+    await service.submit([TaskSpec(queue="gone"), TaskSpec(queue="kept")])
+    grants = await service.lease("gone", max_tasks=1, lease_duration=None, wait=0, worker_id="w")
+    await service.ack([AckItem(grants[0].lease_token)])
+    clock.now += 3599
+    # Its completed task is a task until the retention purge takes it.
+    assert await service.janitor.run_once(clock.now) == Sweep(purged=0, forgotten=0)
+    assert [c.queue for c in await service.stats(None)] == ["gone", "kept"]
+    clock.now += 2
+    assert await service.janitor.run_once(clock.now) == Sweep(purged=1, forgotten=1)
+    assert [c.queue for c in await service.stats(None)] == ["kept"]
+    (gone,) = await service.stats(["gone"])
+    assert sum(gone.by_state.values()) == 0 and gone.totals == {}
+    assert await service.janitor.run_once(clock.now) == Sweep(purged=0, forgotten=0)
+    await service.stop()
+
+
+class BacklogStore:
+    """Just what the janitor calls: a purge backlog of `backlog` tasks, and empty queues
+    without end."""
+
+    def __init__(self, backlog: int) -> None:
+        self.backlog = backlog
+        self.forget_limits: list[int] = []
+
+    async def purge_finished(self, *, finished_before: float, limit: int) -> int:
+        purged = min(limit, self.backlog)
+        self.backlog -= purged
+        return purged
+
+    async def forget_empty_queues(self, limit: int) -> int:
+        self.forget_limits.append(limit)
+        return limit
+
+
+async def test_janitor_forgets_queues_once_its_purge_has_caught_up() -> None:
+    store = BacklogStore(backlog=2 * BATCH + 5)
+    janitor = Janitor(store=store, clock=FakeClock(), retention=60.0)  # type: ignore[arg-type]
+    assert await janitor.run_once(0.0) == Sweep(purged=BATCH, forgotten=0)
+    assert await janitor.run_once(0.0) == Sweep(purged=BATCH, forgotten=0)
+    assert store.forget_limits == []
+    sweep = await janitor.run_once(0.0)
+    assert sweep == Sweep(purged=5, forgotten=BATCH) and sweep.more  # a full batch forgotten
+    assert store.forget_limits == [BATCH]
+    assert not Sweep(purged=BATCH - 1, forgotten=BATCH - 1).more
 
 
 async def test_waiters_are_woken_one_at_a_time_in_arrival_order() -> None:

@@ -1018,6 +1018,154 @@ def test_queue_counts(make_store: StoreFactory) -> None:
     run(make_store, body)
 
 
+# -- forgetting empty queues --------------------------------------------------------------
+
+
+async def listed(store: Store) -> list[str]:
+    """The queues the store lists, whole and by page."""
+    names = [c.queue for c in await store.queue_counts()]
+    paged = [c.queue for c in await store.queue_counts(after="", limit=len(names) + 5)]
+    assert paged == names
+    return names
+
+
+async def emptied(store: Store, queue: str) -> None:
+    """Gives `queue` a task that runs to its end and is deleted (as the retention purge
+    does): the queue knows totals, and holds no task."""
+    (task,) = await submit_tasks(store, [spec(queue)])
+    done = await complete(store, task, T0 + 1)
+    assert await store.apply([Change(done, None)]) == [True]
+    assert await counts(store, queue) == {}
+
+
+def test_a_queue_whose_tasks_were_all_purged_is_forgotten(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        gone, also_gone, kept = await submit_tasks(store, [spec("gone"), spec("gone"), spec()])
+        for task in (gone, also_gone):
+            await complete(store, task, T0 + 1)
+        await store.apply([], {("gone", Event.DUPLICATE_ACK): 1})
+        # Finished tasks are tasks: the queue stays until the retention purge took them.
+        assert await store.forget_empty_queues(limit=10) == 0
+        assert await listed(store) == ["gone", "q"]
+        assert await store.purge_finished(finished_before=T0 + 2, limit=10) == 2
+        assert await totals(store, "gone") == {
+            Event.SUBMITTED: 2,
+            Event.COMPLETED: 2,
+            Event.DUPLICATE_ACK: 1,
+        }
+
+        assert await store.forget_empty_queues(limit=10) == 1
+        assert await listed(store) == ["q"]
+        assert await totals(store, "gone") == {}
+        assert await counts(store, "gone") == {}
+        assert await store.forget_empty_queues(limit=10) == 0
+        # The other queue is untouched.
+        assert await counts(store) == {State.READY: 1}
+        assert await totals(store) == {Event.SUBMITTED: 1}
+        assert await current(store, kept.id) == kept
+
+        # A submit makes it anew, its totals counted from nothing.
+        (again,) = await submit_tasks(store, [spec("gone")])
+        assert await listed(store) == ["gone", "q"]
+        assert await counts(store, "gone") == {State.READY: 1}
+        assert await totals(store, "gone") == {Event.SUBMITTED: 1}
+        assert [t.id for t in await claim(store, "gone")] == [again.id]
+
+    run(make_store, body)
+
+
+def test_a_queue_holding_a_task_in_any_state_is_not_forgotten(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        names = ["cancelled", "completed", "dead", "leased", "ready", "scheduled"]
+        specs = [spec(name, not_before=T0 + 99 if name == "scheduled" else None) for name in names]
+        cancelled, completed, dead, leased, _ready, _scheduled = await submit_tasks(store, specs)
+        await cancel(store, cancelled, T0 + 1)
+        await complete(store, completed, T0 + 1)
+        await kill(store, dead, T0 + 1)
+        await step(store, leased, lease_d(leased, T0 + 1))
+        await emptied(store, "empty")
+
+        assert await store.forget_empty_queues(limit=100) == 1  # "empty" only
+        assert await listed(store) == names
+        for name in names:
+            assert await counts(store, name) == {State[name.upper()]: 1}
+            assert (await totals(store, name))[Event.SUBMITTED] == 1
+
+    run(make_store, body)
+
+
+def test_forget_empty_queues_forgets_at_most_its_limit(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        for name in ("a", "b", "c"):
+            await emptied(store, name)
+        await submit_tasks(store, [spec("d")])
+        assert await store.forget_empty_queues(limit=2) == 2
+        assert len(await listed(store)) == 2
+        assert await store.forget_empty_queues(limit=2) == 1
+        assert await store.forget_empty_queues(limit=2) == 0
+        assert await listed(store) == ["d"]
+
+    run(make_store, body)
+
+
+def test_a_forgotten_queue_no_longer_counts_against_max_queues(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        def create(s: TaskSpec, task_id: int) -> Decision[State]:
+            return machine.create(s, task_id=task_id, now=T0, policy=POLICY)
+
+        async def submit_limited(*queues: str) -> list[Submitted]:
+            return await store.submit(
+                [spec(q) for q in queues], create=create, max_depth=lambda _: 100, max_queues=2
+            )
+
+        (a,) = await submit_limited("a")
+        await submit_limited("b")
+        with pytest.raises(TooManyQueues):
+            await submit_limited("c")
+        await complete(store, a.task, T0 + 1)
+        assert await store.purge_finished(finished_before=T0 + 2, limit=10) == 1
+        with pytest.raises(TooManyQueues):  # empty, but not forgotten yet
+            await submit_limited("c")
+
+        assert await store.forget_empty_queues(limit=10) == 1
+        await submit_limited("c")  # in the place "a" left
+        assert await listed(store) == ["b", "c"]
+        with pytest.raises(TooManyQueues) as refused:  # "a" is a new queue now
+            await submit_limited("a")
+        assert (refused.value.queue, refused.value.known) == ("a", 2)
+
+    run(make_store, body)
+
+
+def test_a_submit_racing_the_forgetting_of_its_queue_keeps_its_task_and_counts(
+    make_store: StoreFactory,
+) -> None:
+    """Whichever comes first: the queue is forgotten before the task is stored (its totals
+    then start from nothing) or not at all; the task is there and counted either way."""
+
+    async def body(store: Store) -> None:
+        for first in ("forget", "submit", "forget", "submit"):
+            await emptied(store, "q")
+            before = (await totals(store))[Event.SUBMITTED]
+            forgetting = store.forget_empty_queues(limit=10)
+            submitting = submit_tasks(store, [spec()])
+            if first == "forget":
+                forgotten, (task,) = await asyncio.gather(forgetting, submitting)
+            else:
+                (task,), forgotten = await asyncio.gather(submitting, forgetting)
+            assert forgotten in (0, 1)
+            assert await current(store, task.id) == task
+            assert await counts(store) == {State.READY: 1}
+            assert "q" in await listed(store)
+            if forgotten:
+                assert await totals(store) == {Event.SUBMITTED: 1}
+            else:
+                assert (await totals(store))[Event.SUBMITTED] == before + 1
+            await store.apply([Change(task, None)])
+
+    run(make_store, body)
+
+
 # -- how attempts ended -------------------------------------------------------------------
 
 
@@ -1168,6 +1316,38 @@ def test_ids_are_not_reused_after_reopen(make_durable_store: StoreFactory) -> No
         try:
             (new,) = await submit_tasks(store, [spec()])
             assert new.id > tasks[-1].id
+        finally:
+            await store.close()
+
+    run_async(body)
+
+
+def test_a_forgotten_queue_stays_forgotten_after_reopen(make_durable_store: StoreFactory) -> None:
+    """And totals counted just before and just after the forgetting (on SQLite: in the
+    same group commit) are kept or dropped on disk as they were in memory."""
+
+    async def body() -> None:
+        store = make_durable_store()
+        await store.open()
+        await emptied(store, "gone")
+        await submit_tasks(store, [spec("kept")])
+        assert await store.forget_empty_queues(limit=10) == 1
+        await emptied(store, "early")
+        await emptied(store, "late")
+        await asyncio.gather(
+            store.apply([], {("early", Event.DUPLICATE_ACK): 1}),
+            store.forget_empty_queues(limit=10),
+            store.apply([], {("late", Event.DUPLICATE_ACK): 1}),
+        )
+        before = await store.queue_counts()
+        assert "gone" not in [c.queue for c in before]
+        await store.close()
+
+        store = make_durable_store()
+        await store.open()
+        try:
+            assert await store.queue_counts() == before
+            assert await totals(store, "gone") == {}
         finally:
             await store.close()
 

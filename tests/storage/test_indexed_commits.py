@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from feeder.core import machine
+from feeder.core.machine import Event
 from feeder.core.model import State, TaskSpec
 from feeder.core.policy import QueuePolicy
-from feeder.store.base import StoreUnavailable, Submitted
+from feeder.store.base import Change, StoreUnavailable, Submitted
 from feeder.store.sqlite import SqliteStore
 
 POLICY = QueuePolicy()
@@ -108,3 +109,19 @@ async def test_a_submit_whose_caller_gave_up_during_its_commit_is_served(
     leased = await store.claim("q", 1000, lease)
     assert {t.id for t in leased} == ids
     assert all(t.state is State.LEASED for t in leased)
+
+
+async def test_a_queue_with_a_submit_being_committed_is_not_forgotten(store: SqliteStore) -> None:
+    """Its tasks are on their way to the index: the queue is not empty, and its totals (on
+    disk and in memory) keep counting."""
+    (old,) = await submit(store, [TaskSpec(queue="q")])
+    await store.apply([Change(old.task, None)])
+    submitting = asyncio.ensure_future(submit(store, [TaskSpec(queue="q")]))
+    await asyncio.sleep(0)  # staged: in flight until its commit
+    assert await store.forget_empty_queues(10) == 0
+    (new,) = await submitting
+    assert (await store.get([new.task.id]))[new.task.id] == new.task
+    (counts,) = await store.queue_counts(["q"])
+    assert counts.by_state[State.READY] == 1
+    assert counts.totals == {Event.SUBMITTED: 2}
+    assert await store.forget_empty_queues(10) == 0

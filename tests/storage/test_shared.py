@@ -12,12 +12,15 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import asyncpg
 import pytest
 
 from feeder.core import machine
 from feeder.core.machine import Event
 from feeder.core.model import State, Task
-from feeder.store import Change, QueueFull, Store, StoreHooks
+from feeder.store import Change, QueueFull, Store, StoreHooks, TooManyQueues
+from feeder.store.postgres import sql
+from feeder.store.postgres import store as postgres_store
 from tests.storage.test_conformance import (
     T0,
     TIMEOUT,
@@ -372,3 +375,169 @@ def test_claims_leave_no_marks_behind(make_shared_store: StoreFactory) -> None:
         assert await a._connector.run(marks) == 0  # type: ignore[attr-defined]
 
     run_two(make_shared_store, body)
+
+
+# -- forgetting empty queues while others submit -------------------------------------------
+
+
+async def _waiting_on_locks(dsn: str, count: int) -> None:
+    """Returns once `count` sessions of the database wait on a lock (a row another holds)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(1000):
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if waiting >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{waiting} sessions wait on a lock, not {count}")
+    finally:
+        await conn.close()
+
+
+async def _emptied(store: Store, tasks: int = 1) -> None:
+    """Gives queue "q" tasks that are then deleted: its gate has admitted them, its counters
+    and totals know them, it holds no task."""
+    made = await submit_tasks(store, [spec() for _ in range(tasks)])
+    assert await store.apply([Change(t, None) for t in made]) == [True] * tasks
+    assert await counts(store) == {}
+
+
+def test_a_submit_holding_the_gate_keeps_its_queue_from_being_forgotten(
+    make_shared_store: StoreFactory, postgres_dsn: str
+) -> None:
+    """A submit to an empty queue takes its turn on the gate first; the forgetting, which
+    read the queue as empty before, waits for it and then finds its task: nothing is
+    forgotten, nothing lost, the totals keep counting."""
+
+    async def body(a: Store, b: Store) -> None:
+        await _emptied(a)
+        holder = await asyncpg.connect(postgres_dsn)
+        try:
+            async with holder.transaction():
+                await holder.execute(
+                    "SELECT FROM feedwork.queue_gates WHERE queue = 'q' FOR UPDATE"
+                )
+                submitting = asyncio.ensure_future(submit_tasks(b, [spec()]))
+                await _waiting_on_locks(postgres_dsn, 1)
+                forgetting = asyncio.ensure_future(a.forget_empty_queues(limit=10))
+                await _waiting_on_locks(postgres_dsn, 2)
+        finally:
+            await holder.close()
+        (task,), forgotten = await asyncio.gather(submitting, forgetting)
+        assert forgotten == 0
+        assert await current(a, task.id) == task
+        assert await counts(a) == {State.READY: 1}
+        assert await totals(b) == {Event.SUBMITTED: 2}
+        assert [c.queue for c in await a.queue_counts()] == ["q"]
+
+    run_two(make_shared_store, body)
+
+
+def test_max_depth_holds_for_submits_that_saw_the_gate_their_queue_had_before_it_was_forgotten(
+    make_shared_store: StoreFactory, postgres_dsn: str
+) -> None:
+    """Submits that read a queue's gate (30 admitted) in their snapshot, then wait while the
+    queue is forgotten: they go on with a new gate row, that starts from nothing. Their
+    depth check still holds the queue to max_depth."""
+
+    async def body(a: Store, b: Store) -> None:
+        await _emptied(a, tasks=30)
+        holder = await asyncpg.connect(postgres_dsn)
+        try:
+            async with holder.transaction():
+                # The forgetting's own statements, with the lock held while submits queue up.
+                await holder.execute(sql.LOCK_GATES, ["q"])
+                submits = [
+                    asyncio.ensure_future(submit(s, [spec()], max_depth=2)) for s in (a, b) * 3
+                ]
+                await _waiting_on_locks(postgres_dsn, len(submits))
+                gone = await holder.fetch(sql.FORGET_QUEUES, ["q"])
+                assert [row[0] for row in gone] == ["q"]
+        finally:
+            await holder.close()
+        outcomes = await asyncio.gather(*submits, return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, QueueFull)]
+        assert len(refused) == 4, outcomes
+        assert await counts(a) == {State.READY: 2}
+        assert await totals(b) == {Event.SUBMITTED: 2}
+
+    run_two(make_shared_store, body)
+
+
+def test_submits_racing_the_forgetting_of_their_queue_lose_nothing(
+    make_shared_store: StoreFactory, postgres_dsn: str
+) -> None:
+    """Rounds of an empty queue forgotten through both stores at once (as when the
+    maintenance role moves) while both submit to it, each round the submits a little
+    later: every task stored, the counts exact, the queue's gate kept while it holds
+    tasks, and its totals start from nothing exactly when it was forgotten."""
+
+    async def body(a: Store, b: Store) -> None:
+        submitted = 0
+        forgotten_in: list[int] = []
+
+        async def later(store: Store, delay: float) -> list[Task]:
+            await asyncio.sleep(delay)
+            return await submit_tasks(store, [spec(), spec()])
+
+        for round_ in range(24):
+            await _emptied(a)
+            submitted += 1
+            delay = (round_ % 6) * 0.002
+            forgotten, *batches, also = await asyncio.gather(
+                a.forget_empty_queues(limit=10),
+                *(later(s, delay) for s in (b, a, b)),
+                b.forget_empty_queues(limit=10),
+            )
+            assert forgotten + also in (0, 1)
+            tasks = [t for batch in batches for t in batch]
+            assert set(await a.get([t.id for t in tasks])) == {t.id for t in tasks}
+            assert await counts(b) == {State.READY: 6}
+            submitted = 6 if forgotten + also else submitted + 6
+            assert await totals(a) == {Event.SUBMITTED: submitted}
+            assert await _gates(postgres_dsn) == {"q"}
+            assert await a.apply([Change(t, None) for t in tasks]) == [True] * 6
+            if forgotten + also:
+                forgotten_in.append(round_)
+        print("forgotten in rounds", forgotten_in)
+
+    run_two(make_shared_store, body)
+
+
+def test_a_queue_forgotten_through_one_store_is_new_again_to_the_other(
+    make_shared_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store remembers for a while that a queue is known; once that has passed, it asks
+    again, and a queue the other store forgot meanwhile counts as new against max_queues."""
+    monkeypatch.setattr(postgres_store, "KNOWN_QUEUE_TTL", 0.0)
+
+    async def body(a: Store, b: Store) -> None:
+        def create(s: Any, task_id: int) -> Any:
+            return machine.create(s, task_id=task_id, now=T0, policy=machine.QueuePolicy())
+
+        async def submit_limited(store: Store, queue: str) -> list[Any]:
+            return await store.submit(
+                [spec(queue)], create=create, max_depth=lambda _: 100, max_queues=2
+            )
+
+        (made,) = await submit_limited(a, "a")
+        assert await a.apply([Change(made.task, None)]) == [True]
+        assert await b.forget_empty_queues(limit=10) == 1
+        await submit_limited(b, "b")
+        await submit_limited(b, "c")
+        with pytest.raises(TooManyQueues) as refused:
+            await submit_limited(a, "a")
+        assert (refused.value.queue, refused.value.known) == ("a", 2)
+
+    run_two(make_shared_store, body)
+
+
+async def _gates(dsn: str) -> set[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {row[0] for row in await conn.fetch("SELECT queue FROM feedwork.queue_gates")}
+    finally:
+        await conn.close()

@@ -53,6 +53,11 @@ counted AS (
 # missed too; that only errs on the safe side. A redrive does not go through the gate:
 # max_depth limits submits, not redrives.) A queue over its limit makes the statement
 # call feedwork.refuse_submit, whose error undoes the whole statement.
+#
+# The janitor deletes the gate row of a queue that holds no task (FORGET_QUEUES), and the
+# next submit makes a new one. A submit whose snapshot has the old row (another
+# `generation`, see migration 0003) counts what the new row admitted, all of it: the queue
+# was empty when its old row went.
 _GATE = """
 stale AS (
     SELECT a.queue, a.n, coalesce((
@@ -60,20 +65,25 @@ stale AS (
         WHERE c.queue = a.queue AND c.counter IN (
             'state:{scheduled}', 'state:{ready}', 'state:{leased}')
     ), 0)::bigint AS pending,
-    coalesce((SELECT admitted FROM feedwork.queue_gates g WHERE g.queue = a.queue), 0) AS seen
-    FROM adding a
+    coalesce(g.admitted, 0) AS seen, g.generation
+    FROM adding a LEFT JOIN feedwork.queue_gates g USING (queue)
 ), gate AS (
     INSERT INTO feedwork.queue_gates AS g (queue, admitted)
     SELECT queue, n FROM adding WHERE n > 0 ORDER BY queue
     ON CONFLICT (queue) DO UPDATE SET admitted = g.admitted + excluded.admitted
-    RETURNING queue, admitted
+    RETURNING queue, admitted, generation
+), depths AS (
+    SELECT s.queue, s.n, CASE
+        WHEN s.generation <> g.generation THEN g.admitted
+        ELSE s.pending + g.admitted - s.seen
+    END AS depth
+    FROM stale s JOIN gate g USING (queue)
 ), refused AS (
-    SELECT feedwork.refuse_submit(s.queue, s.pending + g.admitted - s.n - s.seen, m.max_depth)
-    FROM stale s
-    JOIN gate g USING (queue)
+    SELECT feedwork.refuse_submit(d.queue, d.depth - d.n, m.max_depth)
+    FROM depths d
     JOIN unnest(${limit_queues}::text[], ${limit_depths}::bigint[]) AS m(queue, max_depth)
         USING (queue)
-    WHERE s.pending + g.admitted - s.seen > m.max_depth
+    WHERE d.depth > m.max_depth
 )"""
 
 _COLUMNS_OF_NEW = (
@@ -316,12 +326,13 @@ LIST_DEAD = f"""
 SELECT {COLUMNS} FROM {T} WHERE queue = $1 AND state = {DEAD} AND id > $2
 ORDER BY id LIMIT $3
 """
-# Which of these queues the database knows (any counter row: tasks now or before).
+# Which of these queues the database knows (any counter row: tasks now or before, until
+# the queue is forgotten).
 KNOWN_QUEUES = """
 SELECT DISTINCT queue FROM feedwork.counters WHERE queue = ANY($1::text[])
 """
-# How many queues submits have made (one gate row each; a queue copied in by `db copy`
-# counts from its first submit).
+# How many queues submits have made and the janitor has not forgotten (one gate row each;
+# a queue copied in by `db copy` counts from its first submit).
 QUEUE_COUNT = "SELECT count(*) FROM feedwork.queue_gates"
 # A page of queue names, in name order (each distinct name, read off the primary key).
 QUEUE_PAGE = """
@@ -371,6 +382,69 @@ WITH doomed AS (
         DO UPDATE SET value = feedwork.counters.value + excluded.value
 )
 SELECT count(*) FROM deleted
+"""
+# Forgetting queues that hold no task: three statements in one READ COMMITTED transaction.
+#
+# The proof that a queue is empty is its state counters: every statement that adds, moves
+# or deletes tasks (submit, apply, purge, `db copy`) moves them in the same statement, so
+# in any snapshot they are the number of the queue's tasks in each state. (NOT EXISTS over
+# the tasks themselves would need an index on the queue alone, an insertion into it at
+# every lease and ack, or a scan of the whole table per pass.) The ready and dead tasks
+# are looked for as well, through their own indexes: a cheap check that the counters are
+# not wrong for the states where tasks wait longest.
+#
+# 1. EMPTY_QUEUES: up to $1 queues whose state counters are all zero (or that have a gate
+#    and no counter at all): candidates, read before any lock.
+# 2. LOCK_GATES: takes the candidates' gate rows, making one for a queue that has none
+#    (a queue copied in by `db copy`, one whose totals were counted after it was
+#    forgotten, or one another forgetting has just forgotten), in queue order as submits
+#    do. From here until the commit no submit can add a task to them: each must take its
+#    turn on the gate row first.
+# 3. FORGET_QUEUES, a new statement and so a new snapshot, taken after the locks: it sees
+#    every submit that took its turn before, and deletes the gate and the counters of the
+#    queues that still hold no task. A submit waiting on a gate row goes on when the
+#    transaction commits, and makes a new row (see _GATE). Counter rows are locked in key
+#    order, as every writer of counters locks them.
+_STATE_COUNTERS_ZERO = """NOT EXISTS (
+        SELECT FROM feedwork.counters c
+        WHERE c.queue = {queue} AND c.counter LIKE 'state:%'
+        GROUP BY c.counter HAVING sum(c.value) <> 0
+    )"""
+EMPTY_QUEUES = """
+SELECT queue FROM (
+    SELECT queue, counter, sum(value) AS value FROM feedwork.counters GROUP BY queue, counter
+) AS c
+GROUP BY queue
+HAVING NOT bool_or(counter LIKE 'state:%' AND value <> 0)
+UNION
+SELECT queue FROM feedwork.queue_gates g
+WHERE NOT EXISTS (SELECT FROM feedwork.counters c WHERE c.queue = g.queue)
+ORDER BY queue LIMIT $1
+"""
+LOCK_GATES = """
+INSERT INTO feedwork.queue_gates AS g (queue, admitted)
+SELECT queue, 0 FROM unnest($1::text[]) AS q(queue) ORDER BY queue
+ON CONFLICT (queue) DO UPDATE SET admitted = g.admitted
+"""
+FORGET_QUEUES = f"""
+WITH gone AS (
+    DELETE FROM feedwork.queue_gates g
+    WHERE g.queue = ANY($1::text[])
+        AND {_STATE_COUNTERS_ZERO.format(queue="g.queue")}
+        AND NOT EXISTS (SELECT FROM {T} t WHERE t.queue = g.queue AND t.state = {READY})
+        AND NOT EXISTS (SELECT FROM {T} t WHERE t.queue = g.queue AND t.state = {DEAD})
+    RETURNING g.queue, g.generation = pg_current_xact_id() AS made_here
+), locked AS (
+    SELECT c.queue, c.counter, c.shard FROM feedwork.counters c JOIN gone USING (queue)
+    ORDER BY c.queue, c.counter, c.shard FOR UPDATE OF c
+), dropped AS (
+    DELETE FROM feedwork.counters c USING locked l
+    WHERE c.queue = l.queue AND c.counter = l.counter AND c.shard = l.shard
+)
+-- A gate LOCK_GATES made, for a queue without counters, was of a queue another
+-- forgetting (a leader before this one) had forgotten already: not forgotten again here.
+SELECT queue FROM gone
+WHERE NOT made_here OR EXISTS (SELECT FROM locked l WHERE l.queue = gone.queue)
 """
 # Folds every counter's shards into shard 0, so that counters do not keep a row per shard
 # that ever wrote to them.

@@ -74,6 +74,10 @@ CLAIM_WINDOW = 8
 # Leased tasks whose record this feeder remembers for `recall` (their acks, nacks and
 # extends then need no read); least recently written first out.
 RECALL_CACHE = 10_000
+# Seconds a feeder trusts that a queue it saw the database know is still known, before it
+# asks again (see _check_new_queues): the maintenance leader, maybe another feeder, may
+# have forgotten it meanwhile.
+KNOWN_QUEUE_TTL = 30.0
 
 EventCounts = Mapping[tuple[str, Event], int]
 _STATE_COUNTERS = {state: f"state:{int(state)}" for state in State}
@@ -276,8 +280,9 @@ class PostgresStore:
 
     def __init__(self, dsn: str, *, pool_size: int = 10, startup_wait: float = 30.0) -> None:
         self._hooks = StoreHooks()
-        # Queues this feeder has seen the database know (see _check_new_queues).
-        self._known_queues: set[str] = set()
+        # Queues this feeder has seen the database know, with when it saw them (monotonic
+        # seconds; see _check_new_queues).
+        self._known_queues: dict[str, float] = {}
         self._connector = PostgresConnector(
             dsn,
             pool_size=pool_size,
@@ -483,9 +488,13 @@ class PostgresStore:
 
     async def _check_new_queues(self, names: set[str], max_queues: int) -> None:
         """Raises TooManyQueues if `names` holds queues the database does not know and it
-        knows `max_queues` already. Known names are remembered (queues are never
-        forgotten), so the database is asked only about names new to this feeder."""
-        unknown = names - self._known_queues
+        knows `max_queues` already. Known names are remembered for KNOWN_QUEUE_TTL
+        seconds, so the database is asked only about names this feeder has not seen
+        lately. (A queue forgotten within that time is made anew through this feeder
+        unchecked: the limit may be passed by a few more.)"""
+        known_queues = self._known_queues
+        seen_after = time.monotonic() - KNOWN_QUEUE_TTL
+        unknown = {name for name in names if known_queues.get(name, seen_after) <= seen_after}
         if not unknown:
             return
 
@@ -499,7 +508,12 @@ class PostgresStore:
             if is_unavailable(exc):
                 raise self._connector.failed(exc) from exc
             raise
-        self._known_queues |= found
+        now = time.monotonic()
+        for name in unknown:
+            if name in found:
+                known_queues[name] = now
+            else:
+                known_queues.pop(name, None)
         new = sorted(unknown - found)
         if new and known + len(new) > max_queues:
             raise TooManyQueues(new[0], known, max_queues)
@@ -706,6 +720,25 @@ class PostgresStore:
             return deleted
 
         return await self._connector.run(purge)
+
+    async def forget_empty_queues(self, limit: int) -> int:
+        """See sql.EMPTY_QUEUES: find candidates, take their gates, delete those that hold
+        no task, in one transaction. Repeated whole if it loses a deadlock."""
+
+        async def forget(conn: asyncpg.Connection) -> list[str]:
+            # READ COMMITTED, whatever the database's default: the last statement must see
+            # what committed while the gates were being taken.
+            async with conn.transaction(isolation="read_committed"):
+                candidates = [row[0] for row in await conn.fetch(sql.EMPTY_QUEUES, limit)]
+                if not candidates:
+                    return []
+                await conn.execute(sql.LOCK_GATES, candidates)
+                return [row[0] for row in await conn.fetch(sql.FORGET_QUEUES, candidates)]
+
+        forgotten = await self._connector.run(forget)
+        for queue in forgotten:
+            self._known_queues.pop(queue, None)
+        return len(forgotten)
 
     async def queue_counts(
         self,
