@@ -8,9 +8,10 @@ next tick instead of lowering the rate; what it could not catch up shows as `beh
 Payload sizes are log-uniform (as many of 100-400 B as of 4-16 KiB; 3.2 KiB on average),
 JSON that the fault tests' ledger handler reads: {"pad": "..."}.
 
-Once per call, a producer also resubmits the key of a task it stored a while ago (a
-quarter of the retention: most likely finished, never purged), which must come back as
-that task, deduplicated: the feeder's lookup of a finished task's key, under load.
+Once per call, a producer also resubmits the key of a task it stored a while ago
+(`resubmit_age`: a quarter of the retention, at most a minute; most likely finished, not
+purged), which must come back as that task, deduplicated: the feeder's lookup of a
+finished task's key, under load.
 
 A call that fails (after the client's own retries) is sent again with the same keys, so a
 task stored by a call whose answer was lost is found, not submitted twice.

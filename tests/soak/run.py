@@ -35,6 +35,8 @@ QUEUE = "soak"
 # lives retention + up to 30 s. The warm-up adds a margin over that.
 JANITOR_INTERVAL = 30.0
 WARMUP_MARGIN = 30.0
+# Keys resubmitted are this old at most (a quarter of the retention if that is less).
+RESUBMIT_AGE = 60.0
 # The live table shows about this many rows, whatever the duration (the CSV has all).
 TABLE_ROWS = 30
 
@@ -241,7 +243,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
                 target=feeder.target,
                 queue=QUEUE,
                 rate=args.rate / args.producers,
-                resubmit_age=args.retention / 4,
+                resubmit_age=min(args.retention / 4, RESUBMIT_AGE),
                 stop=stop,
                 seed=i,
             )
