@@ -5,7 +5,7 @@
 Each producer keeps to its rate by the clock: every tick it submits, in one call, the
 tasks owed since it started (rate x elapsed - sent), so a slow call is caught up on the
 next tick instead of lowering the rate; what it could not catch up shows as `behind`.
-Payload sizes are log-uniform (as many of 100-400 B as of 4-16 KiB; 3.2 KiB on average),
+Payload sizes are log-uniform (as many of 100-400 B as of 4-16 KiB; 3.1 KiB on average),
 JSON that the fault tests' ledger handler reads: {"pad": "..."}.
 
 Once per call, a producer also resubmits the key of a task it stored a while ago
