@@ -9,7 +9,7 @@ GEN      := feedwork/v1/feeder_pb2.py feedwork/v1/feeder_pb2.pyi feedwork/v1/fee
 PROTOC    = $(BIN)/python -m grpc_tools.protoc -I protos
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint proto proto-check pytest services bench chaos clean
+.PHONY: help venv run test lint proto proto-check pytest services bench chaos soak clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -72,6 +72,10 @@ chaos: venv services ## run the fault-injection suite at full size, then render 
 	run=chaos-$$(date -u +%Y%m%dT%H%M%SZ)-$$$$; \
 	FEEDWORK_CHAOS=1 FEEDWORK_FIGURES_RUN=$$run $(BIN)/python -m pytest tests/faults -m chaos; \
 	status=$$?; $(BIN)/python tests/faults/report.py --run $$run; exit $$status
+
+# Not part of `make test`: 30 minutes. SOAK_MINUTES=3 for a smoke run; SOAK_ARGS="--help" for more.
+soak: venv services ## steady load on a feeder; its RSS must stay flat, every task complete (SOAK_MINUTES, SOAK_ARGS)
+	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis

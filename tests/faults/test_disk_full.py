@@ -19,8 +19,9 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -199,6 +200,51 @@ def fill_disk(path: Path) -> int:
     return written
 
 
+def check_recovery(
+    test: str,
+    figures: dict[str, Any],
+    *,
+    stub: feeder_pb2_grpc.FeederStub,
+    feeder: FeederProc,
+    ledger: Path,
+    stored: list[str],
+    free_space: Callable[[], object],
+    started: float,
+) -> None:
+    """The end of a test whose disk is full: `free_space()` gives the room back, then the
+    same feeder (no restart) turns SERVING again, takes a submit, and every task (`stored`
+    and that submit's) completes. Records `figures` and the recovery's under `test`, then
+    audits every task against the workers' ledgers."""
+    free_space()
+    freed = time.monotonic()
+    wait_for(lambda: healthy(feeder.target), within=10, what="SERVING with room again")
+    serving_again = time.monotonic() - freed
+    after, error = try_submit(stub, specs(20))
+    assert error is None, error
+    tasks = stored + after
+    wait_settled(stub, QUEUE, len(tasks), within=60)
+    result, _ = audit(stub, tasks, ledger)
+    stats = queue_stats(stub, QUEUE)
+    assert feeder.alive() and feeder.starts == 1
+
+    record(
+        test,
+        {
+            **figures,
+            "tasks_stored_before_full": len(stored),
+            "serving_again_after_s": round(serving_again, 2),
+            "submitted_after_space_returned": len(after),
+            "tasks": len(tasks),
+            **result.figures(),
+            "feeder_totals": totals_figures(stats.totals),
+            "feeder_restarts": feeder.starts - 1,
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    )
+    assert_clean(result)
+    check_duplicates_counted(result, stats.totals)
+
+
 def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.txt"
     with tmpfs(tmp_path / "mnt", "8m") as mnt:
@@ -227,39 +273,22 @@ def test_full_file_system_stalls_writes_until_space_returns(tmp_path: Path) -> N
             completed_while_full = queue_stats(stub, QUEUE).completed
 
             assert not healthy(feeder.target)
-            ballast.unlink()
-            freed = time.monotonic()
-            wait_for(lambda: healthy(feeder.target), within=10, what="SERVING with room again")
-            serving_again = time.monotonic() - freed
-            after, error = try_submit(stub, specs(20))
-            assert error is None, error
-            stored += after
-            wait_settled(stub, QUEUE, len(stored), within=60)
-            result, _ = audit(stub, stored, ledger)
-            stats = queue_stats(stub, QUEUE)
-            assert feeder.alive() and feeder.starts == 1
-        elapsed = time.monotonic() - started
-
-    record(
-        "disk_full_tmpfs",
-        {
-            "tmpfs": "8m",
-            "ballast_bytes": ballast_bytes,
-            "tasks_stored_before_full": len(stored) - len(after),
-            "submit_error": f"UNAVAILABLE: {message}",
-            "completed_while_full": completed_while_full,
-            "not_serving_after_s": round(not_serving_after, 2),
-            "serving_again_after_s": round(serving_again, 2),
-            "submitted_after_space_returned": len(after),
-            "tasks": len(stored),
-            **result.figures(),
-            "feeder_totals": totals_figures(stats.totals),
-            "feeder_restarts": feeder.starts - 1,
-            "seconds": round(elapsed, 1),
-        },
-    )
-    assert_clean(result)
-    check_duplicates_counted(result, stats.totals)
+            check_recovery(
+                "disk_full_tmpfs",
+                {
+                    "tmpfs": "8m",
+                    "ballast_bytes": ballast_bytes,
+                    "submit_error": f"{error_code(error)}: {message}",
+                    "completed_while_full": completed_while_full,
+                    "not_serving_after_s": round(not_serving_after, 2),
+                },
+                stub=stub,
+                feeder=feeder,
+                ledger=ledger,
+                stored=stored,
+                free_space=ballast.unlink,
+                started=started,
+            )
 
 
 def test_commits_failing_with_enospc_stall_writes_until_space_returns(tmp_path: Path) -> None:
@@ -296,35 +325,17 @@ def test_commits_failing_with_enospc_stall_writes_until_space_returns(tmp_path: 
         time.sleep(2)  # the workers' acks and leases fail meanwhile, and are retried
         completed_while_full = queue_stats(stub, QUEUE).completed
         assert not healthy(feeder.target)
-
-        flag.unlink()
-        freed = time.monotonic()
-        wait_for(lambda: healthy(feeder.target), within=10, what="SERVING with room again")
-        serving_again = time.monotonic() - freed
-        after, error = try_submit(stub, specs(20))
-        assert error is None, error
-        stored += after
-        wait_settled(stub, QUEUE, len(stored), within=60)
-        result, _ = audit(stub, stored, ledger)
-        stats = queue_stats(stub, QUEUE)
-        assert feeder.alive() and feeder.starts == 1
-    elapsed = time.monotonic() - started
-
-    record(
-        "disk_full_injected",
-        {
-            "tasks_stored_before_full": len(stored) - len(after),
-            "submit_error": f"{error_code(error) if error else 'UNAVAILABLE'}: {message}",
-            "not_serving_after_s": round(not_serving_after, 2),
-            "completed_while_full": completed_while_full,
-            "serving_again_after_s": round(serving_again, 2),
-            "submitted_after_space_returned": len(after),
-            "tasks": len(stored),
-            **result.figures(),
-            "feeder_totals": totals_figures(stats.totals),
-            "feeder_restarts": feeder.starts - 1,
-            "seconds": round(elapsed, 1),
-        },
-    )
-    assert_clean(result)
-    check_duplicates_counted(result, stats.totals)
+        check_recovery(
+            "disk_full_injected",
+            {
+                "submit_error": f"{error_code(error)}: {message}",
+                "not_serving_after_s": round(not_serving_after, 2),
+                "completed_while_full": completed_while_full,
+            },
+            stub=stub,
+            feeder=feeder,
+            ledger=ledger,
+            stored=stored,
+            free_space=flag.unlink,
+            started=started,
+        )
