@@ -5,9 +5,11 @@
     make soak SOAK_ARGS="--store postgres --rate 800"
     .venv/bin/python -m tests.soak --help
 
-A real feeder (`python -m feeder`, on SQLite or on a new PostgreSQL database) runs with a
-short retention (2 minutes), so that its janitor purges finished tasks all along and the
-memory they took must come back. Producer threads (`tests/soak/load.py`) submit at a
+A real feeder (`python -m feeder`, on SQLite or on a new PostgreSQL database) runs with its
+default retention (24 hours): every finished task and its idempotency key is kept for the
+whole run, on disk, and the memory must not grow with them. (`--retention 2m` has the
+janitor purge finished tasks all along instead, so that the memory they took must come
+back.) Producer threads (`tests/soak/load.py`) submit at a
 steady rate (500 tasks/s) with an idempotency key per task and payloads of 100 B to
 16 KiB; worker processes (`python -m worker` with the fault tests' ledger handler) complete
 every task. Every few seconds the feeder's VmRSS (/proc/PID/status) and GetStats are

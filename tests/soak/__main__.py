@@ -8,12 +8,17 @@ import signal
 import sys
 from types import FrameType
 
+from feeder.config import Settings
 from feedwork.durations import parse_duration
 from tests.soak.run import JANITOR_INTERVAL, WARMUP_MARGIN, run
 from tests.soak.verdict import Rules
 
 DEFAULT_MINUTES = 30.0
-DEFAULT_RETENTION = 120.0
+# The feeder's own default: finished tasks and their keys are kept for the whole run, as a
+# user's feeder keeps them a day; memory must stay flat all the same (they stay on disk).
+DEFAULT_RETENTION = Settings().retention
+# With a retention longer than the run (nothing purged), the warm-up only covers the start.
+WARMUP_WITHOUT_PURGES = 180.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,13 +36,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--retention",
         type=parse_duration,
-        help="the feeder's --retention [default 2m, at most a sixth of the run]",
+        help="the feeder's --retention [default: the feeder's, 24h; e.g. 2m to have the"
+        " janitor purge during the run]",
     )
     parser.add_argument(
         "--warmup",
         type=parse_duration,
-        help="time from the start that is not judged [default: retention + 60s, at most"
-        " half the run]",
+        help="time from the start that is not judged [default: retention + 60s when the"
+        " retention is short, so that purges have settled, else 3m; at most half the run]",
     )
     parser.add_argument("--rate", type=float, default=500.0, help="tasks/s, all producers")
     parser.add_argument("--producers", type=int, default=2, help="producer threads")
@@ -92,9 +98,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--minutes, --rate, --producers and --workers must be positive")
     args.seconds = args.minutes * 60
     if args.retention is None:
-        args.retention = min(DEFAULT_RETENTION, args.seconds / 6)
+        args.retention = DEFAULT_RETENTION
     if args.warmup is None:
         settled = args.retention + JANITOR_INTERVAL + WARMUP_MARGIN
+        if settled > args.seconds / 2:
+            settled = WARMUP_WITHOUT_PURGES
         args.warmup = min(settled, args.seconds / 2)
     return args
 
