@@ -429,7 +429,9 @@ async def test_long_poll_wakes_up_on_submit(feeder) -> None:
 async def test_long_poll_waiters_are_served_in_arrival_order(feeder) -> None:
     polls = []
     for i in range(3):
-        polls.append(asyncio.ensure_future(lease(feeder, wait=5, worker=f"w{i}")))
+        # Long enough that no poll gives up before its task comes on a busy machine (a
+        # 5 s wait once ran out before the third submit).
+        polls.append(asyncio.ensure_future(lease(feeder, wait=30, worker=f"w{i}")))
         await until_waiting(feeder, "q", i + 1)
 
     served: list[tuple[int, str]] = []
