@@ -276,6 +276,20 @@ write was on stable storage before the answer); with `--sync normal` none has on
 documented loss window on power loss).""",
     ),
     (
+        "backlog_memory",
+        "A backlog ten times the payload memory bound (`test_backlog_memory.py`)",
+        "test_backlog_memory.py",
+        """\
+A SQLite feeder with `--payload-memory 8MiB` is sent ten times that in payloads (64 KiB
+each; twenty times at full size), then drained by Lease and Ack, every payload compared
+with what was sent. Before the fix every pending payload stayed in memory. The same run
+with a bound above the backlog is the control: it shows that the RSS measurement sees
+payloads held (its growth is about the backlog's size). Checked: every task drained with
+its payload intact in both runs; the bounded feeder grew by at most the bound plus 40 MiB
+of slack, and by at most 40% of the second half's bytes while that half arrived (the
+control by at least 80% of them).""",
+    ),
+    (
         AUDIT_CHECK,
         "The audit's own test: a broken store (`test_audit_catches.py`)",
         "test_audit_catches.py",
@@ -435,6 +449,9 @@ def faults_of(key: str, f: dict[str, Any]) -> str:
         return f"{f.get('concurrent_submits') or f.get('raw_calls')} Submits at once"
     if key == "clock_steps":
         return "wall clock stepped +10 min, -1 h"
+    if key == "backlog_memory":
+        bounded = f.get("bounded") or {}
+        return f"{bounded.get('backlog_mib')} MiB of payloads, bound {bounded.get('bound_mib')} MiB"
     if key == "fsync_before_reply":
         return f"{f.get('writes_full')} writes counted against fsyncs"
     return ""

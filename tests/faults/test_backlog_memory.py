@@ -109,10 +109,7 @@ def test_a_backlog_ten_times_the_payload_bound_stays_within_it_and_drains_whole(
 ) -> None:
     bounded = fill_and_drain(tmp_path / "bounded", BOUND)
     control = fill_and_drain(tmp_path / "control", 4 * TASKS * PAYLOAD)
-    record(
-        "test_a_backlog_ten_times_the_payload_bound_stays_within_it_and_drains_whole",
-        {"bounded": bounded, "control (bound above the backlog)": control},
-    )
+    record("backlog_memory", {"bounded": bounded, "control (bound above the backlog)": control})
     for figures in (bounded, control):
         assert figures["drained"] == figures["payloads_intact"] == figures["submitted"] == TASKS
     half = TASKS // 2 * PAYLOAD
