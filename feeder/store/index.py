@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from feeder.core.machine import Event
 from feeder.core.model import State, Task
+from feeder.store.final_tasks import FinalTasks
 
 
 @dataclass(slots=True)
@@ -84,7 +85,10 @@ class _ReadyQueue:
 class TaskIndex:
     """Pending tasks by id, plus what finding the next one needs."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, final_lookup: bool = False) -> None:
+        """`final_lookup`: also keep dead and finished tasks findable without a scan (for a
+        store whose final tasks live only here, see `feeder.store.final_tasks`)."""
+        self.final = FinalTasks() if final_lookup else None
         self.tasks: dict[int, Task] = {}
         self._ready: defaultdict[str, _ReadyQueue] = defaultdict(_ReadyQueue)
         # (when, task id, version): stale entries are skipped when popped.
@@ -100,6 +104,8 @@ class TaskIndex:
 
     def put(self, before: Task | None, after: Task | None) -> None:
         """Records that `before` became `after` (None: created / deleted)."""
+        if self.final is not None:
+            self.final.put(before, after)
         if before is not None:
             self.counts[before.queue][before.state] -= 1
             if before.state is State.READY:

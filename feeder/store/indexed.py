@@ -41,9 +41,12 @@ class IndexedStore:
     shared = False
     ready_recheck: float | None = None
     timer_recheck: float | None = None
+    # The index is the only record of final tasks: it keeps them findable (a subclass that
+    # reads them from disk turns this off and overrides list_dead and purge_finished).
+    final_lookup = True
 
     def __init__(self) -> None:
-        self._index = TaskIndex()
+        self._index = TaskIndex(final_lookup=self.final_lookup)
         self._hooks = StoreHooks()
         self._secret = token_bytes(32)
         self._next_id = 1
@@ -299,23 +302,18 @@ class IndexedStore:
         return self._index.next_due()
 
     async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
-        dead = sorted(
-            t.id
-            for t in self._index.tasks.values()
-            if t.queue == queue and t.state is State.DEAD and (after_id is None or t.id > after_id)
-        )
+        final = self._index.final
+        assert final is not None  # see final_lookup
+        dead = final.dead_after(queue, after_id, limit + 1)
         page = [self._index.tasks[i] for i in dead[:limit]]
         more = len(dead) > limit
         return DeadPage(page, page[-1].id if more and page else None)
 
     async def purge_finished(self, *, finished_before: float, limit: int) -> int:
-        old = [
-            t
-            for t in self._index.tasks.values()
-            if t.state.is_final and t.finished_at is not None and t.finished_at < finished_before
-        ][:limit]
-        await self.apply([Change(t, None) for t in old])
-        return len(old)
+        final = self._index.final
+        assert final is not None  # see final_lookup
+        old = final.finished(finished_before, limit, self._index.tasks)
+        return sum(await self.apply([Change(t, None) for t in old]))
 
     async def queue_counts(
         self,

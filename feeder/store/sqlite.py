@@ -306,6 +306,8 @@ class SqliteStore(IndexedStore):
 
     # The class of its connections: tests put one here that fails as a full disk would.
     connection_class: type[sqlite3.Connection] = sqlite3.Connection
+    # Final tasks are read from disk (list_dead, purge_finished), not looked up in memory.
+    final_lookup = False
 
     def __init__(self, path: str | os.PathLike[str], *, sync: str = "full") -> None:
         super().__init__()

@@ -873,6 +873,73 @@ def test_purge_finished_deletes_only_old_completed_and_cancelled(
     run(make_store, body)
 
 
+def test_list_dead_follows_deaths_in_any_order_between_pages(make_store: StoreFactory) -> None:
+    """What a page shows follows every death, redrive and delete since the last page, in
+    id order, whatever order the tasks died in."""
+
+    async def body(store: Store) -> None:
+        tasks = await submit_tasks(store, [spec(payload=bytes([i])) for i in range(8)])
+        (other,) = await submit_tasks(store, [spec("other")])
+
+        async def listed(after_id: int | None = None, limit: int = 100) -> list[int]:
+            page = await store.list_dead("q", after_id=after_id, limit=limit)
+            return [t.id for t in page.tasks]
+
+        ids = [t.id for t in tasks]
+        dead = {i: await kill(store, tasks[i], T0 + 1) for i in (5, 2, 7, 0)}
+        await kill(store, other, T0 + 1)
+        assert await listed() == [ids[0], ids[2], ids[5], ids[7]]
+        page = await store.list_dead("q", after_id=None, limit=2)
+        assert [t.id for t in page.tasks] == [ids[0], ids[2]]
+        # Deaths after the first page, before and after its cursor.
+        dead[6] = await kill(store, tasks[6], T0 + 2)
+        dead[1] = await kill(store, tasks[1], T0 + 2)
+        assert await listed(page.next_after_id) == [ids[5], ids[6], ids[7]]
+        assert await listed() == [ids[0], ids[1], ids[2], ids[5], ids[6], ids[7]]
+        # Redriven: gone from the list; dead again: back, once.
+        ready = await step(store, dead[2], machine.redrive(dead[2], now=T0 + 3))
+        assert await listed() == [ids[0], ids[1], ids[5], ids[6], ids[7]]
+        await kill(store, ready, T0 + 4)
+        assert await listed() == [ids[0], ids[1], ids[2], ids[5], ids[6], ids[7]]
+        # Deleted: gone.
+        assert await store.apply([Change(dead[6], None)]) == [True]
+        assert await listed(ids[2], 2) == [ids[5], ids[7]]
+        assert [t.id for t in (await store.list_dead("other", after_id=None, limit=9)).tasks] == [
+            other.id
+        ]
+
+    run(make_store, body)
+
+
+def test_purge_finished_takes_every_old_task_whatever_order_they_finished_in(
+    make_store: StoreFactory,
+) -> None:
+    async def body(store: Store) -> None:
+        tasks = await submit_tasks(store, [spec() for _ in range(40)])
+        order = random.Random(3).sample(range(30), 30)  # finish times T0 + 0..29, shuffled
+        finished: dict[int, float] = {}
+        for task, offset in zip(tasks[:30], order, strict=True):
+            when = T0 + offset
+            done = await (cancel(store, task, when) if offset % 3 else complete(store, task, when))
+            finished[done.id] = when
+        for task in tasks[30:35]:
+            await kill(store, task, T0 + 1)
+        cutoff = T0 + 20
+        old = {i for i, when in finished.items() if when < cutoff}
+        purged_total = 0
+        while purged := await store.purge_finished(finished_before=cutoff, limit=7):
+            assert purged <= 7
+            purged_total += purged
+        assert purged_total == len(old) == 20
+        left = await store.get([t.id for t in tasks])
+        assert not old & left.keys()
+        assert {i for i in finished if i in left} == finished.keys() - old
+        assert len(left) == 20  # 10 finished at or after the cutoff, 5 dead, 5 ready
+        assert await store.purge_finished(finished_before=T0 + 100, limit=100) == 10
+
+    run(make_store, body)
+
+
 def test_a_claim_stops_before_a_task_that_would_pass_its_byte_budget(
     make_store: StoreFactory,
 ) -> None:
