@@ -308,6 +308,82 @@ def test_concurrent_submits_of_one_key_store_one_task(make_store: StoreFactory) 
     run(make_store, body)
 
 
+def test_a_large_submit_keeps_its_order_and_dedups_across_the_whole_batch(
+    make_store: StoreFactory,
+) -> None:
+    """A batch of a thousand (made a slice at a time by the in-memory stores) keeps its
+    order and ids and finds a key repeated far apart in it."""
+
+    async def body(store: Store) -> None:
+        (old,) = await submit_tasks(store, [spec(idempotency_key="old")])
+        specs = [spec(payload=str(i).encode(), idempotency_key=f"k{i}") for i in range(1000)]
+        specs[990] = spec(payload=b"again", idempotency_key="k3")
+        specs[995] = spec(idempotency_key="old")
+        results = await submit(store, specs)
+        fresh = [r for i, r in enumerate(results) if i not in (990, 995)]
+        assert [r.deduplicated for r in fresh] == [False] * 998
+        ids = [r.task.id for r in fresh]
+        assert ids == sorted(ids) and len(set(ids)) == 998 and ids[0] > old.id
+        assert [r.task.payload for r in fresh[:3]] == [b"0", b"1", b"2"]
+        assert results[990].deduplicated and results[990].task.id == results[3].task.id
+        assert results[990].task.payload == b"3"
+        assert results[995].deduplicated and results[995].task.id == old.id
+        assert await counts(store) == {State.READY: 999}
+        assert await totals(store) == {Event.SUBMITTED: 999}
+        claimed = await claim(store, limit=1000)
+        assert [t.id for t in claimed] == [old.id, *ids]
+
+    run(make_store, body)
+
+
+def test_a_large_submit_holds_its_room_and_keys_against_concurrent_submits(
+    make_store: StoreFactory,
+) -> None:
+    async def body(store: Store) -> None:
+        await submit_tasks(store, [spec()])
+        big = [spec(idempotency_key=f"k{i}") for i in range(998)]  # the queue full: 999
+        outcomes = await asyncio.gather(
+            submit(store, big, max_depth=999),
+            submit(store, [spec(idempotency_key="k500")], max_depth=999),
+            submit(store, [spec()], max_depth=999),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, list | QueueFull) for o in outcomes)
+        assert sum(n for n in (await counts(store)).values()) <= 999
+        # One task per key, whoever made it; the batch stored all of its keys or none.
+        made_k500 = [o[0] if len(o) == 1 else o[500] for o in outcomes[:2] if isinstance(o, list)]
+        (k500,) = await submit(store, [spec(idempotency_key="k500")], max_depth=2000)
+        assert {r.task.id for r in made_k500} <= {k500.task.id}
+        assert k500.deduplicated == bool(made_k500)
+        again = await submit(
+            store, [spec(idempotency_key=f"k{i}") for i in (0, 997)], max_depth=2000
+        )
+        assert again[0].deduplicated == again[1].deduplicated == isinstance(outcomes[0], list)
+        if not store.shared:
+            # The only store on its data reserves the batch's room and keys at once.
+            big_results, keyed, extra = outcomes
+            assert isinstance(big_results, list) and isinstance(keyed, list)
+            assert isinstance(extra, QueueFull)
+            assert keyed[0].deduplicated and keyed[0].task.id == big_results[500].task.id
+
+    run(make_store, body)
+
+
+def test_a_large_submit_that_does_not_fit_stores_nothing(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        specs = [spec(idempotency_key=f"k{i}") for i in range(999)] + [spec("other")]
+        with pytest.raises(QueueFull):
+            await submit(store, specs, max_depth=998)
+        assert await counts(store) == {}
+        assert await counts(store, "other") == {}
+        # Nothing of it was kept: neither the room, nor the keys.
+        results = await submit(store, specs, max_depth=999)
+        assert [r.deduplicated for r in results] == [False] * 1000
+        assert await counts(store) == {State.READY: 999}
+
+    run(make_store, body)
+
+
 def test_idempotency_keys_are_per_queue(make_store: StoreFactory) -> None:
     async def body(store: Store) -> None:
         results = await submit(
@@ -441,6 +517,40 @@ def test_a_large_claim_takes_tasks_in_order(make_store: StoreFactory) -> None:
         assert [t.id for t in rest] == [t.id for t in tasks[130:]]
         assert await claim(store, now=T0 + 1) == []
         assert await counts(store) == {State.LEASED: 150}
+
+    run(make_store, body)
+
+
+def test_a_claim_of_a_thousand_counts_its_byte_budget_over_all_of_it(
+    make_store: StoreFactory,
+) -> None:
+    """A large claim (taken a slice at a time by the in-memory stores) stops at its byte
+    budget counted over every task it took, not per slice, and leaves the rest in order."""
+
+    async def body(store: Store) -> None:
+        tasks = await submit_tasks(store, [spec(payload=b"p" * 100) for _ in range(1000)])
+        budget = wire_size(tasks[0]) * 600 + 10
+        first = await store.claim("q", 1000, leaser(T0 + 1), max_bytes=budget)
+        assert [t.id for t in first] == [t.id for t in tasks[:600]]
+        rest = await store.claim("q", 1000, leaser(T0 + 1, "w2"))
+        assert [t.id for t in rest] == [t.id for t in tasks[600:]]
+        assert await counts(store) == {State.LEASED: 1000}
+
+    run(make_store, body)
+
+
+def test_concurrent_large_claims_get_disjoint_tasks_each_in_order(
+    make_store: StoreFactory,
+) -> None:
+    async def body(store: Store) -> None:
+        tasks = [r.task for r in await submit(store, [spec() for _ in range(1500)], max_depth=1500)]
+        batches = await asyncio.gather(
+            *(store.claim("q", 1000, leaser(T0 + 1, f"w{i}")) for i in range(2))
+        )
+        claimed = [t.id for b in batches for t in b]
+        assert sorted(claimed) == [t.id for t in tasks]
+        assert all([t.id for t in b] == sorted(t.id for t in b) for b in batches)
+        assert await counts(store) == {State.LEASED: 1500}
 
     run(make_store, body)
 
