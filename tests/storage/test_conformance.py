@@ -418,6 +418,36 @@ def test_scheduled_tasks_are_not_claimable(make_store: StoreFactory) -> None:
     run(make_store, body)
 
 
+def test_timers_come_out_right_after_thousands_of_leases_ended(make_store: StoreFactory) -> None:
+    """Every ended lease may leave its timer behind in a store's memory; a store drops those
+    a bounded number at a time (the in-memory ones: 1,000 per call), so it may answer
+    `next_due` early, never late, and `due` finds the live timer within a few calls."""
+
+    async def body(store: Store) -> None:
+        await submit(store, [spec() for _ in range(2500)], max_depth=2500)
+        leased = await claim(store, limit=2500, now=T0)
+        assert len(leased) == 2500
+        live = leased[-1]  # the last of equal deadlines: behind every ended one
+        done = [Change(t, ack_d(t, T0 + 1).task) for t in leased[:-1]]
+        assert await store.apply(done) == [True] * 2499
+        deadline = live.lease_deadline
+        assert deadline is not None
+        for _ in range(5):
+            when = await store.next_due()
+            assert when is not None and when <= deadline
+            if when == deadline:
+                break
+        assert when == deadline
+        found: list[Task] = []
+        for _ in range(5):
+            found += await store.due(deadline + 1, 100)
+            if found:
+                break
+        assert [t.id for t in found] == [live.id]
+
+    run(make_store, body)
+
+
 # -- claim --------------------------------------------------------------------------------
 
 
