@@ -5,15 +5,17 @@ lag probe (`FeederServer.loop_lag`) between the phases of the experiment:
 
 - out ``READY {"port": N}`` once it listens;
 - in ``LAG``: out ``LAG {json}``, the probe's window since the last ``LAG`` (samples,
-  worst and total lag in seconds, stalls over the threshold), and a new window starts;
+  worst and total lag in seconds, stalls over the threshold), and the most CPU time one
+  callback of the loop took meanwhile (``worst_step_cpu``, see `CallbackTrace`); a new
+  window starts;
 - in ``JANITOR``: the janitor's retention purge as its loop runs it (`Store.purge_finished`
   of up to `janitor.BATCH` tasks, again while a step purges a full batch), with a
   retention of 0: every completed and cancelled task goes; out ``JANITOR {"purged": N}``.
 
-With ``--trace`` (the first argument), every callback the loop runs is timed, and the
-``LAG`` answer also names the slowest of the window (``slowest``: ms and the callback,
-for a Task the coroutine and the line it stopped at next): where a stall came from. It
-costs about a microsecond per callback.
+Every callback the loop runs is timed (about a microsecond each). With ``--trace`` (the
+first argument) the ``LAG`` answer also names the slowest of the window (``slowest``: CPU
+ms and the callback, for a Task the coroutines it stopped in next): where a stall came
+from.
 
 It stops (gracefully, the store flushed) on stdin EOF or SIGTERM, so it cannot outlive the
 benchmark.
@@ -37,40 +39,49 @@ from feeder.server.app import FeederServer
 from feeder.server.collector import scheduled_full_collections
 from feeder.service.janitor import BATCH
 
-# Callbacks slower than this are named by --trace, the slowest few per window.
-TRACE_OVER = 0.002
+# The slowest few callbacks per window are named with --trace.
 TRACE_KEEP = 5
 
 
 class CallbackTrace:
-    """Times every callback of the loop (patches asyncio's Handle._run, process-wide)."""
+    """Times every callback the loop runs (patches asyncio's Handle._run, process-wide), in
+    CPU time of the loop's thread: what one step of one request held the loop for, which
+    a loaded machine does not inflate (its wall time also counts the waits for a core)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, describe: bool) -> None:
+        self._describe = describe
+        self.worst = 0.0
         self.slowest: list[tuple[float, str]] = []
 
     def install(self) -> None:
         run = asyncio.events.Handle._run
+        cpu = time.thread_time
         trace = self
 
         def timed(handle: asyncio.Handle) -> None:
-            started = time.perf_counter()
+            started = cpu()
             run(handle)
-            took = time.perf_counter() - started
-            if took > TRACE_OVER:
+            took = cpu() - started
+            if took > trace.worst:
+                trace.worst = took
+            if trace._describe and (len(trace.slowest) < TRACE_KEEP or took > trace.slowest[-1][0]):
                 trace.note(took, handle)
 
         asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]
 
     def note(self, took: float, handle: asyncio.Handle) -> None:
-        if len(self.slowest) >= TRACE_KEEP and took <= self.slowest[-1][0]:
-            return
         self.slowest.append((took, _describe(handle)))
         self.slowest.sort(reverse=True)
         del self.slowest[TRACE_KEEP:]
 
-    def take(self) -> list[tuple[float, str]]:
-        slowest, self.slowest = self.slowest, []
-        return [(round(took * 1000, 2), what) for took, what in slowest]
+    def take(self) -> dict[str, Any]:
+        """The window since the last take: the most CPU one callback used (seconds), and
+        with --trace the slowest callbacks (ms, what)."""
+        window: dict[str, Any] = {"worst_step_cpu": self.worst}
+        if self._describe:
+            window["slowest"] = [(round(took * 1000, 2), what) for took, what in self.slowest]
+        self.worst, self.slowest = 0.0, []
+        return window
 
 
 def _describe(handle: asyncio.Handle) -> str:
@@ -89,15 +100,12 @@ def _describe(handle: asyncio.Handle) -> str:
     return repr(handle)[:200]
 
 
-_trace: CallbackTrace | None = None
+_trace = CallbackTrace(describe=False)
 
 
 async def _answer(server: FeederServer, command: str) -> str:
     if command == "LAG":
-        lag = asdict(server.loop_lag.take())
-        if _trace is not None:
-            lag["slowest"] = _trace.take()
-        return f"LAG {json.dumps(lag)}"
+        return f"LAG {json.dumps(asdict(server.loop_lag.take()) | _trace.take())}"
     if command == "JANITOR":
         purged = 0
         while True:
@@ -144,8 +152,8 @@ def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["--trace"]:
         argv = argv[1:]
-        _trace = CallbackTrace()
-        _trace.install()
+        _trace = CallbackTrace(describe=True)
+    _trace.install()
     asyncio.run(_serve(argv))
 
 
