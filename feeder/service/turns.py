@@ -29,10 +29,13 @@ async def next_turn() -> None:
 
 
 async def in_slices(items: Sequence[T], size: int = SLICE) -> AsyncIterator[Sequence[T]]:
-    """`items` in consecutive slices of at most `size`, the loop served between two."""
+    """`items` in consecutive slices of at most `size`, the loop served before each when
+    there are several (so the first is not added to whatever ran before it), and never
+    when there is one."""
     if size < 1:
         raise ValueError("size must be at least 1")
+    several = len(items) > size
     for start in range(0, len(items), size):
-        if start:
+        if several:
             await next_turn()
         yield items[start : start + size]

@@ -11,9 +11,9 @@ from typing import TypeVar
 
 import pytest
 
-from feeder.core.model import AckOutcome, State, TaskSpec
+from feeder.core.model import AckOutcome, ExtendOutcome, State, TaskSpec
 from feeder.core.policy import QueuePolicy
-from feeder.service import AckItem, NackItem, TaskService
+from feeder.service import AckItem, ExtendItem, NackItem, TaskService
 from feeder.service.turns import in_slices
 from feeder.store.memory import MemoryStore
 
@@ -55,14 +55,14 @@ async def turns_taken(work: Awaitable[T]) -> tuple[T, int]:
     return result, count[0]
 
 
-async def test_in_slices_yields_between_slices_only() -> None:
+async def test_in_slices_yields_before_each_of_several_slices_only() -> None:
     async def collect(items: list[int], size: int) -> tuple[list[list[int]], int]:
         async def gather() -> list[list[int]]:
             return [list(part) async for part in in_slices(items, size)]
 
         return await turns_taken(gather())
 
-    assert await collect(list(range(5)), 2) == ([[0, 1], [2, 3], [4]], 2)
+    assert await collect(list(range(5)), 2) == ([[0, 1], [2, 3], [4]], 3)
     assert await collect([1, 2], 2) == ([[1, 2]], 0)  # one slice: no turn given up
     assert await collect([], 2) == ([], 0)
     with pytest.raises(ValueError):
@@ -85,6 +85,21 @@ async def test_a_thousand_acks_let_other_calls_run_and_keep_their_order() -> Non
     assert [r.task_id for r in results] == [
         g.task.id for g in [*grants[:700], grants[10], *grants[701:]]
     ]
+
+
+async def test_changes_chained_on_one_task_apply_in_order_across_slices() -> None:
+    service = await make_service()
+    await service.submit([TaskSpec(queue="q") for _ in range(1000)])
+    grants = await service.lease("q", max_tasks=1000, lease_duration=LONG, wait=0, worker_id="w")
+    items = [ExtendItem(g.lease_token, lease_duration=60.0) for g in grants]
+    # The same lease extended early in the batch and again far down it, in another apply.
+    items[900] = ExtendItem(grants[10].lease_token, lease_duration=120.0)
+    results = await service.extend(items)
+    assert {r.outcome for r in results} == {ExtendOutcome.EXTENDED}
+    first, second = results[10].lease_deadline, results[900].lease_deadline
+    assert first is not None and second is not None and second > first
+    task = await service.get_task(grants[10].task.id)
+    assert task is not None and task.lease_deadline == second
 
 
 async def test_a_lease_of_a_thousand_lets_other_calls_run() -> None:
