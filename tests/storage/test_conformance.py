@@ -1051,6 +1051,29 @@ def test_list_dead_follows_deaths_in_any_order_between_pages(make_store: StoreFa
     run(make_store, body)
 
 
+def test_list_dead_pages_of_hundreds_keep_order_and_cursor(make_store: StoreFactory) -> None:
+    """Pages longer than a store reads at once (the SQL stores: 128 rows per statement)."""
+
+    async def body(store: Store) -> None:
+        await submit_tasks(store, [spec(payload=bytes([i % 256])) for i in range(300)])
+        leased = await claim(store, limit=300, now=T0)
+        killed = [Change(t, nack_d(t, T0 + 1, terminal=True).task) for t in leased]
+        assert await store.apply(killed) == [True] * 300
+        ids = sorted(t.id for t in leased)
+        page = await store.list_dead("q", after_id=None, limit=250)
+        assert [t.id for t in page.tasks] == ids[:250]
+        assert page.next_after_id == ids[249]
+        assert all(t.state is State.DEAD for t in page.tasks)
+        page = await store.list_dead("q", after_id=page.next_after_id, limit=250)
+        assert ([t.id for t in page.tasks], page.next_after_id) == (ids[250:], None)
+        page = await store.list_dead("q", after_id=None, limit=300)
+        assert ([t.id for t in page.tasks], page.next_after_id) == (ids, None)
+        page = await store.list_dead("q", after_id=ids[10], limit=128)
+        assert ([t.id for t in page.tasks], page.next_after_id) == (ids[11:139], ids[138])
+
+    run(make_store, body)
+
+
 def test_purge_finished_takes_every_old_task_whatever_order_they_finished_in(
     make_store: StoreFactory,
 ) -> None:
