@@ -195,7 +195,7 @@ def _row(r: PhaseResult) -> str:
     lag = r.lag
     return (
         f"{r.store:<9}{r.phase:<24}{r.calls:>6}{r.seconds:>8.2f}"
-        f"{lag.get('worst', 0.0) * 1000:>9.1f}{lag.get('worst_step_cpu', 0.0) * 1000:>9.1f}"
+        f"{lag.get('worst', 0.0) * 1000:>9.1f}{lag.get('worst_turn_cpu', 0.0) * 1000:>9.1f}"
         f"{lag.get('stalls', 0):>7}"
         f"{ms(r.probe_ms['p50']):>9}{ms(r.probe_ms['p99']):>9}{ms(r.probe_ms['max']):>9}"
         f"{ms(r.call_max_ms):>10}"
@@ -203,7 +203,7 @@ def _row(r: PhaseResult) -> str:
 
 
 HEADER = (
-    f"{'store':<9}{'phase':<24}{'calls':>6}{'secs':>8}{'lag ms':>9}{'step ms':>9}{'>50ms':>7}"
+    f"{'store':<9}{'phase':<24}{'calls':>6}{'secs':>8}{'lag ms':>9}{'turn ms':>9}{'>50ms':>7}"
     f"{'probe50':>9}{'probe99':>9}{'probemax':>9}{'call max':>10}"
 )
 
@@ -447,19 +447,19 @@ async def run_store(store: str, *, trace: bool = False) -> list[PhaseResult]:
 
 
 def _summary(results: Sequence[PhaseResult]) -> None:
-    """Per request kind and store, the worst lag and the most CPU one loop step took (the
+    """Per request kind and store, the worst lag and the most CPU one loop turn took (the
     figures the issue asks about): the median over the runs, and with several runs the
-    largest step in brackets."""
+    largest turn in brackets."""
     worst: dict[str, dict[str, dict[int, tuple[float, float]]]] = {}
     for r in results:
         runs = worst.setdefault(r.phase.replace(" again", ""), {}).setdefault(r.store, {})
-        lag, step = runs.get(r.run, (0.0, 0.0))
+        lag, turn = runs.get(r.run, (0.0, 0.0))
         runs[r.run] = (
             max(lag, r.lag.get("worst", 0.0) * 1000),
-            max(step, r.lag.get("worst_step_cpu", 0.0) * 1000),
+            max(turn, r.lag.get("worst_turn_cpu", 0.0) * 1000),
         )
     stores = list(dict.fromkeys(r.store for r in results))
-    print("\nper request kind, ms: worst event-loop lag / most CPU one loop step took")
+    print("\nper request kind, ms: worst event-loop lag / most CPU one loop turn took")
     print(f"{'phase':<24}" + "".join(f"{s:>22}" for s in stores))
     for kind, by_store in worst.items():
         cells = []
@@ -469,9 +469,9 @@ def _summary(results: Sequence[PhaseResult]) -> None:
                 cells.append(f"{'-':>22}")
                 continue
             lag = statistics.median(f[0] for f in figures)
-            step = statistics.median(f[1] for f in figures)
+            turn = statistics.median(f[1] for f in figures)
             most = f" ({max(f[1] for f in figures):.1f})" if len(figures) > 1 else ""
-            cells.append(f"{f'{lag:.1f} / {step:.1f}{most}':>22}")
+            cells.append(f"{f'{lag:.1f} / {turn:.1f}{most}':>22}")
         print(f"{kind:<24}" + "".join(cells))
 
 

@@ -6,16 +6,16 @@ lag probe (`FeederServer.loop_lag`) between the phases of the experiment:
 - out ``READY {"port": N}`` once it listens;
 - in ``LAG``: out ``LAG {json}``, the probe's window since the last ``LAG`` (samples,
   worst and total lag in seconds, stalls over the threshold), and the most CPU time one
-  callback of the loop took meanwhile (``worst_step_cpu``, see `CallbackTrace`); a new
-  window starts;
+  turn of the loop took meanwhile (``worst_turn_cpu``, see `CallbackTrace`); a new window
+  starts;
 - in ``JANITOR``: the janitor's retention purge as its loop runs it (`Store.purge_finished`
   of up to `janitor.BATCH` tasks, again while a step purges a full batch), with a
   retention of 0: every completed and cancelled task goes; out ``JANITOR {"purged": N}``.
 
-Every callback the loop runs is timed (about a microsecond each). With ``--trace`` (the
-first argument) the ``LAG`` answer also names the slowest of the window (``slowest``: CPU
-ms and the callback, for a Task the coroutines it stopped in next): where a stall came
-from.
+Every turn of the loop is timed (about a microsecond each). With ``--trace`` (the first
+argument) every callback is too, and the ``LAG`` answer also names the slowest of the
+window (``slowest``: CPU ms and the callback, for a Task the coroutines it stopped in
+next): where a stall came from.
 
 It stops (gracefully, the store flushed) on stdin EOF or SIGTERM, so it cannot outlive the
 benchmark.
@@ -44,9 +44,10 @@ TRACE_KEEP = 5
 
 
 class CallbackTrace:
-    """Times every callback the loop runs (patches asyncio's Handle._run, process-wide), in
-    CPU time of the loop's thread: what one step of one request held the loop for, which
-    a loaded machine does not inflate (its wall time also counts the waits for a core)."""
+    """Times every turn of the loop (patches asyncio's BaseEventLoop._run_once, and with
+    `describe` Handle._run, process-wide) in CPU time of the loop's thread: how long the
+    loop was held, which a loaded machine inflates much less than the wall time (that also
+    counts the waits for a core). With `describe`, the slowest callbacks are named."""
 
     def __init__(self, *, describe: bool) -> None:
         self._describe = describe
@@ -55,19 +56,29 @@ class CallbackTrace:
 
     def install(self) -> None:
         run = asyncio.events.Handle._run
+        run_once = asyncio.base_events.BaseEventLoop._run_once  # type: ignore[attr-defined]
         cpu = time.thread_time
         trace = self
+
+        def timed_turn(loop: asyncio.AbstractEventLoop) -> None:
+            # A turn runs every callback ready at its start: a timer due meanwhile, or a
+            # call that arrived, waits for all of them. (Waiting in select uses no CPU.)
+            started = cpu()
+            run_once(loop)
+            took = cpu() - started
+            if took > trace.worst:
+                trace.worst = took
 
         def timed(handle: asyncio.Handle) -> None:
             started = cpu()
             run(handle)
             took = cpu() - started
-            if took > trace.worst:
-                trace.worst = took
-            if trace._describe and (len(trace.slowest) < TRACE_KEEP or took > trace.slowest[-1][0]):
+            if len(trace.slowest) < TRACE_KEEP or took > trace.slowest[-1][0]:
                 trace.note(took, handle)
 
-        asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]
+        asyncio.base_events.BaseEventLoop._run_once = timed_turn  # type: ignore[attr-defined]
+        if self._describe:
+            asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]
 
     def note(self, took: float, handle: asyncio.Handle) -> None:
         self.slowest.append((took, _describe(handle)))
@@ -75,9 +86,9 @@ class CallbackTrace:
         del self.slowest[TRACE_KEEP:]
 
     def take(self) -> dict[str, Any]:
-        """The window since the last take: the most CPU one callback used (seconds), and
-        with --trace the slowest callbacks (ms, what)."""
-        window: dict[str, Any] = {"worst_step_cpu": self.worst}
+        """The window since the last take: the most CPU one turn used (seconds), and with
+        --trace the slowest callbacks (ms, what)."""
+        window: dict[str, Any] = {"worst_turn_cpu": self.worst}
         if self._describe:
             window["slowest"] = [(round(took * 1000, 2), what) for took, what in self.slowest]
         self.worst, self.slowest = 0.0, []
