@@ -28,6 +28,7 @@ from feeder.server.collector import scheduled_full_collections
 from feeder.server.servicer import FeederServicer, add_to_server
 from feeder.server.validate import Limits
 from feeder.service.clock import SteadyClock
+from feeder.service.loop_lag import LoopLagProbe
 from feeder.service.tasks import TaskService
 from feeder.store.base import Store, StoreUnavailable
 from feeder.store.memory import MemoryStore
@@ -112,6 +113,9 @@ class FeederServer:
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
+        # How late the event loop runs: logs a warning when one piece of work stalls it.
+        self.loop_lag = LoopLagProbe()
+        self._probing: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     @property
@@ -165,6 +169,7 @@ class FeederServer:
             raise StartupError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server, self.port = server, port
+        self._probing = asyncio.create_task(self.loop_lag.run(), name="feedwork-loop-lag")
         for name in ("", FEEDER_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.port_file:
@@ -215,6 +220,10 @@ class FeederServer:
         if self._server is not None:
             await self._server.stop(grace)
         await self.service.stop()
+        if self._probing is not None:
+            self._probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probing
         if self.settings.port_file:
             with contextlib.suppress(OSError):
                 os.unlink(self.settings.port_file)

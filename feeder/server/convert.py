@@ -180,11 +180,19 @@ def queue_stats_pb(counts: QueueCounts, *, now: float) -> pb.QueueStats:
 
 
 def stats_response_pb(queues: Iterable[QueueCounts], *, now: float) -> pb.GetStatsResponse:
-    queues = list(queues)
+    reply = pb.GetStatsResponse()
     overall: Counter[Event] = Counter()
+    add_queue_stats(reply.queues, queues, now=now, overall=overall)
+    reply.totals.CopyFrom(totals_pb(overall.items()))
+    return reply
+
+
+def add_queue_stats(
+    field: Any, queues: Iterable[QueueCounts], *, now: float, overall: Counter[Event]
+) -> None:
+    """Appends each queue's stats to a GetStatsResponse's `queues` and adds its totals to
+    `overall` (a reply of 10,000 queues is built a slice at a time, see the servicer)."""
+    append = field.append
     for counts in queues:
         overall.update(counts.totals)
-    return pb.GetStatsResponse(
-        queues=[queue_stats_pb(counts, now=now) for counts in queues],
-        totals=totals_pb(overall.items()),
-    )
+        append(queue_stats_pb(counts, now=now))

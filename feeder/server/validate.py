@@ -103,10 +103,22 @@ class DeadSelection:
 
 
 def submit_specs(request: pb.SubmitRequest, *, limits: Limits, now: float) -> list[TaskSpec]:
+    submit_size(request)
+    return task_specs(request.tasks, limits=limits, now=now)
+
+
+def submit_size(request: pb.SubmitRequest) -> None:
     _batch_size(request.tasks, "tasks", MAX_BATCH)
+
+
+def task_specs(
+    tasks: Sequence[pb.TaskSpec], *, first: int = 0, limits: Limits, now: float
+) -> list[TaskSpec]:
+    """The specs of `tasks`, the slice of a request's tasks that starts at `first` (so that
+    an error names the task's index in the request)."""
     return [
-        task_spec(spec, f"tasks[{i}]", limits=limits, now=now)
-        for i, spec in enumerate(request.tasks)
+        task_spec(spec, f"tasks[{first + i}]", limits=limits, now=now)
+        for i, spec in enumerate(tasks)
     ]
 
 

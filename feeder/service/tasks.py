@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -34,6 +34,7 @@ from feeder.service.clock import SteadyClock
 from feeder.service.consumers import CAP_RECHECK, Consumer, Consumers
 from feeder.service.janitor import Janitor
 from feeder.service.reaper import Reaper
+from feeder.service.turns import in_slices, next_turn
 from feeder.service.waiters import Waiters
 from feeder.store.base import (
     Change,
@@ -59,6 +60,17 @@ MAX_UNACKED_PER_CONSUMER = 1000
 # otherwise stay in its books for as long as their consumer stays below its cap.
 RECHECK_EVERY = 60.0
 RECHECK_BATCH = 1000
+# Queues counted per store call, dead tasks redriven or purged per apply: each slice holds
+# the event loop for a few ms at most (see feeder.service.turns); a request of more is
+# served in several, other calls in between.
+STATS_SLICE = 256
+DEAD_SLICE = 500
+# Items of an Ack, Nack or Extend decided per turn: a decision takes 5-35 us (a terminal
+# nack, with its history, the most).
+DECIDE_SLICE = 64
+# Changes per store apply: an apply of 1000 held the loop 4-6 ms in one turn. Each slice is
+# its own transaction (the items of an Ack, Nack or Extend have outcomes of their own).
+APPLY_SLICE = 256
 
 
 @fast_init
@@ -481,7 +493,15 @@ class TaskService:
         if not leased:
             return []
         codec = self._codec
-        return [LeaseGrant(task, codec.issue(task.id, task.attempt)) for task in leased]
+        grants: list[LeaseGrant] = []
+        try:
+            async for part in in_slices(leased):
+                grants += [LeaseGrant(task, codec.issue(task.id, task.attempt)) for task in part]
+        except asyncio.CancelledError:
+            # Gone between two slices: the leases are committed, nobody will hear of them.
+            self._release_unclaimed(leased)
+            raise
+        return grants
 
     # -- ack, nack, extend --------------------------------------------------------------
 
@@ -555,11 +575,12 @@ class TaskService:
         decisions; items whose guard failed are decided again from fresh records."""
         codec = self._codec
         refs: list[LeaseRef | None] = []
-        for token in tokens:
-            try:
-                refs.append(codec.verify(token))
-            except TokenError:
-                refs.append(None)
+        async for part in in_slices(tokens):
+            for token in part:
+                try:
+                    refs.append(codec.verify(token))
+                except TokenError:
+                    refs.append(None)
         results: list[tuple[OutcomeT, int | None, Task | None]] = [
             (invalid, None, None) if ref is None else (missing, ref.task_id, None) for ref in refs
         ]
@@ -597,7 +618,11 @@ class TaskService:
         deferred: list[int] = []
         deferred_tasks: set[int] = set()
         events: Counter[tuple[str, Event]] = Counter()
-        for i in todo:
+        for position, i in enumerate(todo):
+            if position and not position % DECIDE_SLICE:
+                # Records read before the turn may change during it: a decision made from
+                # one that did fails its guard and is made again in the next round.
+                await next_turn()
             ref = refs[i]
             assert ref is not None
             task = latest.get(ref.task_id)
@@ -625,11 +650,21 @@ class TaskService:
                 # Counted now: a decision that changes nothing cannot lose a race.
                 for event in decision.events:
                     events[(task.queue, event)] += 1
+        if len(todo) > DECIDE_SLICE:
+            await next_turn()  # the apply's own turn is not added to the last slice's
         if not changes:
             if events:
                 await self._store.apply([], events)
             return deferred
-        applied = await self._store.apply(changes, events)
+        # APPLY_SLICE changes per apply, one after the other: an apply runs in one turn, and
+        # changes chained on one task still apply in order (a link whose guard failed fails
+        # the links after it, which are then decided again).
+        applied: list[bool] = []
+        for start in range(0, len(changes), APPLY_SLICE):
+            if start:
+                await next_turn()
+            part = changes[start : start + APPLY_SLICE]
+            applied += await self._store.apply(part, None if start else events)
         retry = [i for i, ok in zip(change_items, applied, strict=True) if not ok]
         if not retry:
             return deferred
@@ -670,28 +705,62 @@ class TaskService:
 
     async def _dead_selection(
         self, queue: str, task_ids: Sequence[int] | None, limit: int
-    ) -> list[Task]:
+    ) -> AsyncIterator[list[Task]]:
+        """The selected dead tasks, DEAD_SLICE at a time, each read when the caller has
+        applied the previous slice (a selection may name 100,000 tasks)."""
         if task_ids is not None:
-            found = await self._store.get(task_ids, payloads=False)
-            return [t for t in found.values() if t.queue == queue and t.state is State.DEAD]
-        page = await self._store.list_dead(queue, after_id=None, limit=limit)
-        return page.tasks
+            async for part in in_slices(task_ids, DEAD_SLICE):
+                found = await self._store.get(part, payloads=False)
+                yield [t for t in found.values() if t.queue == queue and t.state is State.DEAD]
+            return
+        after_id: int | None = None
+        while limit > 0:
+            page = await self._store.list_dead(
+                queue, after_id=after_id, limit=min(limit, DEAD_SLICE)
+            )
+            yield page.tasks
+            limit -= len(page.tasks)
+            if page.next_after_id is None:
+                return
+            # Onward from the last one looked at: one whose change lost a race stays dead
+            # and is not taken again.
+            after_id = page.next_after_id
+            await next_turn()
 
     async def redrive(self, queue: str, *, task_ids: Sequence[int] | None, limit: int) -> int:
-        now = self._clock()
-        changes = []
-        for task in await self._dead_selection(queue, task_ids, limit):
-            decision = machine.redrive(task, now=now)
-            if decision.task is not None:
-                changes.append(Change(task, decision.task))
-        return sum(await self._store.apply(changes))
+        redriven = 0
+        async for dead in self._dead_selection(queue, task_ids, limit):
+            now = self._clock()
+            changes = []
+            for task in dead:
+                decision = machine.redrive(task, now=now)
+                if decision.task is not None:
+                    changes.append(Change(task, decision.task))
+            redriven += sum(await self._store.apply(changes))
+        return redriven
 
     async def purge_dead(self, queue: str, *, task_ids: Sequence[int] | None, limit: int) -> int:
-        dead = await self._dead_selection(queue, task_ids, limit)
-        return sum(await self._store.apply([Change(t, None) for t in dead]))
+        purged = 0
+        async for dead in self._dead_selection(queue, task_ids, limit):
+            purged += sum(await self._store.apply([Change(t, None) for t in dead]))
+        return purged
 
     async def stats(
         self, queues: Sequence[str] | None, *, after: str | None = None, limit: int | None = None
     ) -> list[QueueCounts]:
-        """Counts of `queues`, or a page of every queue (after `after`, up to `limit`)."""
-        return await self._store.queue_counts(queues, after=after, limit=limit)
+        """Counts of `queues`, or a page of every queue (after `after`, up to `limit`),
+        read STATS_SLICE queues at a time (the loop serves other calls between two)."""
+        counts: list[QueueCounts] = []
+        if queues:
+            async for names in in_slices(queues, STATS_SLICE):
+                counts += await self._store.queue_counts(names)
+            return counts
+        while limit is None or len(counts) < limit:
+            want = STATS_SLICE if limit is None else min(STATS_SLICE, limit - len(counts))
+            page = await self._store.queue_counts(None, after=after, limit=want)
+            counts += page
+            if len(page) < want:
+                break
+            after = page[-1].queue
+            await next_turn()
+        return counts

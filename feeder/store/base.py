@@ -309,7 +309,9 @@ class Store(Protocol):
         ...
 
     async def next_due(self) -> float | None:
-        """The earliest lease deadline or not-before time of any task, if any."""
+        """The earliest lease deadline or not-before time of any task, if any. May be
+        earlier (a timer of a lease that ended, not dropped yet), never later: whoever
+        wakes then finds nothing due and asks again."""
         ...
 
     async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:

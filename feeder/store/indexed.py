@@ -31,6 +31,12 @@ from feeder.store.base import (
 from feeder.store.index import TaskIndex
 
 EventCounts = Mapping[tuple[str, Event], int]
+# Tasks a claim takes, decides and applies per loop turn (5-10 us each): a Lease of 1000
+# holds the loop for a few ms at a time, not 10-20 ms at once.
+CLAIM_SLICE = 256
+# New task records a submit makes per loop turn (their ids, depth and keys are reserved
+# before the first): the batch is still stored, and shown, all at once.
+CREATE_SLICE = 256
 
 
 class IndexedStore:
@@ -43,11 +49,14 @@ class IndexedStore:
     shared = False
     ready_recheck: float | None = None
     timer_recheck: float | None = None
+    # The index is the only record of final tasks: it keeps them findable (a subclass that
+    # reads them from disk turns this off and overrides list_dead and purge_finished).
+    final_lookup = True
 
     def __init__(
         self, *, payload_memory: int | None = None, max_pending: int | None = None
     ) -> None:
-        self._index = TaskIndex()
+        self._index = TaskIndex(final_lookup=self.final_lookup)
         # Pending tasks held in memory, of every queue (None: no bound but the queues').
         self._max_pending = max_pending
         # Payload bytes of pending tasks held in memory; past it, new payloads are left on
@@ -158,11 +167,12 @@ class IndexedStore:
         max_queues: int | None,
     ) -> list[Submitted]:
         index = self._index
-        results: list[Submitted | None] = []
-        new: list[Task] = []
-        # Per new task, its queue and events: counted once per batch, below.
-        new_events: list[tuple[str, tuple[Event, ...]]] = []
-        batch_keys: dict[tuple[str, str], Task] = {}
+        # Per position: the new task it is (its index in `new_specs`), or None for a task
+        # that exists already (`existing_ids`). The records are made after the reservation.
+        made: list[int | None] = []
+        repeated: set[int] = set()  # positions that repeat a key of an earlier position
+        new_specs: list[TaskSpec] = []
+        batch_keys: dict[tuple[str, str], int] = {}
         existing_ids: dict[int, int] = {}
         # Keys of tasks not held in memory (finished a while ago) are looked up on disk,
         # all of the batch's at once.
@@ -175,35 +185,28 @@ class IndexedStore:
         for position, spec in enumerate(specs):
             key = (spec.queue, spec.idempotency_key) if spec.idempotency_key else None
             if key is not None and key in batch_keys:
-                results.append(Submitted(batch_keys[key], True))
+                made.append(batch_keys[key])
+                repeated.add(position)
                 continue
             if key is not None and (key in index.keys or key in stored):
                 existing_ids[position] = index.keys.get(key) or stored[key]
-                results.append(None)
+                made.append(None)
                 continue
-            decision = create(spec, self._next_id + len(new))
-            task = decision.task
-            assert task is not None
-            new.append(task)
-            new_events.append((spec.queue, decision.events))
             if key is not None:
-                batch_keys[key] = task
-            results.append(Submitted(task, False))
+                batch_keys[key] = len(new_specs)
+            made.append(len(new_specs))
+            new_specs.append(spec)
         # Counted once per batch (Counter counts an iterable in C).
-        added: Counter[str] = Counter(task.queue for task in new)
-        events: Counter[tuple[str, Event]] = Counter()
-        for (queue, decided), count in Counter(new_events).items():
-            for event in decided:
-                events[(queue, event)] += count
+        added: Counter[str] = Counter(spec.queue for spec in new_specs)
         if max_queues is not None:
             new_queues = [q for q in added if not index.knows(q) and not self._inflight[q]]
             if new_queues:
                 known = index.queue_count()
                 if known + len(new_queues) > max_queues:
                     raise TooManyQueues(new_queues[0], known, max_queues)
-        if self._max_pending is not None and new:
+        if self._max_pending is not None and new_specs:
             pending = index.pending_total + self._inflight_total
-            if pending + len(new) > self._max_pending:
+            if pending + len(new_specs) > self._max_pending:
                 raise TooManyPending(pending, self._max_pending)
         for queue, count in added.items():
             depth = index.pending(queue) + self._inflight[queue]
@@ -211,11 +214,15 @@ class IndexedStore:
                 raise QueueFull(queue, depth, max_depth(queue))
         # Ids, depth and keys are reserved before any await so concurrent submits never
         # share one.
-        self._next_id += len(new)
-        if new:
+        first_id = self._next_id
+        self._next_id += len(new_specs)
+        new: list[Task] = []
+        if new_specs:
             self._inflight.update(added)
-            self._inflight_total += len(new)
-            storing = asyncio.ensure_future(self._store_new(new, events, added, batch_keys))
+            self._inflight_total += len(new_specs)
+            storing = asyncio.ensure_future(
+                self._store_new(new_specs, first_id, create, added, batch_keys, new)
+            )
             for key in batch_keys:
                 self._inflight_keys[key] = storing
             self._storing.add(storing)
@@ -223,21 +230,40 @@ class IndexedStore:
             # Shielded: a caller that gives up (deadline, cancel) while the commit runs
             # does not stop its tasks from joining the index once they are on disk.
             await asyncio.shield(storing)
-        if existing_ids:
-            found = await self.get(existing_ids.values(), payloads=False)
-            for position, task_id in existing_ids.items():
-                results[position] = Submitted(found[task_id], deduplicated=True)
-        return [r for r in results if r is not None]
+        found = await self.get(existing_ids.values(), payloads=False) if existing_ids else {}
+        return [
+            Submitted(found[existing_ids[position]], deduplicated=True)
+            if made_as is None
+            else Submitted(new[made_as], deduplicated=position in repeated)
+            for position, made_as in enumerate(made)
+        ]
 
     async def _store_new(
         self,
-        new: Sequence[Task],
-        events: EventCounts,
+        specs: Sequence[TaskSpec],
+        first_id: int,
+        create: TaskFactory,
         added: Counter[str],
         keys: Iterable[tuple[str, str]],
+        new: list[Task],
     ) -> None:
-        """Makes new tasks durable, then visible."""
+        """Makes the new tasks' records (ids from `first_id` on, into `new`), makes them
+        durable, then visible, all of them at once."""
         try:
+            # Per new task, its queue and events: counted once per batch, below.
+            new_events: list[tuple[str, tuple[Event, ...]]] = []
+            for start in range(0, len(specs), CREATE_SLICE):
+                if start:
+                    await asyncio.sleep(0)  # other calls are served between two slices
+                for spec in specs[start : start + CREATE_SLICE]:
+                    decision = create(spec, first_id + len(new))
+                    assert decision.task is not None
+                    new.append(decision.task)
+                    new_events.append((spec.queue, decision.events))
+            events: Counter[tuple[str, Event]] = Counter()
+            for (queue, decided), count in Counter(new_events).items():
+                for event in decided:
+                    events[(queue, event)] += count
             await self._persist_new(new, events)
             index = self._index
             for task in new:
@@ -247,33 +273,46 @@ class IndexedStore:
             self._report([(None, task) for task in new])
         finally:
             self._inflight.subtract(added)
-            self._inflight_total -= len(new)
+            self._inflight_total -= len(specs)
             for key in keys:
                 self._inflight_keys.pop(key, None)
 
     async def claim(
         self, queue: str, limit: int, lease: LeaseDecider, *, max_bytes: int | None = None
     ) -> list[Task]:
-        changes: list[Change] = []
-        taken = self._index.pop_ready(queue, limit)
+        # CLAIM_SLICE tasks at a time, each slice taken, decided and applied in one loop
+        # turn (nothing is ever out of the ready FIFOs without being leased across a turn).
+        leased: list[Task] = []
         offloaded = self._offloaded
-        if max_bytes is not None and len(taken) > 1:
-            size = 0
-            for position, task in enumerate(taken):
-                size += wire_size(task) + offloaded.get(task.id, 0)
-                if size > max_bytes and position:
-                    self._index.restore_ready(queue, taken[position:])
-                    # Still ready: the next waiter may take them.
-                    self._hooks.ready(queue, len(taken) - position)
-                    del taken[position:]
-                    break
-        for task in taken:
-            decision = lease(task)
-            if decision.task is not None:
-                changes.append(Change(task, decision.task, decision.events))
-        if changes:
-            await self.apply(changes)
-        leased = [c.after for c in changes if c.after is not None and c.after.state is State.LEASED]
+        taken, size, full = 0, 0, False
+        while taken < limit and not full:
+            if taken:
+                await asyncio.sleep(0)  # other calls are served between two slices
+            want = min(CLAIM_SLICE, limit - taken)
+            chunk = self._index.pop_ready(queue, want)
+            if max_bytes is not None:
+                for position, task in enumerate(chunk):
+                    size += wire_size(task) + offloaded.get(task.id, 0)
+                    if size > max_bytes and (position or taken):  # the first always goes
+                        self._index.restore_ready(queue, chunk[position:])
+                        # Still ready: the next waiter may take them.
+                        self._hooks.ready(queue, len(chunk) - position)
+                        del chunk[position:]
+                        full = True
+                        break
+            taken += len(chunk)
+            changes: list[Change] = []
+            for task in chunk:
+                decision = lease(task)
+                if decision.task is not None:
+                    changes.append(Change(task, decision.task, decision.events))
+            if changes:
+                await self.apply(changes)
+            leased += [
+                c.after for c in changes if c.after is not None and c.after.state is State.LEASED
+            ]
+            if len(chunk) < want:
+                break  # nothing more is ready
         if offloaded and any(task.id in offloaded for task in leased):
             loaded = await self._with_payloads(leased)
             leased = [loaded.get(task.id, task) for task in leased]
@@ -396,23 +435,18 @@ class IndexedStore:
         return self._index.next_due()
 
     async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
-        dead = sorted(
-            t.id
-            for t in self._index.tasks.values()
-            if t.queue == queue and t.state is State.DEAD and (after_id is None or t.id > after_id)
-        )
+        final = self._index.final
+        assert final is not None  # see final_lookup
+        dead = final.dead_after(queue, after_id, limit + 1)
         page = [self._index.tasks[i] for i in dead[:limit]]
         more = len(dead) > limit
         return DeadPage(page, page[-1].id if more and page else None)
 
     async def purge_finished(self, *, finished_before: float, limit: int) -> int:
-        old = [
-            t
-            for t in self._index.tasks.values()
-            if t.state.is_final and t.finished_at is not None and t.finished_at < finished_before
-        ][:limit]
-        await self.apply([Change(t, None) for t in old])
-        return len(old)
+        final = self._index.final
+        assert final is not None  # see final_lookup
+        old = final.finished(finished_before, limit, self._index.tasks)
+        return sum(await self.apply([Change(t, None) for t in old]))
 
     async def forget_empty_queues(self, limit: int) -> int:
         # A queue with a submit in flight (between its depth check and its tasks joining

@@ -155,6 +155,9 @@ FINAL_CACHE = 10_000
 FINAL_CACHE_BYTES = 16 * 2**20
 # Payload bytes of pending tasks held in memory by default (see IndexedStore._hold).
 PAYLOAD_MEMORY = 64 * 2**20
+# Rows read from disk per loop turn by the reads that take many (a page of dead tasks, the
+# retention purge): each row is a task with its payload to copy and convert.
+READ_SLICE = 128
 # A test and operations knob: caps the database file at this many pages (PRAGMA
 # max_page_count on the writer). Submits fail with "the database is full" once only the
 # reserve below is left, so that leases and acks of the stored tasks still find room and
@@ -323,6 +326,8 @@ class SqliteStore(IndexedStore):
     # See FINAL_CACHE (tests make them small).
     final_cache = FINAL_CACHE
     final_cache_bytes = FINAL_CACHE_BYTES
+    # Final tasks are read from disk (list_dead, purge_finished), not looked up in memory.
+    final_lookup = False
 
     def __init__(
         self,
@@ -788,26 +793,36 @@ class SqliteStore(IndexedStore):
     async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
         await self._barrier()
         assert self._reader is not None
-        rows = self._reader.execute(
-            f"SELECT {COLUMNS} FROM tasks WHERE queue = ? AND state = 5 AND id > ?"
-            " ORDER BY id LIMIT ?",
-            (queue, after_id or 0, limit + 1),
-        ).fetchall()
+        # Read READ_SLICE rows per loop turn (a page of 1000 dead tasks with payloads is
+        # megabytes to read and convert), and one more than the page: whether there is more.
         tasks: list[Task] = []
-        for row in rows[:limit]:
-            # Writes staged since the barrier are visible in the index before they commit.
-            task = self._index.tasks.get(row[0])
-            if task is None:
-                if self._unsynced(row[0]):
-                    continue  # deleted, not committed yet
-                task = task_from_row(row)
-            elif row[0] in self._offloaded:
-                task = task.evolve(payload=bytes(row[2]))  # held without it; never changes
-            if task.state is State.DEAD:
-                tasks.append(task)
-        more = len(rows) > limit
+        looked, last_id, more = 0, after_id or 0, False
+        while True:
+            want = min(READ_SLICE, limit + 1 - looked)
+            rows = self._reader.execute(
+                f"SELECT {COLUMNS} FROM tasks WHERE queue = ? AND state = 5 AND id > ?"
+                " ORDER BY id LIMIT ?",
+                (queue, last_id, want),
+            ).fetchall()
+            for row in rows[: limit - looked]:
+                last_id = row[0]
+                # Writes staged since the barrier are visible in the index before they commit.
+                task = self._index.tasks.get(row[0])
+                if task is None:
+                    if self._unsynced(row[0]):
+                        continue  # deleted, not committed yet
+                    task = task_from_row(row)
+                elif row[0] in self._offloaded:
+                    task = task.evolve(payload=bytes(row[2]))  # held without it; never changes
+                if task.state is State.DEAD:
+                    tasks.append(task)
+            looked += len(rows)
+            more = looked > limit
+            if more or len(rows) < want:
+                break
+            await asyncio.sleep(0)
         # The cursor is the last row looked at, even if it was left out.
-        return DeadPage(tasks, rows[limit - 1][0] if more and limit > 0 else None)
+        return DeadPage(tasks, last_id if more and limit > 0 else None)
 
     async def purge_finished(self, *, finished_before: float, limit: int) -> int:
         await self._barrier()
@@ -819,7 +834,13 @@ class SqliteStore(IndexedStore):
                 (finished_before, limit),
             )
         ]
-        tasks = await self.get(ids)
+        # Records read READ_SLICE per loop turn (most are on disk only, with payloads); a
+        # task changed meanwhile fails its guard and stays.
+        tasks: dict[int, Task] = {}
+        for start in range(0, len(ids), READ_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            tasks.update(await self.get(ids[start : start + READ_SLICE], payloads=False))
         applied = await self.apply([Change(t, None) for t in tasks.values()])
         return sum(applied)
 

@@ -310,6 +310,82 @@ def test_concurrent_submits_of_one_key_store_one_task(make_store: StoreFactory) 
     run(make_store, body)
 
 
+def test_a_large_submit_keeps_its_order_and_dedups_across_the_whole_batch(
+    make_store: StoreFactory,
+) -> None:
+    """A batch of a thousand (made a slice at a time by the in-memory stores) keeps its
+    order and ids and finds a key repeated far apart in it."""
+
+    async def body(store: Store) -> None:
+        (old,) = await submit_tasks(store, [spec(idempotency_key="old")])
+        specs = [spec(payload=str(i).encode(), idempotency_key=f"k{i}") for i in range(1000)]
+        specs[990] = spec(payload=b"again", idempotency_key="k3")
+        specs[995] = spec(idempotency_key="old")
+        results = await submit(store, specs)
+        fresh = [r for i, r in enumerate(results) if i not in (990, 995)]
+        assert [r.deduplicated for r in fresh] == [False] * 998
+        ids = [r.task.id for r in fresh]
+        assert ids == sorted(ids) and len(set(ids)) == 998 and ids[0] > old.id
+        assert [r.task.payload for r in fresh[:3]] == [b"0", b"1", b"2"]
+        assert results[990].deduplicated and results[990].task.id == results[3].task.id
+        assert results[990].task.payload == b"3"
+        assert results[995].deduplicated and results[995].task.id == old.id
+        assert await counts(store) == {State.READY: 999}
+        assert await totals(store) == {Event.SUBMITTED: 999}
+        claimed = await claim(store, limit=1000)
+        assert [t.id for t in claimed] == [old.id, *ids]
+
+    run(make_store, body)
+
+
+def test_a_large_submit_holds_its_room_and_keys_against_concurrent_submits(
+    make_store: StoreFactory,
+) -> None:
+    async def body(store: Store) -> None:
+        await submit_tasks(store, [spec()])
+        big = [spec(idempotency_key=f"k{i}") for i in range(998)]  # the queue full: 999
+        outcomes = await asyncio.gather(
+            submit(store, big, max_depth=999),
+            submit(store, [spec(idempotency_key="k500")], max_depth=999),
+            submit(store, [spec()], max_depth=999),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, list | QueueFull) for o in outcomes)
+        assert sum(n for n in (await counts(store)).values()) <= 999
+        # One task per key, whoever made it; the batch stored all of its keys or none.
+        made_k500 = [o[0] if len(o) == 1 else o[500] for o in outcomes[:2] if isinstance(o, list)]
+        (k500,) = await submit(store, [spec(idempotency_key="k500")], max_depth=2000)
+        assert {r.task.id for r in made_k500} <= {k500.task.id}
+        assert k500.deduplicated == bool(made_k500)
+        again = await submit(
+            store, [spec(idempotency_key=f"k{i}") for i in (0, 997)], max_depth=2000
+        )
+        assert again[0].deduplicated == again[1].deduplicated == isinstance(outcomes[0], list)
+        if not store.shared:
+            # The only store on its data reserves the batch's room and keys at once.
+            big_results, keyed, extra = outcomes
+            assert isinstance(big_results, list) and isinstance(keyed, list)
+            assert isinstance(extra, QueueFull)
+            assert keyed[0].deduplicated and keyed[0].task.id == big_results[500].task.id
+
+    run(make_store, body)
+
+
+def test_a_large_submit_that_does_not_fit_stores_nothing(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        specs = [spec(idempotency_key=f"k{i}") for i in range(999)] + [spec("other")]
+        with pytest.raises(QueueFull):
+            await submit(store, specs, max_depth=998)
+        assert await counts(store) == {}
+        assert await counts(store, "other") == {}
+        # Nothing of it was kept: neither the room, nor the keys.
+        results = await submit(store, specs, max_depth=999)
+        assert [r.deduplicated for r in results] == [False] * 1000
+        assert await counts(store) == {State.READY: 999}
+
+    run(make_store, body)
+
+
 def test_idempotency_keys_are_per_queue(make_store: StoreFactory) -> None:
     async def body(store: Store) -> None:
         results = await submit(
@@ -340,6 +416,36 @@ def test_scheduled_tasks_are_not_claimable(make_store: StoreFactory) -> None:
         (found,) = await store.queue_counts(["q"])
         assert found.oldest_ready_at is None
         assert await counts(store) == {State.SCHEDULED: 1}
+
+    run(make_store, body)
+
+
+def test_timers_come_out_right_after_thousands_of_leases_ended(make_store: StoreFactory) -> None:
+    """Every ended lease may leave its timer behind in a store's memory; a store drops those
+    a bounded number at a time (the in-memory ones: 1,000 per call), so it may answer
+    `next_due` early, never late, and `due` finds the live timer within a few calls."""
+
+    async def body(store: Store) -> None:
+        await submit(store, [spec() for _ in range(2500)], max_depth=2500)
+        leased = await claim(store, limit=2500, now=T0)
+        assert len(leased) == 2500
+        live = leased[-1]  # the last of equal deadlines: behind every ended one
+        done = [Change(t, ack_d(t, T0 + 1).task) for t in leased[:-1]]
+        assert await store.apply(done) == [True] * 2499
+        deadline = live.lease_deadline
+        assert deadline is not None
+        for _ in range(5):
+            when = await store.next_due()
+            assert when is not None and when <= deadline
+            if when == deadline:
+                break
+        assert when == deadline
+        found: list[Task] = []
+        for _ in range(5):
+            found += await store.due(deadline + 1, 100)
+            if found:
+                break
+        assert [t.id for t in found] == [live.id]
 
     run(make_store, body)
 
@@ -443,6 +549,40 @@ def test_a_large_claim_takes_tasks_in_order(make_store: StoreFactory) -> None:
         assert [t.id for t in rest] == [t.id for t in tasks[130:]]
         assert await claim(store, now=T0 + 1) == []
         assert await counts(store) == {State.LEASED: 150}
+
+    run(make_store, body)
+
+
+def test_a_claim_of_a_thousand_counts_its_byte_budget_over_all_of_it(
+    make_store: StoreFactory,
+) -> None:
+    """A large claim (taken a slice at a time by the in-memory stores) stops at its byte
+    budget counted over every task it took, not per slice, and leaves the rest in order."""
+
+    async def body(store: Store) -> None:
+        tasks = await submit_tasks(store, [spec(payload=b"p" * 100) for _ in range(1000)])
+        budget = wire_size(tasks[0]) * 600 + 10
+        first = await store.claim("q", 1000, leaser(T0 + 1), max_bytes=budget)
+        assert [t.id for t in first] == [t.id for t in tasks[:600]]
+        rest = await store.claim("q", 1000, leaser(T0 + 1, "w2"))
+        assert [t.id for t in rest] == [t.id for t in tasks[600:]]
+        assert await counts(store) == {State.LEASED: 1000}
+
+    run(make_store, body)
+
+
+def test_concurrent_large_claims_get_disjoint_tasks_each_in_order(
+    make_store: StoreFactory,
+) -> None:
+    async def body(store: Store) -> None:
+        tasks = [r.task for r in await submit(store, [spec() for _ in range(1500)], max_depth=1500)]
+        batches = await asyncio.gather(
+            *(store.claim("q", 1000, leaser(T0 + 1, f"w{i}")) for i in range(2))
+        )
+        claimed = [t.id for b in batches for t in b]
+        assert sorted(claimed) == [t.id for t in tasks]
+        assert all([t.id for t in b] == sorted(t.id for t in b) for b in batches)
+        assert await counts(store) == {State.LEASED: 1500}
 
     run(make_store, body)
 
@@ -871,6 +1011,96 @@ def test_purge_finished_deletes_only_old_completed_and_cancelled(
         # Their idempotency keys went with them.
         (again,) = await submit(store, [spec(idempotency_key="c10")])
         assert not again.deduplicated
+
+    run(make_store, body)
+
+
+def test_list_dead_follows_deaths_in_any_order_between_pages(make_store: StoreFactory) -> None:
+    """What a page shows follows every death, redrive and delete since the last page, in
+    id order, whatever order the tasks died in."""
+
+    async def body(store: Store) -> None:
+        tasks = await submit_tasks(store, [spec(payload=bytes([i])) for i in range(8)])
+        (other,) = await submit_tasks(store, [spec("other")])
+
+        async def listed(after_id: int | None = None, limit: int = 100) -> list[int]:
+            page = await store.list_dead("q", after_id=after_id, limit=limit)
+            return [t.id for t in page.tasks]
+
+        ids = [t.id for t in tasks]
+        dead = {i: await kill(store, tasks[i], T0 + 1) for i in (5, 2, 7, 0)}
+        await kill(store, other, T0 + 1)
+        assert await listed() == [ids[0], ids[2], ids[5], ids[7]]
+        page = await store.list_dead("q", after_id=None, limit=2)
+        assert [t.id for t in page.tasks] == [ids[0], ids[2]]
+        # Deaths after the first page, before and after its cursor.
+        dead[6] = await kill(store, tasks[6], T0 + 2)
+        dead[1] = await kill(store, tasks[1], T0 + 2)
+        assert await listed(page.next_after_id) == [ids[5], ids[6], ids[7]]
+        assert await listed() == [ids[0], ids[1], ids[2], ids[5], ids[6], ids[7]]
+        # Redriven: gone from the list; dead again: back, once.
+        ready = await step(store, dead[2], machine.redrive(dead[2], now=T0 + 3))
+        assert await listed() == [ids[0], ids[1], ids[5], ids[6], ids[7]]
+        await kill(store, ready, T0 + 4)
+        assert await listed() == [ids[0], ids[1], ids[2], ids[5], ids[6], ids[7]]
+        # Deleted: gone.
+        assert await store.apply([Change(dead[6], None)]) == [True]
+        assert await listed(ids[2], 2) == [ids[5], ids[7]]
+        assert [t.id for t in (await store.list_dead("other", after_id=None, limit=9)).tasks] == [
+            other.id
+        ]
+
+    run(make_store, body)
+
+
+def test_list_dead_pages_of_hundreds_keep_order_and_cursor(make_store: StoreFactory) -> None:
+    """Pages longer than a store reads at once (the SQL stores: 128 rows per statement)."""
+
+    async def body(store: Store) -> None:
+        await submit_tasks(store, [spec(payload=bytes([i % 256])) for i in range(300)])
+        leased = await claim(store, limit=300, now=T0)
+        killed = [Change(t, nack_d(t, T0 + 1, terminal=True).task) for t in leased]
+        assert await store.apply(killed) == [True] * 300
+        ids = sorted(t.id for t in leased)
+        page = await store.list_dead("q", after_id=None, limit=250)
+        assert [t.id for t in page.tasks] == ids[:250]
+        assert page.next_after_id == ids[249]
+        assert all(t.state is State.DEAD for t in page.tasks)
+        page = await store.list_dead("q", after_id=page.next_after_id, limit=250)
+        assert ([t.id for t in page.tasks], page.next_after_id) == (ids[250:], None)
+        page = await store.list_dead("q", after_id=None, limit=300)
+        assert ([t.id for t in page.tasks], page.next_after_id) == (ids, None)
+        page = await store.list_dead("q", after_id=ids[10], limit=128)
+        assert ([t.id for t in page.tasks], page.next_after_id) == (ids[11:139], ids[138])
+
+    run(make_store, body)
+
+
+def test_purge_finished_takes_every_old_task_whatever_order_they_finished_in(
+    make_store: StoreFactory,
+) -> None:
+    async def body(store: Store) -> None:
+        tasks = await submit_tasks(store, [spec() for _ in range(40)])
+        order = random.Random(3).sample(range(30), 30)  # finish times T0 + 0..29, shuffled
+        finished: dict[int, float] = {}
+        for task, offset in zip(tasks[:30], order, strict=True):
+            when = T0 + offset
+            done = await (cancel(store, task, when) if offset % 3 else complete(store, task, when))
+            finished[done.id] = when
+        for task in tasks[30:35]:
+            await kill(store, task, T0 + 1)
+        cutoff = T0 + 20
+        old = {i for i, when in finished.items() if when < cutoff}
+        purged_total = 0
+        while purged := await store.purge_finished(finished_before=cutoff, limit=7):
+            assert purged <= 7
+            purged_total += purged
+        assert purged_total == len(old) == 20
+        left = await store.get([t.id for t in tasks])
+        assert not old & left.keys()
+        assert {i for i in finished if i in left} == finished.keys() - old
+        assert len(left) == 20  # 10 finished at or after the cutoff, 5 dead, 5 ready
+        assert await store.purge_finished(finished_before=T0 + 100, limit=100) == 10
 
     run(make_store, body)
 

@@ -78,6 +78,9 @@ RECALL_CACHE = 10_000
 # asks again (see _check_new_queues): the maintenance leader, maybe another feeder, may
 # have forgotten it meanwhile.
 KNOWN_QUEUE_TTL = 30.0
+# Rows of dead tasks read per statement (each a task with its payload to decode and convert
+# on the event loop).
+READ_SLICE = 128
 
 EventCounts = Mapping[tuple[str, Event], int]
 _STATE_COUNTERS = {state: f"state:{int(state)}" for state in State}
@@ -696,11 +699,25 @@ class PostgresStore:
         return await self._connector.run(next_due)
 
     async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
-        async def dead(conn: asyncpg.Connection) -> list[Task]:
-            rows = await conn.fetch(sql.LIST_DEAD, queue, after_id or 0, limit + 1)
-            return [task_from_row(row) for row in rows]
+        # READ_SLICE rows per statement (one more than the page in all: whether there is
+        # more): a page of 1000 dead tasks with payloads, decoded and converted in one go,
+        # held the event loop for tens of ms.
+        tasks: list[Task] = []
+        last_id = after_id or 0
+        while True:
+            want = min(READ_SLICE, limit + 1 - len(tasks))
 
-        tasks = await self._connector.run(dead)
+            async def dead(
+                conn: asyncpg.Connection, after: int = last_id, want: int = want
+            ) -> list[Task]:
+                rows = await conn.fetch(sql.LIST_DEAD, queue, after, want)
+                return [task_from_row(row) for row in rows]
+
+            part = await self._connector.run(dead)
+            tasks += part
+            if len(part) < want or len(tasks) > limit:
+                break
+            last_id = part[-1].id
         more = len(tasks) > limit
         page = tasks[:limit]
         return DeadPage(page, page[-1].id if more and page else None)
