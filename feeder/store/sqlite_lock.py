@@ -16,14 +16,26 @@ connections are.
 
 The lock file earlier feeders took (the path + ".lock") is taken too, so that an earlier
 feeder and this one never share a database during an upgrade.
+
+The database holds every payload, every result and the secret that signs lease tokens, so
+the files are made readable by their owner alone (FILE_MODE; SQLite gives its WAL and
+shared-memory files the mode of the database file). A database found readable by others is
+used all the same, with a warning: its mode is the operator's to change.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import stat
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger("feedwork.feeder.store")
+
+# Of every file made for a database: its owner's alone, whatever the umask.
+FILE_MODE = 0o600
 
 # The files this process holds, by (device, inode), with the path each was locked by.
 _held: dict[tuple[int, int], Path] = {}
@@ -59,7 +71,7 @@ def lock_database(path: Path) -> DatabaseLock:
             raise RuntimeError(_in_use(path))
     # No await between the check above and the lock below: nothing else of this process
     # can open the file in between.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -74,13 +86,22 @@ def lock_database(path: Path) -> DatabaseLock:
         os.close(fd)
         raise
     info = os.fstat(fd)
+    if info.st_mode & 0o077:
+        log.warning(
+            "database %s is open to other users (mode %s): it holds payloads, results and"
+            " the lease token secret; make it the owner's alone with chmod 600 (its -wal and"
+            " -shm files too)",
+            path,
+            stat.filemode(info.st_mode),
+        )
     key = (info.st_dev, info.st_ino)
     _held[key] = path
     return DatabaseLock(fd, key, legacy)
 
 
 def _legacy_lock(path: Path) -> IO[str]:
-    lock_file = open(f"{path}.lock", "w")  # noqa: SIM115 - held by the caller
+    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    lock_file = os.fdopen(fd, "w")
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
