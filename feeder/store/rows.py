@@ -30,6 +30,12 @@ COLUMN_NAMES = (
 COLUMNS = ", ".join(COLUMN_NAMES)
 
 
+def columns_without_payload(empty: str) -> str:
+    """COLUMNS with `empty` (the dialect's empty blob literal) read in the payload's place,
+    for reads that need no payload."""
+    return ", ".join(f"{empty} AS payload" if c == "payload" else c for c in COLUMN_NAMES)
+
+
 def history_json(history: tuple[Attempt, ...]) -> str | None:
     """The attempts as a JSON array of arrays: exactly what `json.dumps(..., separators=(",",
     ":"))` writes, composed by hand because every lease and ack writes the history again,

@@ -27,7 +27,7 @@ import os
 import sqlite3
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from secrets import token_bytes
@@ -36,10 +36,12 @@ from typing import Any
 from feeder.core.machine import Event
 from feeder.core.model import State, Task
 from feeder.store.base import Change, DeadPage, StoreUnavailable
+from feeder.store.index import TaskIndex
 from feeder.store.indexed import EventCounts, IndexedStore
 from feeder.store.rows import (
     COLUMNS,
     NO_LAST_ATTEMPT,
+    columns_without_payload,
     expired_text,
     headers_json,
     history_columns,
@@ -269,7 +271,7 @@ _ROW_OF = (_update_row, _leased_row, _ended_row)
 
 
 # COLUMNS with an empty payload in its place (see _load_index).
-_COLUMNS_WITHOUT_PAYLOAD = COLUMNS.replace("payload", "X'' AS payload", 1)
+_COLUMNS_WITHOUT_PAYLOAD = columns_without_payload("X''")
 
 
 def _ready_order(t: Task) -> tuple[float, int]:
@@ -415,7 +417,7 @@ class SqliteStore(IndexedStore):
         """Pending tasks in memory, without their payloads (read back when leased), and
         counts of the rest. Idempotency keys of finished tasks stay on disk."""
         assert self._reader is not None
-        self._index = type(self._index)()
+        self._index = TaskIndex(final_lookup=self.final_lookup)
         self._final.clear()
         self._final_bytes = 0
         offloaded = self._offloaded
@@ -533,15 +535,10 @@ class SqliteStore(IndexedStore):
         assert self._reader is not None
         self._trim_final()
         task_ids = [i for i in task_ids if not self._unsynced(i)]
-        found: dict[int, Task] = {}
-        for start in range(0, len(task_ids), 500):
-            chunk = task_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self._reader.execute(
-                f"SELECT {COLUMNS} FROM tasks WHERE id IN ({marks})", chunk
-            ):
-                found[row[0]] = task_from_row(row)
-        return found
+        return {
+            row[0]: task_from_row(row)
+            for row in _rows_in(self._reader, f"SELECT {COLUMNS} FROM tasks WHERE id", task_ids)
+        }
 
     def _cached_from_disk(self, task: Task) -> None:
         self._remember_final(task)
@@ -554,16 +551,13 @@ class SqliteStore(IndexedStore):
     def _read_payloads_now(self, task_ids: list[int]) -> dict[int, bytes]:
         conn = self._payload_reader
         assert conn is not None
-        found: dict[int, bytes] = {}
         with self._payload_lock:
-            for start in range(0, len(task_ids), 500):
-                chunk = task_ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for task_id, payload in conn.execute(
-                    f"SELECT id, payload FROM tasks WHERE id IN ({marks})", chunk
-                ):
-                    found[task_id] = bytes(payload)
-        return found
+            return {
+                task_id: bytes(payload)
+                for task_id, payload in _rows_in(
+                    conn, "SELECT id, payload FROM tasks WHERE id", task_ids
+                )
+            }
 
     def _find_keys(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
         # On the loop, like the submit it serves: one indexed lookup per key, batched.
@@ -574,17 +568,15 @@ class SqliteStore(IndexedStore):
         found: dict[tuple[str, str], int] = {}
         held = self._index.tasks
         for queue, names in by_queue.items():
-            for start in range(0, len(names), 500):
-                chunk = names[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for key, task_id in self._reader.execute(
-                    "SELECT idempotency_key, id FROM tasks"
-                    f" WHERE queue = ? AND idempotency_key IN ({marks})",
-                    (queue, *chunk),
-                ):
-                    # A row whose deletion is not committed yet is gone already.
-                    if task_id in held or not self._unsynced(task_id):
-                        found[(queue, key)] = task_id
+            for key, task_id in _rows_in(
+                self._reader,
+                "SELECT idempotency_key, id FROM tasks WHERE queue = ? AND idempotency_key",
+                names,
+                (queue,),
+            ):
+                # A row whose deletion is not committed yet is gone already.
+                if task_id in held or not self._unsynced(task_id):
+                    found[(queue, key)] = task_id
         return found
 
     # -- the writer ---------------------------------------------------------------------
@@ -843,6 +835,25 @@ class SqliteStore(IndexedStore):
             tasks.update(await self.get(ids[start : start + READ_SLICE], payloads=False))
         applied = await self.apply([Change(t, None) for t in tasks.values()])
         return sum(applied)
+
+
+# Values bound per `IN (...)` statement (SQLite allows 32,766 bound variables; smaller
+# statements are prepared faster and keep each step short).
+IN_CHUNK = 500
+
+
+def _rows_in(
+    conn: sqlite3.Connection,
+    query: str,
+    values: Sequence[Any],
+    params: tuple[Any, ...] = (),
+) -> Iterator[Any]:
+    """The rows of `query` + " IN (...)" over `values`, IN_CHUNK at a time; `params` are
+    bound before the values (for placeholders in `query` itself)."""
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = values[start : start + IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        yield from conn.execute(f"{query} IN ({marks})", (*params, *chunk))
 
 
 def _forget_totals(conn: sqlite3.Connection, batch: _Batch) -> None:

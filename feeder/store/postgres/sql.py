@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 
 from feeder.core.model import State
-from feeder.store.rows import COLUMNS
+from feeder.store.rows import COLUMNS, columns_without_payload
 
 T = "feedwork.tasks"
 READY, LEASED, SCHEDULED, DEAD = (
@@ -307,8 +307,8 @@ def apply_statement(groups: tuple[Group, ...], deletes: bool) -> str:
 # -- reads ---------------------------------------------------------------------------------
 GET = f"SELECT {COLUMNS} FROM {T} WHERE id = ANY($1::bigint[])"
 # The same without payloads (an empty one in their place), for decisions that need none.
-_NO_PAYLOAD = COLUMNS.replace("payload", "''::bytea AS payload", 1)
-GET_WITHOUT_PAYLOADS = f"SELECT {_NO_PAYLOAD} FROM {T} WHERE id = ANY($1::bigint[])"
+_WITHOUT_PAYLOAD = columns_without_payload("''::bytea")
+GET_WITHOUT_PAYLOADS = f"SELECT {_WITHOUT_PAYLOAD} FROM {T} WHERE id = ANY($1::bigint[])"
 DUE = f"""
 (SELECT {COLUMNS} FROM {T} WHERE state = {LEASED} AND lease_deadline <= $1
  ORDER BY lease_deadline LIMIT $2)
