@@ -207,7 +207,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-def _latency_summary(seconds: list[float]) -> dict[str, float | None]:
+def latency_summary(seconds: Sequence[float]) -> dict[str, float | None]:
+    """p50, p99 and max in ms, and the count, of latencies in seconds."""
     ms = sorted(s * 1000.0 for s in seconds)
     return {
         "p50": percentile(ms, 50),
@@ -531,7 +532,7 @@ async def run_workload(
             note = f"teardown: {type(exc).__name__}: {exc}"
             result["reason"] = f"{result['reason']}; {note}" if result["reason"] else note
     if workload.kind == "submit":
-        result["latency_ms"] = {"submit": _latency_summary(submit_lat)}
+        result["latency_ms"] = {"submit": latency_summary(submit_lat)}
         return result
     result["leased"] = state.leased
     result["acked"] = state.acked
@@ -539,9 +540,9 @@ async def run_workload(
     result["empty_leases"] = state.empty_leases
     cycle = [a + b for a, b in zip(state.lease_lat, state.ack_lat, strict=True)]
     result["latency_ms"] = {
-        "lease": _latency_summary(state.lease_lat),
-        "ack": _latency_summary(state.ack_lat),
-        "cycle": _latency_summary(cycle),
+        "lease": latency_summary(state.lease_lat),
+        "ack": latency_summary(state.ack_lat),
+        "cycle": latency_summary(cycle),
     }
     return result
 

@@ -19,7 +19,7 @@ import time
 
 import grpc
 
-from bench.core import percentile
+from bench.core import latency_summary
 from bench.grpc_client import channel_options
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc as pb_grpc
@@ -47,13 +47,7 @@ class ProbeClient:
     def mark(self) -> dict[str, float | None]:
         """The latencies (ms) of the calls that finished since the last mark."""
         done, self._latencies = self._latencies, []
-        ms = sorted(s * 1000 for s in done)
-        return {
-            "p50": percentile(ms, 50),
-            "p99": percentile(ms, 99),
-            "max": ms[-1] if ms else None,
-            "count": len(ms),
-        }
+        return latency_summary(done)
 
     async def _tick(self) -> None:
         next_at = time.perf_counter()
