@@ -35,7 +35,7 @@ from bench.core import (
     process_cpu_seconds,
 )
 from bench.feeder_process import FeederClient, FeederProcess, preload
-from bench.grpc_client import QUEUE, channel_options
+from bench.grpc_client import QUEUE, bench_channel
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc as pb_grpc
 
@@ -115,7 +115,7 @@ async def profiled(
 
 
 def _stub(target: str) -> tuple[grpc.aio.Channel, pb_grpc.FeederStub]:
-    channel = grpc.aio.insecure_channel(target, options=channel_options())
+    channel = bench_channel(target)
     return channel, pb_grpc.FeederStub(channel)
 
 

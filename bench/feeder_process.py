@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from bench.core import REPO_ROOT, die_with_parent, subprocess_env
-from bench.grpc_client import QUEUE, channel_options
+from bench.grpc_client import QUEUE, bench_channel
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc as pb_grpc
 
@@ -130,7 +130,7 @@ class FeederProcess:
     async def first_lease(self, queue: str = QUEUE, limit: float = 60.0) -> float:
         """Seconds from the spawn until a Lease of one task from `queue` succeeded (the
         task is acked). Sets `startup.first_lease`."""
-        async with grpc.aio.insecure_channel(self.target, options=channel_options()) as channel:
+        async with bench_channel(self.target) as channel:
             stub = pb_grpc.FeederStub(channel)
             request = pb.LeaseRequest(queue=queue, max_tasks=1, worker_id="bench-probe")
             request.wait.FromMilliseconds(1000)
@@ -191,7 +191,7 @@ class FeederClient:
     """Raw grpc.aio stubs for the benchmark's own calls (Submit, GetStats), one channel."""
 
     def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self.channel = bench_channel(target)
         self.stub = pb_grpc.FeederStub(self.channel)
 
     async def connect(self, ready_timeout: float = 10.0) -> FeederClient:

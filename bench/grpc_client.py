@@ -9,6 +9,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from bench.core import Consumer
+from feedwork.channel import aio_channel
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc as pb_grpc
 
@@ -20,6 +21,12 @@ def channel_options() -> list[tuple[str, int]]:
     # Every consumer gets its own TCP connection (gRPC would otherwise share one subchannel
     # between channels with equal arguments), like separate worker processes would.
     return [("grpc.use_local_subchannel_pool", 1)]
+
+
+def bench_channel(target: str) -> grpc.aio.Channel:
+    """A channel of its own to `target`, made by the clients' one channel factory (so the
+    bench runs with TLS and a key when FEEDWORK_TLS_CA, FEEDWORK_API_KEY... say so)."""
+    return aio_channel(target, options=channel_options())
 
 
 class FeederConsumer(Consumer):
@@ -34,7 +41,7 @@ class FeederConsumer(Consumer):
         wait: float = 0.0,
         lease_duration: float | None = None,
     ) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self.channel = bench_channel(target)
         self.stub = pb_grpc.FeederStub(self.channel)
         self.request = pb.LeaseRequest(queue=queue, max_tasks=batch, worker_id=f"bench-{index}")
         if wait > 0:

@@ -54,6 +54,7 @@ from feeder.server.validate import (
     MAX_SELECTOR_LIMIT,
     MAX_STATS_PAGE,
 )
+from feedwork.channel import aio_channel
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc as pb_grpc
 
@@ -423,9 +424,7 @@ async def run_store(store: str, *, trace: bool = False) -> list[PhaseResult]:
         channels: list[grpc.aio.Channel] = []
         try:
             target = f"127.0.0.1:{process.port}"
-            channels = [
-                grpc.aio.insecure_channel(target, options=HOSTILE_OPTIONS) for _ in range(CLIENTS)
-            ]
+            channels = [aio_channel(target, options=HOSTILE_OPTIONS) for _ in range(CLIENTS)]
             stubs = [pb_grpc.FeederStub(c) for c in channels]
             probe_ids: list[str] = []
             await _submit([_spec(PROBE, make_payload())], probe_ids)(stubs[0])

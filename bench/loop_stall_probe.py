@@ -20,7 +20,7 @@ import time
 import grpc
 
 from bench.core import latency_summary
-from bench.grpc_client import channel_options
+from bench.grpc_client import bench_channel
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc as pb_grpc
 
@@ -32,7 +32,7 @@ class ProbeClient:
     """GetTask of one task every PROBE_GAP seconds, open loop."""
 
     def __init__(self, target: str, task_id: str) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self._channel = bench_channel(target)
         self._stub = pb_grpc.FeederStub(self._channel)
         self._request = pb.GetTaskRequest(task_id=task_id)
         self._latencies: list[float] = []

@@ -6,6 +6,7 @@ records and errors); the worker SDK is the `worker` package, the server `feeder`
 
 from feedwork.channel import TargetError
 from feedwork.client import DEFAULT_TARGET, AsyncFeederClient, FeederClient
+from feedwork.credentials import ClientSecurity, CredentialsError
 from feedwork.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -13,7 +14,9 @@ from feedwork.errors import (
     FeedworkError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
     WaitTimeout,
 )
@@ -42,6 +45,8 @@ __all__ = [
     "AttemptOutcome",
     "CancelOutcome",
     "CancelResult",
+    "ClientSecurity",
+    "CredentialsError",
     "DeadPage",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -49,6 +54,7 @@ __all__ = [
     "FeedworkError",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "QueueStats",
     "ResourceExhausted",
     "Stats",
@@ -58,6 +64,7 @@ __all__ = [
     "TaskSpec",
     "TaskState",
     "Totals",
+    "Unauthenticated",
     "Unavailable",
     "WaitTimeout",
     "__version__",

@@ -2,9 +2,9 @@
 
 `FeederClient`, `AsyncFeederClient`, the `Worker`, the CLI (through `FeederClient`) and the
 healthcheck all build their channels here, so what a target may be, how calls spread over
-several feeders, how soon a dead feeder is found again (reconnect backoff) and how soon a
-silent one is noticed (keepalive) are decided once. (Transport
-security and credentials belong here too.)
+several feeders, how soon a dead feeder is found again (reconnect backoff), how soon a
+silent one is noticed (keepalive), and TLS and API keys (`feedwork.credentials`) are
+decided once.
 
 A target is one of:
 
@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+from feedwork.credentials import ClientSecurity
 
 log = logging.getLogger("feedwork.channel")
 
@@ -190,16 +192,43 @@ def channel_options(extra: Iterable[tuple[str, Any]] = ()) -> list[tuple[str, An
     return list({**dict(CHANNEL_OPTIONS), **dict(_keepalive()), **dict(extra)}.items())
 
 
-def sync_channel(target: str, *, options: Iterable[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A blocking channel to the feeders of `target` (see the module docstring)."""
-    return grpc.insecure_channel(resolve_target(target), options=channel_options(options))
+def sync_channel(
+    target: str,
+    *,
+    security: ClientSecurity | None = None,
+    options: Iterable[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A blocking channel to the feeders of `target` (see the module docstring), with the
+    TLS and API key of `security` (default: the FEEDWORK_* variables'). Raises
+    `TargetError` or `feedwork.credentials.CredentialsError` on bad options."""
+    uri, credentials, all_options = _plan(target, security, options)
+    if credentials is None:
+        return grpc.insecure_channel(uri, options=all_options)
+    return grpc.secure_channel(uri, credentials, options=all_options)
 
 
-def aio_channel(target: str, *, options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+def aio_channel(
+    target: str,
+    *,
+    security: ClientSecurity | None = None,
+    options: Iterable[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
     """The asyncio twin of `sync_channel`; create it inside the loop that uses it. Names
     in a list are looked up here, blocking: call `resolve_target` in a thread first to
     avoid that (its result is passed through)."""
-    return grpc.aio.insecure_channel(resolve_target(target), options=channel_options(options))
+    uri, credentials, all_options = _plan(target, security, options)
+    if credentials is None:
+        return grpc.aio.insecure_channel(uri, options=all_options)
+    return grpc.aio.secure_channel(uri, credentials, options=all_options)
+
+
+def _plan(
+    target: str, security: ClientSecurity | None, options: Iterable[tuple[str, Any]]
+) -> tuple[str, grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+    uri = resolve_target(target)
+    security = security if security is not None else ClientSecurity.from_env()
+    credentials = security.channel_credentials(uri)
+    return uri, credentials, channel_options([*security.channel_options(), *options])
 
 
 # ---------------------------------------------------------------------------------------

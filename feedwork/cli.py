@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from feedwork import __version__, filesubmit, render
+from feedwork import __version__, credentials, filesubmit, render
 from feedwork.channel import TargetError, check_target
 from feedwork.client import DEFAULT_TARGET, FeederClient
 from feedwork.durations import SYNTAX as DURATION_SYNTAX
@@ -93,6 +93,9 @@ def _run(args_list: list[str]) -> int:
         return EXIT_USAGE
     except TargetError as exc:  # well formed, but none of its names resolves
         _complain(f"--target: {exc}")
+        return EXIT_USAGE
+    except credentials.CredentialsError as exc:
+        _complain(exc)
         return EXIT_USAGE
     except Refusal as exc:
         _complain(exc)
@@ -162,6 +165,7 @@ def _client_options() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="keep retrying transient failures this long (default: %(default)s)",
     )
+    credentials.add_arguments(options.add_argument_group("TLS and API key"))
     return options
 
 
@@ -535,7 +539,12 @@ def _delegate(name: str, argv: list[str]) -> int:
 
 
 def _client(args: argparse.Namespace) -> FeederClient:
-    return FeederClient(args.target, timeout=args.timeout, max_retry_delay=args.retry_for)
+    return FeederClient(
+        args.target,
+        timeout=args.timeout,
+        max_retry_delay=args.retry_for,
+        **{name: getattr(args, name) for name in credentials.OPTION_NAMES},
+    )
 
 
 def _target_option(text: str) -> str:

@@ -20,13 +20,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import grpc
 import tenacity
 
 from feedwork import _wire
 from feedwork.channel import aio_channel, sync_channel
+from feedwork.credentials import ClientSecurity, SecurityOptions
 from feedwork.errors import FeedworkError, WaitTimeout, error_from_rpc
 from feedwork.retry import async_retrying, sync_retrying
 from feedwork.types import (
@@ -93,7 +94,10 @@ class FeederClient:
 
     `target` is HOST:PORT, a list HOST:PORT,HOST:PORT,... or a gRPC URI (a malformed one
     raises `feedwork.channel.TargetError`, a `ValueError`). Use it as a context manager,
-    or call `close()`. One client may be shared by threads.
+    or call `close()`. One client may be shared by threads. The keyword arguments `tls`,
+    `tls_ca`, `tls_client_cert`, `tls_client_key`, `tls_server_name`, `api_key` and
+    `api_key_file` set TLS and the API key (`feedwork.credentials`); those not given come
+    from FEEDWORK_* variables.
     """
 
     def __init__(
@@ -102,11 +106,13 @@ class FeederClient:
         *,
         timeout: float = 10.0,
         max_retry_delay: float = 30.0,
+        **security: Unpack[SecurityOptions],
     ) -> None:
         self.target = target
         self._timeout = timeout
         self._max_retry_delay = max_retry_delay
-        self._channel = sync_channel(target)
+        self.security = ClientSecurity.from_env(**security)
+        self._channel = sync_channel(target, security=self.security)
         self._stub = pb_grpc.FeederStub(self._channel)  # type: ignore[no-untyped-call]
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -274,11 +280,13 @@ class AsyncFeederClient:
         *,
         timeout: float = 10.0,
         max_retry_delay: float = 30.0,
+        **security: Unpack[SecurityOptions],
     ) -> None:
         self.target = target
         self._timeout = timeout
         self._max_retry_delay = max_retry_delay
-        self._channel = aio_channel(target)
+        self.security = ClientSecurity.from_env(**security)
+        self._channel = aio_channel(target, security=self.security)
         self._stub = pb_grpc.FeederStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:

@@ -52,6 +52,15 @@ class DeadlineExceeded(FeedworkError):
     """The feeder did not answer in time, even after retrying."""
 
 
+class Unauthenticated(FeedworkError):
+    """The feeder wants credentials: no API key was sent, or it does not know the key (or
+    the client certificate). Not retried."""
+
+
+class PermissionDenied(FeedworkError):
+    """The caller's roles do not allow this call on this queue. Not retried."""
+
+
 class WaitTimeout(FeedworkError, TimeoutError):
     """`wait` gave up before the task settled. Also a builtin `TimeoutError`."""
 
@@ -65,6 +74,8 @@ _BY_CODE: dict[grpc.StatusCode, type[FeedworkError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 

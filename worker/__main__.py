@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from feedwork.channel import TargetError, resolve_target
+from feedwork.credentials import OPTION_NAMES, ClientSecurity, CredentialsError
 from feedwork.errors import FeedworkError
 from worker.config import WorkerConfig, load_handler, parse_config
 from worker.handlers import Handler
@@ -18,8 +19,8 @@ log = logging.getLogger("feedwork.worker")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the worker(s); returns the exit status: 0 after a graceful stop, 1 when the
-    worker failed, 2 for a handler that cannot be loaded or a --target whose feeder names
-    do not resolve (130: second signal)."""
+    worker failed, 2 for a handler that cannot be loaded, a --target whose feeder names
+    do not resolve, or TLS or key options that cannot work (130: second signal)."""
     config = parse_config(argv)
     configure_logging(config.log_level)
     try:
@@ -32,6 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolve_target(config.target)  # the same: names that do not resolve fail once, here
     except TargetError as exc:
         log.error("--target: %s", exc)
+        return 2
+    try:
+        security = ClientSecurity.from_env(**{name: getattr(config, name) for name in OPTION_NAMES})
+        security.check()
+    except CredentialsError as exc:
+        log.error("%s", exc)
         return 2
     if config.processes > 1:
         return run_processes(config)

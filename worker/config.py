@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from feedwork import credentials
 from feedwork.channel import TargetError, check_target
 from feedwork.durations import parse_duration
 from worker.handlers import Handler
@@ -44,6 +45,14 @@ class WorkerConfig:
     transport: str = "stream"
     ack_ledger: str | None = None
     log_level: str = "INFO"
+    # TLS and the API key (feedwork.credentials); None: the FEEDWORK_* variable's.
+    tls: bool | None = None
+    tls_ca: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    tls_server_name: str | None = None
+    api_key: str | None = None
+    api_key_file: str | None = None
 
     def worker_options(self) -> dict[str, Any]:
         """Keyword arguments for `Worker` (all but the handler and process options)."""
@@ -60,6 +69,7 @@ class WorkerConfig:
             "ack_flush_interval": self.ack_flush_interval,
             "transport": self.transport,
             "ack_ledger": self.ack_ledger,
+            **{name: getattr(self, name) for name in credentials.OPTION_NAMES},
         }
 
 
@@ -114,6 +124,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     for option in _OPTIONS:
         option.add_to(parser, environ)
+    credentials.add_arguments(parser.add_argument_group("TLS and API key"))
     return parser
 
 

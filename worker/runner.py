@@ -17,11 +17,12 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 
 from feedwork.channel import aio_channel, check_target, names_one_address, resolve_target
+from feedwork.credentials import ClientSecurity, SecurityOptions
 from feedwork.v1 import feeder_pb2_grpc
 from worker.acker import MAX_BATCH_SIZE, Acker
 from worker.config import default_worker_id
@@ -92,6 +93,7 @@ class Worker:
         flush_timeout: float = 10.0,
         transport: str = "stream",
         ack_ledger: str | None = None,
+        **security: Unpack[SecurityOptions],
     ) -> None:
         """`ack_ledger`: a file to append a JSON line to for every ack the feeder answers
         (see `worker.receipts`), for audits of completions from the worker's side."""
@@ -108,6 +110,10 @@ class Worker:
         if not 1 <= ack_batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"ack_batch_size must be between 1 and {MAX_BATCH_SIZE}")
         self.target = check_target(target)
+        # TLS and the API key (keyword arguments, else FEEDWORK_* variables); files are
+        # read again at each reconnect, so a replaced key file is picked up.
+        self.security = ClientSecurity.from_env(**security)
+        self.security.check()
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
@@ -145,7 +151,7 @@ class Worker:
         resolved = await asyncio.to_thread(resolve_target, self.target)
         ledger = AckLedger(self.ack_ledger, worker_id=self.worker_id) if self.ack_ledger else None
         try:
-            async with aio_channel(resolved) as channel:
+            async with aio_channel(resolved, security=self.security) as channel:
                 stub = feeder_pb2_grpc.FeederStub(channel)  # type: ignore[no-untyped-call]
                 parts = self._parts = self._build(stub, ledger)
                 if self._early_stop is not None:

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from bench.core import Case, Consumer, Producer, ServerProcess, Workload
-from bench.grpc_client import FeederConsumer, channel_options
+from bench.grpc_client import FeederConsumer, bench_channel
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc as pb_grpc
 
@@ -17,7 +17,7 @@ class FloorProducer(Producer):
     """Submit(tasks=[TaskSpec(queue, payload)] * b) on a channel of its own."""
 
     def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self.channel = bench_channel(target)
         self.stub = pb_grpc.FeederStub(self.channel)
         self.submitted = 0
 
