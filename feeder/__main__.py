@@ -11,7 +11,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from feeder.config import CONFIG_OPTION, OPTIONS, ConfigError, Option, default_text, load_settings
+from feeder.config import (
+    CONFIG_OPTION,
+    OPTIONS,
+    ConfigError,
+    Option,
+    default_text,
+    load_settings,
+    parse_bool,
+)
 from feeder.server.app import StartupError, serve
 
 EXIT_STARTUP_FAILED = 1
@@ -52,6 +60,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     for option in OPTIONS:
         group = process if option.table == "feeder" else policy
+        if option.parse is parse_bool:  # a switch: given means true
+            group.add_argument(
+                option.flag, dest=option.name, action="store_const", const=True, help=_help(option)
+            )
+            continue
         group.add_argument(
             option.flag, dest=option.name, metavar=option.metavar, help=_help(option)
         )

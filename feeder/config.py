@@ -83,6 +83,18 @@ class Settings:
     log_level: str = "INFO"
     # Where to write the bound port once listening (for `listen` with port 0).
     port_file: str | None = None
+    # TLS: the feeder's certificate chain and key (PEM); a client CA makes it mTLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # The access list (feeder/server/access.py): a file read again when it changes, and
+    # entries given inline (FEEDWORK_AUTH). With neither (and no client CA), no auth.
+    auth_file: str | None = None
+    auth: str | None = None
+    # Listen on a non-loopback address without TLS all the same.
+    insecure: bool = False
+    # Where the audit log's JSON lines go: "-" for standard error, or a file.
+    audit_log: str = "-"
     default_policy: QueuePolicy = field(default_factory=QueuePolicy)
     queue_policies: Mapping[str, QueuePolicy] = field(default_factory=dict)
 
@@ -185,6 +197,23 @@ def parse_pool_size(value: object) -> int:
     return size
 
 
+def parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"invalid switch {value!r} (want true or false)")
+
+
+def parse_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"invalid text {value!r} (want a string)")
+    return value
+
+
 def parse_path(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"invalid path {value!r} (want a non-empty string)")
@@ -279,6 +308,34 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("log_level", parse_log_level, "debug, info, warning or error", "LEVEL"),
     Option("port_file", parse_path, "write the bound port to this file once listening", "PATH"),
+    Option(
+        "tls_cert",
+        parse_path,
+        "TLS certificate chain (PEM) to serve with; read again when it changes",
+        "PATH",
+    ),
+    Option("tls_key", parse_path, "the TLS certificate's private key (PEM)", "PATH"),
+    Option(
+        "tls_client_ca",
+        parse_path,
+        "CA (PEM) that client certificates must be signed by: mTLS, required of every client",
+        "PATH",
+    ),
+    Option(
+        "auth_file",
+        parse_path,
+        "access list: API key hashes and certificate identities with their roles per queue"
+        " (docs/SECURITY.md); read again when it changes",
+        "PATH",
+    ),
+    Option("auth", parse_text, "access list entries given inline, ';' between them", "TEXT"),
+    Option(
+        "insecure",
+        parse_bool,
+        "listen on a non-loopback address without TLS (refused otherwise)",
+        "",
+    ),
+    Option("audit_log", parse_path, "where audit lines go: - (stderr) or a file", "PATH"),
     Option("max_attempts", parse_count, "default failures before a task is dead", "N", "policy"),
     Option("backoff_base", parse_duration, "default first retry delay", "DUR", "policy"),
     Option("backoff_cap", parse_duration, "default longest retry delay", "DUR", "policy"),
@@ -351,6 +408,7 @@ def load_settings(
         if name != "default"
     }
     settings = Settings(**values, default_policy=default_policy, queue_policies=queue_policies)
+    _check_tls(settings, keys)
     for name in ("max_payload_bytes", "max_result_bytes"):
         if getattr(settings, name) > settings.max_message_bytes:
             raise ConfigError(
@@ -359,6 +417,14 @@ def load_settings(
                 f"({settings.max_message_bytes}); raise that too",
             )
     return settings
+
+
+def _check_tls(settings: Settings, keys: Mapping[str, str]) -> None:
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        given = "tls_cert" if settings.tls_cert else "tls_key"
+        raise ConfigError(keys[given], "tls_cert and tls_key go together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise ConfigError(keys["tls_client_ca"], "mTLS needs TLS: give tls_cert and tls_key too")
 
 
 def _lookup(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import random
@@ -23,9 +24,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from feeder.config import Settings, redact_url
+from feeder.server import audit
+from feeder.server.access import AccessError
+from feeder.server.access_file import AccessSource
 from feeder.server.admission import Admission
+from feeder.server.auth import AccessInterceptor, Authenticator
 from feeder.server.collector import scheduled_full_collections
 from feeder.server.servicer import FeederServicer, add_to_server
+from feeder.server.tls import CertificateFiles, TlsError
 from feeder.server.validate import Limits
 from feeder.service.clock import SteadyClock
 from feeder.service.loop_lag import LoopLagProbe
@@ -82,6 +88,19 @@ class FeederServer:
     ) -> None:
         """`clock`: the feeder's time, by default wall-clock seconds that follow elapsed
         time (`SteadyClock`), the same for the service and the servicer."""
+        try:
+            self.access = (
+                AccessSource(path=settings.auth_file, text=settings.auth)
+                if settings.auth_file or settings.auth
+                else None
+            )
+            self.certificates = (
+                CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+                if settings.tls_cert and settings.tls_key
+                else None
+            )
+        except (AccessError, TlsError) as exc:
+            raise StartupError(str(exc)) from None
         clock = clock or SteadyClock()
         # No reply (a Lease's tasks, a page of dead tasks) may pass the message limit.
         max_reply_bytes = max(settings.max_message_bytes - REPLY_MARGIN, 1)
@@ -109,6 +128,10 @@ class FeederServer:
         self._servicer = FeederServicer(
             self.service, limits=limits, clock=clock, admission=self.admission
         )
+        self.authenticator = Authenticator(
+            self.access.current if self.access is not None else None,
+            mtls=settings.tls_client_ca is not None,
+        )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Future[None] | None = None
@@ -131,6 +154,7 @@ class FeederServer:
     def _build(self) -> grpc.aio.Server:
         size = self.settings.max_message_bytes
         server = grpc.aio.server(
+            interceptors=[AccessInterceptor(self.authenticator, self.service.queue_of)],
             options=[
                 ("grpc.max_send_message_length", size),
                 ("grpc.max_receive_message_length", size),
@@ -144,7 +168,7 @@ class FeederServer:
                 # admission bound refuses the excess explicitly instead.
                 ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
                 ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
-            ]
+            ],
         )
         add_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -154,6 +178,9 @@ class FeederServer:
         return server
 
     async def start(self) -> int:
+        refusal = exposure_refusal(self.settings)
+        if refusal is not None:
+            raise StartupError(refusal)
         try:
             await self.service.start()
         except (OSError, RuntimeError, sqlite3.Error, StoreUnavailable, SchemaTooNew) as exc:
@@ -161,7 +188,11 @@ class FeederServer:
             raise StartupError(f"cannot open store {redact_url(self.settings.db)}: {exc}") from exc
         server = self._build()
         try:
-            port = int(server.add_insecure_port(self.settings.listen))
+            if self.certificates is not None:
+                credentials = self.certificates.server_credentials()
+                port = int(server.add_secure_port(self.settings.listen, credentials))
+            else:
+                port = int(server.add_insecure_port(self.settings.listen))
         except RuntimeError:  # grpcio raises on bind failure; older versions return 0
             port = 0
         if port == 0:
@@ -178,8 +209,23 @@ class FeederServer:
             except OSError as exc:
                 await self.stop(0)
                 raise StartupError(f"cannot write port file: {exc}") from exc
-        log.info("feeder listening on %s (store %s)", self.address, redact_url(self.settings.db))
+        log.info(
+            "feeder listening on %s (%s; store %s)",
+            self.address,
+            self.security_summary(),
+            redact_url(self.settings.db),
+        )
         return port
+
+    def security_summary(self) -> str:
+        transport = "plaintext"
+        if self.certificates is not None:
+            transport = "mTLS" if self.settings.tls_client_ca else "TLS"
+        if self.access is not None:
+            return f"{transport}, access list of {len(self.access.current())} entries"
+        if self.settings.tls_client_ca:
+            return f"{transport}, any client certificate of the CA"
+        return f"{transport}, no auth"
 
     def _store_availability(self, available: bool) -> None:
         """Health follows the database: NOT_SERVING while it cannot be reached (the RPCs
@@ -235,9 +281,38 @@ class FeederServer:
             await self._server.stop(None)
 
 
+def exposure_refusal(settings: Settings) -> str | None:
+    """Why the feeder must not start as configured, or None: it would serve in clear text
+    on an address other machines can reach (Redis's protected mode is the model)."""
+    if settings.insecure or settings.tls_cert or is_loopback_listen(settings.listen):
+        return None
+    keys = (
+        " (its API keys would cross the network in clear text)"
+        if (settings.auth_file or settings.auth)
+        else " to anyone who can reach it, without auth"
+    )
+    return (
+        f"refusing to listen on {settings.listen} without TLS: every payload, result and "
+        f"call would be open{keys}. Give --tls-cert and --tls-key (and --auth-file for "
+        "keys), listen on a loopback address (127.0.0.1:PORT), or pass --insecure "
+        "(FEEDWORK_INSECURE=1) on a network you trust"
+    )
+
+
+def is_loopback_listen(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or 0.0.0.0 / [::] (every interface)
+
+
 async def serve(settings: Settings, *, store: Store | None = None) -> None:
     """Runs a feeder until SIGTERM or SIGINT, then stops it gracefully. A second signal
     cancels the RPCs still in flight instead of waiting out the grace period."""
+    audit.configure(settings.audit_log)
     server = FeederServer(settings, store=store)
     await server.start()
     loop = asyncio.get_running_loop()

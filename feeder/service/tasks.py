@@ -682,6 +682,11 @@ class TaskService:
     async def get_task(self, task_id: int) -> Task | None:
         return (await self._store.get([task_id])).get(task_id)
 
+    async def queue_of(self, task_id: int) -> str | None:
+        """The queue of a task (None: no such task), read without its payload."""
+        task = (await self._store.get([task_id], payloads=False)).get(task_id)
+        return None if task is None else task.queue
+
     async def cancel(self, task_id: int) -> tuple[CancelOutcome, State] | None:
         for _ in range(MAX_RACES):
             task = (await self._store.get([task_id], payloads=False)).get(task_id)
