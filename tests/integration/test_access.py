@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from feeder.config import Settings
-from feeder.server import audit
 from feeder.server.auth import RULES
 from feedwork.v1 import feeder_pb2 as pb
-from tests.conftest import ALL_STORES, FeederFactory, RunningFeeder
+from tests.conftest import ALL_STORES, RunningFeeder
 
 QUEUE = "jobs"
 OTHER = "other"
