@@ -64,6 +64,16 @@ compose-check: services ## validate the compose files with docker-compose (defau
 docker-cluster: venv ## the compose cluster on a real Docker engine, then clean up (root; 1 min, 2-3 without images)
 	timeout 1800 docker/cluster-run.sh $(CLUSTER_ARGS)
 
+# Development certificates and API keys, e.g. for docker-compose.tls.yml (docs/DOCKER.md).
+# The feeder certificate names the compose feeders too, so that containers can verify them.
+.PHONY: dev-certs
+CERTS_DIR ?= certs
+DEV_CERTS_HOSTS := feeder feeder-1 feeder-2 feeder-3
+
+dev-certs: venv ## CA, feeder certificate, API keys and auth.txt in CERTS_DIR (certs); DEV_CERTS_ARGS=--force replaces
+	$(BIN)/feedwork dev-certs --out $(CERTS_DIR) --keys $(addprefix --host ,$(DEV_CERTS_HOSTS)) $(DEV_CERTS_ARGS)
+	@echo "compose with TLS and keys: $(if $(filter certs ./certs,$(CERTS_DIR)),,FEEDWORK_CERTS_DIR=$(abspath $(CERTS_DIR)) )docker compose -f docker-compose.yml -f docker-compose.override.yml -f docker-compose.tls.yml --profile cluster up -d --build cluster-worker"
+
 bench: venv services ## run the benchmarks
 	$(BIN)/python -m bench
 

@@ -332,6 +332,9 @@ def usage(*, out: Path, clients: Sequence[str], api_keys: bool) -> str:
         feeder.append(f"--auth-file {path('auth.txt')}")
     lines = ["feeder:", "  " + " \\\n      ".join(feeder), "clients:"]
     lines.append(f"  export FEEDWORK_TLS_CA={path('ca.pem')}")
+    lines.append(
+        "  # a target listing several feeders: FEEDWORK_TLS_SERVER_NAME=<a name of feeder.pem>"
+    )
     if clients:
         lines.append(f"  export FEEDWORK_TLS_CLIENT_CERT={path(f'client-{clients[0]}.pem')}")
         lines.append(f"  export FEEDWORK_TLS_CLIENT_KEY={path(f'client-{clients[0]}-key.pem')}")
