@@ -52,17 +52,29 @@ services: ## start the local services the tests need (PostgreSQL), if they are n
 
 .PHONY: compose-check docker-cluster
 COMPOSE_HOST := -f docker-compose.yml -f docker/compose.host.yml
+COMPOSE_TLS  := -f docker-compose.yml -f docker-compose.override.yml -f docker-compose.tls.yml
 
-compose-check: services ## validate the compose files with docker-compose (default and cluster profile)
+compose-check: services ## validate the compose files with docker-compose (default and cluster profile, TLS)
 	@if ! command -v docker-compose >/dev/null 2>&1; then \
 		echo "compose-check: docker-compose not installed; skipped" >&2; exit 0; fi; \
 	for profile in "" "--profile cluster"; do \
 		docker-compose $$profile config -q && \
-		docker-compose $(COMPOSE_HOST) $$profile config -q || exit 1; \
-	done && echo "compose files are valid (default and cluster profile; published ports and host networking)"
+		docker-compose $(COMPOSE_HOST) $$profile config -q && \
+		docker-compose $(COMPOSE_TLS) $$profile config -q || exit 1; \
+	done && echo "compose files are valid (default and cluster profile; published ports, host networking, TLS)"
 
 docker-cluster: venv ## the compose cluster on a real Docker engine, then clean up (root; 1 min, 2-3 without images)
 	timeout 1800 docker/cluster-run.sh $(CLUSTER_ARGS)
+
+# Development certificates and API keys, e.g. for docker-compose.tls.yml (docs/DOCKER.md).
+# The feeder certificate names the compose feeders too, so that containers can verify them.
+.PHONY: dev-certs
+CERTS_DIR ?= certs
+DEV_CERTS_HOSTS := feeder feeder-1 feeder-2 feeder-3
+
+dev-certs: venv ## CA, feeder certificate, API keys and auth.txt in CERTS_DIR (certs); DEV_CERTS_ARGS=--force replaces
+	$(BIN)/feedwork dev-certs --out $(CERTS_DIR) --keys $(addprefix --host ,$(DEV_CERTS_HOSTS)) $(DEV_CERTS_ARGS)
+	@echo "compose with TLS and keys: $(if $(filter certs ./certs,$(CERTS_DIR)),,FEEDWORK_CERTS_DIR=$(abspath $(CERTS_DIR)) )docker compose -f docker-compose.yml -f docker-compose.override.yml -f docker-compose.tls.yml --profile cluster up -d --build cluster-worker"
 
 bench: venv services ## run the benchmarks
 	$(BIN)/python -m bench

@@ -20,6 +20,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dead(commands, client)
     _add_cancel(commands, client)
     _add_demo(commands)
+    _add_dev_certs(commands)
     return parser
 
 
@@ -526,6 +528,65 @@ def _add_demo(commands: Any) -> None:
     )
     demo.add_arguments(parser)
     parser.set_defaults(run=demo.run)
+
+
+def _add_dev_certs(commands: Any) -> None:
+    parser = commands.add_parser(
+        "dev-certs",
+        help="write a development CA, feeder and client certificates (and API keys)",
+        description=(
+            "Write a CA (ca.pem, ca-key.pem), a feeder certificate (feeder.pem, "
+            "feeder-key.pem) for localhost, 127.0.0.1, ::1 and every --host, a client "
+            "certificate per --client NAME (client-NAME.pem, client-NAME-key.pem) and, "
+            "with --keys, a worker, a producer and an admin API key (worker.key, "
+            "producer.key, admin.key) with the auth file granting them (auth.txt). Keys "
+            "are written 0600. For development and tests only: the CA's key is kept with "
+            "the certificates it signed."
+        ),
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another DNS name or IP address of the feeders (repeatable)",
+    )
+    parser.add_argument(
+        "--client", action="append", default=[], metavar="NAME", help="client identity (repeatable)"
+    )
+    parser.add_argument("--days", type=int, default=365, help="validity (default: %(default)s)")
+    parser.add_argument("--keys", action="store_true", help="API keys and auth.txt as well")
+    parser.add_argument("--force", action="store_true", help="replace files that exist")
+    parser.set_defaults(run=_dev_certs)
+
+
+def _dev_certs(args: argparse.Namespace) -> int:
+    # Imported here, not above: only this command needs cryptography, and every other
+    # command would pay for loading it (or fail with it, were it broken).
+    from feedwork import devcerts
+
+    if args.days < 1:
+        raise UsageError(f"--days must be at least 1, not {args.days}")
+    out = Path(args.out)
+    try:
+        written = devcerts.write_dev_dir(
+            out=out,
+            hosts=[*devcerts.DEFAULT_HOSTS, *args.host],
+            clients=args.client,
+            days=args.days,
+            api_keys=args.keys,
+            force=args.force,
+        )
+    except (ValueError, FileExistsError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise Refusal(f"{exc.filename}: {exc.strerror}", EXIT_FAILURE) from None
+    width = max(len(str(item.path)) for item in written)
+    for item in written:
+        print(f"wrote {item.path!s:<{width}}  {item.mode:04o}  {item.about}")
+    print(devcerts.usage(out=out, clients=args.client, api_keys=args.keys))
+    return EXIT_OK
 
 
 def _delegate(name: str, argv: list[str]) -> int:
