@@ -20,4 +20,8 @@ RUN pip install . \
 USER feedwork
 VOLUME /data
 EXPOSE 50051
-CMD ["python", "-m", "feeder", "--listen", "0.0.0.0:50051", "--db", "/data/feedwork.db"]
+# A container listens on every interface of its own network to be reachable at all: like
+# Redis's image (protected mode off), this default runs without TLS, and publishing its
+# port is the operator's choice (docker-compose.override.yml: 127.0.0.1 only). With TLS
+# and keys, give --tls-cert, --tls-key and --auth-file instead (docs/SECURITY.md).
+CMD ["python", "-m", "feeder", "--listen", "0.0.0.0:50051", "--db", "/data/feedwork.db", "--insecure"]

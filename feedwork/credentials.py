@@ -116,6 +116,11 @@ class ClientSecurity:
         plaintext channel without a key."""
         key = self.key()
         if self.uses_tls:
+            if not self.tls_server_name and _several_addresses(target):
+                raise CredentialsError(
+                    f"tls_server_name is needed with TLS to several feeders ({target}): gRPC "
+                    "checks each feeder's certificate against one name, the one they share"
+                )
             if bool(self.tls_client_cert) != bool(self.tls_client_key):
                 raise CredentialsError("tls_client_cert and tls_client_key go together")
             credentials = grpc.ssl_channel_credentials(
@@ -214,6 +219,11 @@ def is_loopback_target(target: str) -> bool:
     if scheme in ("ipv4", "ipv6"):
         return all(_loopback_ip(entry.rsplit(":", 1)[0].strip("[]")) for entry in rest.split(","))
     return False
+
+
+def _several_addresses(target: str) -> bool:
+    scheme, _, rest = target.partition(":")
+    return scheme in ("ipv4", "ipv6") and "," in rest
 
 
 def _loopback_ip(host: str) -> bool:
