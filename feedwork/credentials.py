@@ -99,11 +99,16 @@ class ClientSecurity:
             raise CredentialsError("api_key is empty or has spaces around it")
         return self.api_key
 
-    def check(self) -> None:
+    def check(self, target: str | None = None) -> None:
         """Raises `CredentialsError` now for what `channel_credentials` would fail on
         later (a file that cannot be read, options that do not go together), short of
         where the key may be sent."""
         self.key()
+        if target and self.uses_tls and not self.tls_server_name and _several_addresses(target):
+            raise CredentialsError(
+                f"tls_server_name is needed with TLS to several feeders ({target}): gRPC "
+                "checks each feeder's certificate against one name, the one they share"
+            )
         if bool(self.tls_client_cert) != bool(self.tls_client_key):
             raise CredentialsError("tls_client_cert and tls_client_key go together")
         for name in ("tls_ca", "tls_client_cert", "tls_client_key"):
@@ -116,11 +121,7 @@ class ClientSecurity:
         plaintext channel without a key."""
         key = self.key()
         if self.uses_tls:
-            if not self.tls_server_name and _several_addresses(target):
-                raise CredentialsError(
-                    f"tls_server_name is needed with TLS to several feeders ({target}): gRPC "
-                    "checks each feeder's certificate against one name, the one they share"
-                )
+            self.check(target)
             if bool(self.tls_client_cert) != bool(self.tls_client_key):
                 raise CredentialsError("tls_client_cert and tls_client_key go together")
             credentials = grpc.ssl_channel_credentials(
@@ -222,8 +223,9 @@ def is_loopback_target(target: str) -> bool:
 
 
 def _several_addresses(target: str) -> bool:
-    scheme, _, rest = target.partition(":")
-    return scheme in ("ipv4", "ipv6") and "," in rest
+    # A list (HOST:PORT,HOST:PORT) or an ipv4:/ipv6: URI of several addresses; a DNS name
+    # never holds a comma.
+    return "," in target
 
 
 def _loopback_ip(host: str) -> bool:

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         security = ClientSecurity.from_env(**{name: getattr(config, name) for name in OPTION_NAMES})
-        security.check()
+        security.check(config.target)
     except CredentialsError as exc:
         log.error("%s", exc)
         return 2

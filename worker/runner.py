@@ -113,7 +113,7 @@ class Worker:
         # TLS and the API key (keyword arguments, else FEEDWORK_* variables); files are
         # read again at each reconnect, so a replaced key file is picked up.
         self.security = ClientSecurity.from_env(**security)
-        self.security.check()
+        self.security.check(self.target)
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
