@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any
 
 LOGGER_NAME = "feedwork.audit"
 log = logging.getLogger(LOGGER_NAME)
@@ -34,14 +34,15 @@ class _JsonLines(logging.Formatter):
 def configure(destination: str = "-") -> logging.Handler:
     """Sends audit lines to `destination`: "-" for standard error, else a file path.
     Replaces the handler an earlier call added; returns the new one."""
-    stream: IO[str]
     if destination == "-":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
     else:
         fd = os.open(destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        os.fchmod(fd, FILE_MODE)  # whatever the umask, and for a file made before
-        stream = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
-        handler = logging.StreamHandler(stream)
+        try:
+            os.fchmod(fd, FILE_MODE)  # whatever the umask, and for a file made before
+        finally:
+            os.close(fd)
+        handler = logging.FileHandler(destination, mode="a", encoding="utf-8")
     handler.setFormatter(_JsonLines())
     for old in list(log.handlers):
         log.removeHandler(old)

@@ -257,23 +257,17 @@ class _Call:
     async def _admit(self, message: Any, context: Any) -> list[str | None]:
         """Authenticates and authorizes; the queues the request names. Aborts the call
         (after an audit line) when it is denied."""
-        auth = self.interceptor._auth
         queues: list[str | None] = []
         try:
-            self.principal = auth.principal(self.metadata, context)
-            if self.principal is None:  # no auth: the queues are only for the audit
-                if self.rule.audited and not isinstance(message, MalformedRequest):
-                    queues = list(self.rule.queues(message)) if self.rule.queues else []
-                return queues
-            if self.rule.role is None:
-                return queues
-            if not self.principal.has(self.rule.role):
+            self.principal = self.interceptor._auth.principal(self.metadata, context)
+            role = self.rule.role
+            if self.principal is not None and role is not None and not self.principal.has(role):
                 raise self._forbidden(None)
             if isinstance(message, MalformedRequest) or message is None:
                 return queues  # the service answers INVALID_ARGUMENT; nothing is done
             if self.rule.queues is not None:
                 queues = list(self.rule.queues(message))
-            elif self.rule.by_task_id and self.method == "CancelTask":
+            elif self.method == "CancelTask":  # checked before it changes anything
                 queue = await self._task_queue(message.task_id)
                 queues = [] if queue is None else [queue]
             self._check(context, queues)

@@ -7,20 +7,27 @@ without a row here (and a rule in feeder/server/auth.py) fails this module.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
-from collections.abc import Awaitable, Callable
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from feeder.config import Settings
+from feeder.server import audit
 from feeder.server.auth import RULES
 from feedwork.v1 import feeder_pb2 as pb
-from tests.conftest import ALL_STORES, RunningFeeder
+from tests.conftest import ALL_STORES, FeederFactory, RunningFeeder
 
 QUEUE = "jobs"
 OTHER = "other"
@@ -261,3 +268,179 @@ async def test_every_caller_on_every_rpc(feeder: RunningFeeder, method: str) -> 
             if (want == ALLOWED) != allowed_code or (not allowed_code and code != want):
                 wrong.append(f"{method} {where} by {caller}: got {code.name}, want {want.name}")
     assert not wrong, "\n".join(wrong)
+
+
+# -- credentials that must not work ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer fwk_r0000001_root-secreT",  # one character off
+        "Bearer " + "fwk_r0000001_root-secret"[:-1],
+        "bearer",  # no key
+        "Basic cm9vdDpyb290",
+        "fwk_r0000001_root-secret",  # no scheme
+        "Bearer " + key_hash(KEYS["root"]),  # the hash is not the key
+    ],
+)
+async def test_forged_credentials_are_unauthenticated(
+    feeder: RunningFeeder, authorization: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await feeder.stub.GetStats(
+            pb.GetStatsRequest(), metadata=[("authorization", authorization)]
+        )
+    assert caught.value.code() == UNAUTHENTICATED
+
+
+async def test_a_replayed_lease_token_changes_nothing(feeder: RunningFeeder) -> None:
+    worker = bearer("worker")
+    await feeder.stub.Submit(
+        pb.SubmitRequest(tasks=[pb.TaskSpec(queue=QUEUE)]), metadata=bearer("producer")
+    )
+    leased = await feeder.stub.Lease(pb.LeaseRequest(queue=QUEUE, max_tasks=1), metadata=worker)
+    token = leased.tasks[0].lease_token
+    acks = [pb.AckItem(lease_token=token, result=b"first")]
+    first = await feeder.stub.Ack(pb.AckRequest(items=acks), metadata=worker)
+    # Replayed by another caller holding the worker role (on another queue, even):
+    replay = [pb.AckItem(lease_token=token, result=b"second")]
+    again = await feeder.stub.Ack(pb.AckRequest(items=replay), metadata=bearer("stranger"))
+    assert first.results[0].outcome == pb.ACK_OUTCOME_ACKED
+    assert again.results[0].outcome == pb.ACK_OUTCOME_DUPLICATE
+    task = await feeder.stub.GetTask(
+        pb.GetTaskRequest(task_id=leased.tasks[0].task_id), metadata=bearer("root")
+    )
+    assert task.task.result == b"first"
+
+
+# -- the access file, read again ------------------------------------------------------------
+
+
+async def test_a_key_revoked_in_the_file_is_refused_within_seconds(
+    feeder_factory: FeederFactory, feeder_settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "access.txt"
+    path.write_text(access_text() + "\n")
+    settings = dataclasses.replace(feeder_settings, auth=None, auth_file=str(path))
+    feeder = await feeder_factory(settings=settings)
+    producer = bearer("producer")
+    request = pb.SubmitRequest(tasks=[pb.TaskSpec(queue=QUEUE)])
+    await feeder.stub.Submit(request, metadata=producer)
+    lines = [line for line in access_text().splitlines() if not line.startswith("producer ")]
+    path.write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
+    while True:
+        try:
+            await feeder.stub.Submit(request, metadata=producer)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == UNAUTHENTICATED
+            break
+        assert time.monotonic() - started < 5, "the revoked key still works"
+        await asyncio.sleep(0.1)
+    print(f"revoked after {time.monotonic() - started:.2f} s")
+    # A broken rewrite is ignored: the list in use stays.
+    path.write_text("this is not an access list\n")
+    await asyncio.sleep(1.2)
+    await feeder.stub.GetStats(pb.GetStatsRequest(), metadata=bearer("root"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await feeder.stub.Submit(request, metadata=producer)
+    assert caught.value.code() == UNAUTHENTICATED
+
+
+# -- health, reflection ---------------------------------------------------------------------
+
+
+async def test_health_is_open_and_reflection_follows_auth(feeder: RunningFeeder) -> None:
+    health = health_pb2_grpc.HealthStub(feeder.channel)
+    reply = await health.Check(health_pb2.HealthCheckRequest())
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(feeder.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async def services(metadata: list[tuple[str, str]]) -> list[str]:
+        call = reflection.ServerReflectionInfo(iter([request]), metadata=metadata)
+        return [s.name for r in [await call.read()] for s in r.list_services_response.service]
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await services([])
+    assert caught.value.code() == UNAUTHENTICATED
+    assert "feedwork.v1.Feeder" in await services(bearer("worker"))
+
+
+# -- the audit log ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def audit_file(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "audit.log"
+    handler = audit.configure(str(path))
+    yield path
+    audit.log.removeHandler(handler)
+    handler.close()
+    audit.log.propagate = True
+
+
+def audit_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_audit_lines_for_destructive_and_denied_calls(
+    feeder: RunningFeeder, audit_file: Path
+) -> None:
+    secret_payload = b"card 4111-1111-1111-1111"
+    submitted = await feeder.stub.Submit(
+        pb.SubmitRequest(tasks=[pb.TaskSpec(queue=QUEUE, payload=secret_payload)] * 2),
+        metadata=bearer("producer"),
+    )
+    ids = [r.task_id for r in submitted.results]
+    await feeder.stub.CancelTask(pb.CancelTaskRequest(task_id=ids[0]), metadata=bearer("producer"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await feeder.stub.CancelTask(
+            pb.CancelTaskRequest(task_id=ids[1]), metadata=bearer("worker")
+        )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await feeder.stub.Lease(
+            pb.LeaseRequest(queue=QUEUE, max_tasks=1), metadata=bearer("forged")
+        )
+    selector = pb.DeadTaskSelector(queue=QUEUE)
+    await feeder.stub.RedriveDeadTasks(
+        pb.RedriveDeadTasksRequest(selector=selector), metadata=bearer("admin")
+    )
+    await feeder.stub.PurgeDeadTasks(
+        pb.PurgeDeadTasksRequest(selector=selector), metadata=bearer("root")
+    )
+    await feeder.stub.ListDeadTasks(
+        pb.ListDeadTasksRequest(queue=QUEUE, include_payloads=True), metadata=bearer("root")
+    )
+    lines = audit_lines(audit_file)
+    assert [(line["event"], line["method"], line.get("caller", "")) for line in lines] == [
+        ("call", "CancelTask", "producer"),
+        ("denied", "CancelTask", "worker"),
+        ("denied", "Lease", ""),
+        ("call", "RedriveDeadTasks", "admin"),
+        ("call", "PurgeDeadTasks", "root"),
+        ("call", "ListDeadTasks", "root"),
+    ]
+    cancel, denied, unauthenticated = lines[0], lines[1], lines[2]
+    assert cancel["task_ids"] == [ids[0]] and cancel["queues"] == [QUEUE]
+    assert cancel["code"] == "OK" and cancel["outcome"] == "CANCEL_OUTCOME_CANCELLED"
+    assert denied["code"] == "PERMISSION_DENIED" and denied["task_ids"] == [ids[1]]
+    assert unauthenticated["code"] == "UNAUTHENTICATED" and unauthenticated["peer"]
+    assert lines[3]["outcome"] == "redriven 0" and lines[4]["outcome"] == "purged 0"
+    text = json.dumps(lines)
+    assert "4111" not in text and "secret" not in text and "fwk_" not in text
+    assert all(line["time"].endswith("Z") for line in lines)
+    assert os.stat(audit_file).st_mode & 0o777 == 0o600
+
+
+async def test_audit_without_auth_names_the_caller_anyone(
+    feeder_factory: FeederFactory, feeder_settings: Settings, audit_file: Path
+) -> None:
+    feeder = await feeder_factory(settings=dataclasses.replace(feeder_settings, auth=None))
+    submitted = await feeder.stub.Submit(pb.SubmitRequest(tasks=[pb.TaskSpec(queue=QUEUE)]))
+    await feeder.stub.CancelTask(pb.CancelTaskRequest(task_id=submitted.results[0].task_id))
+    (line,) = audit_lines(audit_file)
+    assert (
+        line["caller"] == "anyone" and line["method"] == "CancelTask" and line["queues"] == [QUEUE]
+    )
