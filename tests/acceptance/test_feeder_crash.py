@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class FeederProcess:
-    def __init__(self, db: Path, workdir: Path) -> None:
+    def __init__(self, db: Path, workdir: Path, args: Sequence[str] = ()) -> None:
+        self.args = list(args)
         self.db = db
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,6 +45,7 @@ class FeederProcess:
                 "--db", str(self.db),
                 "--port-file", str(port_file),
                 "--log-level", "warning",
+                *self.args,
             ],
             cwd=self.workdir,
             env=env,
