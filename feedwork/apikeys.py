@@ -30,6 +30,11 @@ def key_id(key: str) -> str:
     return match[1]
 
 
+def key_digest(key: str) -> bytes:
+    """The SHA-256 digest of the whole key (any text: what a caller sent is hashed as is)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
 def key_hash(key: str) -> str:
     """`sha256:<64 hex digits>` of the whole key, as an auth file names the key."""
-    return f"{HASH_SCHEME}:{hashlib.sha256(key.encode()).hexdigest()}"
+    return f"{HASH_SCHEME}:{key_digest(key).hex()}"

@@ -55,6 +55,7 @@ _DELEGATES = {
     "feeder": ("feeder.__main__", "run a feeder (same as `python -m feeder`)"),
     "worker": ("worker.__main__", "run a worker process (same as `python -m worker`)"),
     "db": ("feeder.dbtool", "database status, migrations, and SQLite-to-PostgreSQL copy"),
+    "keys": ("feeder.keytool", "make API keys and check access lists"),
 }
 
 

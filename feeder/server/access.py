@@ -24,11 +24,12 @@ is `feeder.server.auth`'s.
 from __future__ import annotations
 
 import enum
-import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+
+from feedwork.apikeys import key_digest
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:/+-]{0,127}")
 _HASH = re.compile(r"sha256:([0-9a-f]{64})")
@@ -97,8 +98,7 @@ class AccessList:
         # only tell how a SHA-256 digest compares with the stored ones, which says nothing
         # of any key (the reason keys are compared in constant time), and the feeder holds
         # no key an attacker could recover from its memory or files.
-        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-        return self.by_key_digest.get(digest)
+        return self.by_key_digest.get(key_digest(key))
 
     def for_certificate(self, identity: str) -> Principal | None:
         return self.by_certificate.get(identity)
