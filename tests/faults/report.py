@@ -232,6 +232,18 @@ INVALID_ARGUMENT and RESOURCE_EXHAUSTED; malformed HTTP/2 from raw sockets and 5
 connections do not stop the server. Afterwards: health SERVING, no traceback in its log.""",
     ),
     (
+        "bad_input_auth",
+        "Bad input with auth on (`test_bad_input.py`, auth variant)",
+        "test_bad_input.py",
+        """The same fuzz, raw bytes, HTTP/2 and idle connections against a feeder with an access
+list: the fuzz calls with a key limited to the queues `fuzz-*` (producer, worker and
+admin there), every tenth call with no key or a forged one. Every call without a valid key
+is UNAUTHENTICATED, whatever its input; every other one ends OK, INVALID_ARGUMENT,
+NOT_FOUND, RESOURCE_EXHAUSTED or PERMISSION_DENIED; no call that succeeded named or read a
+queue outside `fuzz-*`, and a task in another queue, whose id the fuzz may name, is never
+cancelled or leased. Afterwards: health SERVING, no traceback in its log.""",
+    ),
+    (
         "overload_burst",
         "Burst of concurrent Submits (`test_overload.py`)",
         "test_overload.py::test_a_burst_of_concurrent_submits_through_the_sdk_all_get_through",
@@ -443,7 +455,7 @@ def faults_of(key: str, f: dict[str, Any]) -> str:
         return "1 full database"
     if key == "poison_task":
         return f"{f.get('worker_crashes')} worker crashes"
-    if key == "bad_input":
+    if key.startswith("bad_input"):
         return f"{f.get('fuzz_cases')} bad requests"
     if key.startswith("overload"):
         return f"{f.get('concurrent_submits') or f.get('raw_calls')} Submits at once"

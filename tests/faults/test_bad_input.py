@@ -13,11 +13,20 @@
 
 After all of it the feeder process is alive, its health check answers SERVING, and its log
 holds no traceback.
+
+All of it runs twice: against an open feeder, and against one with an access list
+(`auth`), where the fuzz calls with a key limited to the queues `fuzz-*` (each role), and
+every tenth call with no key or a forged one. There, a call without a valid key is
+UNAUTHENTICATED whatever its input, one outside `fuzz-*` is PERMISSION_DENIED, and no
+call that succeeds named (or read) a queue outside `fuzz-*`: no input gets past auth.
 """
 
 from __future__ import annotations
 
 import base64
+import fnmatch
+import hashlib
+import itertools
 import os
 import socket
 import struct
@@ -57,6 +66,21 @@ FUZZ = settings(
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(scaled(240, 1200))]
 
+# The auth variant: the setup and final checks call as root; the fuzz as `fuzzer`, limited
+# to FUZZ_QUEUES, except every tenth call (no key, or one the feeder does not know).
+ROOT_KEY = "fwk_00000001_root-key-of-the-bad-input-fuzz"
+FUZZ_KEY = "fwk_00000002_fuzzer-key-of-the-bad-input-fuzz"
+FUZZ_QUEUES = "fuzz-*"
+ACCESS = "; ".join(
+    [
+        f"root sha256:{hashlib.sha256(ROOT_KEY.encode()).hexdigest()} admin",
+        f"fuzzer sha256:{hashlib.sha256(FUZZ_KEY.encode()).hexdigest()} "
+        + " ".join(f"{role}:{FUZZ_QUEUES}" for role in ("producer", "worker", "admin")),
+    ]
+)
+# What the fuzz calls with, in turn (auth variant).
+FUZZ_CREDENTIALS = (*[FUZZ_KEY] * 8, None, "fwk_00000002_forged")
+
 
 @dataclass
 class Env:
@@ -68,21 +92,63 @@ class Env:
     task_of: dict[str, str]  # decoy or stale token -> its task id
     stale_tokens: list[str]  # tokens of attempts that are over
     task_ids: list[str]  # ids the fuzz may name (not the owned ones)
+    private_task: str  # a task outside FUZZ_QUEUES, which the fuzz may name
     codes: Counter[str] = field(default_factory=Counter)
     cases: Counter[str] = field(default_factory=Counter)
+    auth: bool = False
+    # The key the next call carries (None: none); the fuzz's turn comes from `fuzzing`.
+    key: str | None = None
+    fuzzing: Iterator[str | None] = field(default_factory=lambda: itertools.cycle(FUZZ_CREDENTIALS))
     tampered_sent: int = 0
     # Tampered tokens that got anything but INVALID_TOKEN, or named a task.
     tampered_accepted: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    workdir = tmp_path_factory.mktemp("bad-input")
-    feeder = FeederProc(workdir)
+class _WithKey(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Puts the key `env.key` names in each call's metadata (auth variant)."""
+
+    def __init__(self, keys: Callable[[], str | None]) -> None:
+        self._keys = keys
+
+    def _details(self, details: Any) -> Any:
+        key = self._keys()
+        metadata = [] if key is None else [("authorization", f"Bearer {key}")]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(
+            details.method, details.timeout, metadata, details.credentials,
+            details.wait_for_ready, details.compression,
+        )  # fmt: skip
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+@dataclass(frozen=True)
+class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+@pytest.fixture(scope="module", params=["open", "auth"])
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    auth = request.param == "auth"
+    workdir = tmp_path_factory.mktemp(f"bad-input-{request.param}")
+    feeder = FeederProc(workdir, args=["--auth", ACCESS] if auth else [])
     feeder.start()
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     channel = grpc.insecure_channel(feeder.target, options=options)
+    holder: list[Env] = []
+    if auth:
+        channel = grpc.intercept_channel(
+            channel, _WithKey(lambda: holder[0].key if holder else ROOT_KEY)
+        )
     stub = feeder_pb2_grpc.FeederStub(channel)
     try:
         owned = _lease_all(stub, "fuzz-owned", 6, worker="owner", seconds=12 * 3600)
@@ -90,7 +156,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         stale = list(_lease_all(stub, "fuzz-stale", 6, worker="stale", seconds=3600).items())
         items = [pb.AckItem(lease_token=token) for _, token in stale]
         stub.Ack(pb.AckRequest(items=items), timeout=10)
-        yield Env(
+        private = stub.Submit(pb.SubmitRequest(tasks=[pb.TaskSpec(queue="private")]), timeout=10)
+        private_task = private.results[0].task_id
+        made = Env(
+            auth=auth,
+            key=ROOT_KEY if auth else None,
             feeder=feeder,
             stub=stub,
             channel=channel,
@@ -98,8 +168,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             decoy_tokens=list(decoys.values()),
             task_of={token: task_id for task_id, token in [*decoys.items(), *stale]},
             stale_tokens=[token for _, token in stale],
-            task_ids=[*decoys, *(task_id for task_id, _ in stale)],
+            task_ids=[*decoys, *(task_id for task_id, _ in stale), private_task],
+            private_task=private_task,
         )
+        holder.append(made)
+        yield made
     finally:
         channel.close()
         feeder.stop()
@@ -260,6 +333,9 @@ def submit_request(env: Env, draw: Any) -> pb.SubmitRequest:
     n = draw(st.sampled_from([0, 1, 2, 3, 1001]))
     specs = []
     for _ in range(min(n, 3)):
+        if draw(st.integers(0, 3)) == 0:  # a plain spec, valid on a valid queue name
+            specs.append(pb.TaskSpec(queue=draw(texts)))
+            continue
         spec = pb.TaskSpec(
             queue=draw(texts),
             payload=draw(payloads),
@@ -281,6 +357,8 @@ def submit_request(env: Env, draw: Any) -> pb.SubmitRequest:
 
 
 def lease_request(env: Env, draw: Any) -> pb.LeaseRequest:
+    if draw(st.integers(0, 3)) == 0:  # a plain request, valid on a valid queue name
+        return pb.LeaseRequest(queue=draw(texts), max_tasks=1)
     request = pb.LeaseRequest(
         queue=draw(st.one_of(texts, st.just("fuzz-decoy"))),
         max_tasks=draw(int32s),
@@ -374,16 +452,54 @@ STREAMING = ("Consume",)
 assert set(SIMPLE) | set(WITH_TOKENS) | set(STREAMING) == set(METHODS)
 
 
+def next_key(env: Env) -> None:
+    """The key of the fuzz's next call (auth variant): mostly the fuzzer's, or none, or
+    a forged one."""
+    if env.auth:
+        env.key = next(env.fuzzing)
+
+
+def check_code(env: Env, method: str, code: grpc.StatusCode, details: str | None) -> None:
+    if env.auth and env.key != FUZZ_KEY:
+        assert code == grpc.StatusCode.UNAUTHENTICATED, f"{method} with key {env.key}: {code}"
+        return
+    allowed = DOCUMENTED | ({grpc.StatusCode.PERMISSION_DENIED} if env.auth else set())
+    assert code in allowed, f"{method}: {code.name}: {details}"
+
+
+def named_queues(request: Any, reply: Any) -> list[str]:
+    """The queues a successful call named or read (the test's own reading of the contract,
+    not the feeder's rule table)."""
+    if isinstance(request, pb.SubmitRequest):
+        return [spec.queue for spec in request.tasks]
+    if isinstance(request, pb.LeaseRequest | pb.ListDeadTasksRequest):
+        return [request.queue]
+    if isinstance(request, pb.RedriveDeadTasksRequest | pb.PurgeDeadTasksRequest):
+        return [request.selector.queue]
+    if isinstance(request, pb.GetStatsRequest):
+        return list(request.queues) or ["(every queue)"]
+    if isinstance(request, pb.GetTaskRequest):
+        return [reply.task.queue]
+    return []
+
+
 def send(env: Env, method: str, request: Any) -> tuple[grpc.StatusCode, Any]:
     env.cases[method] += 1
+    next_key(env)
     try:
         reply = getattr(env.stub, method)(request, timeout=10)
     except grpc.RpcError as exc:
         code = exc.code()
         env.codes[code.name] += 1
-        assert code in DOCUMENTED, f"{method}: {code.name}: {exc.details()}"
+        check_code(env, method, code, exc.details())
         return code, None
     env.codes["OK"] += 1
+    if env.auth:
+        assert env.key == FUZZ_KEY, f"{method} succeeded with key {env.key}"
+        outside = [
+            q for q in named_queues(request, reply) if not fnmatch.fnmatchcase(q, FUZZ_QUEUES)
+        ]
+        assert not outside, f"{method} succeeded on {outside}"
     return grpc.StatusCode.OK, reply
 
 
@@ -449,6 +565,7 @@ def test_fuzz_consume(env: Env) -> None:
         tokens = token_items(env, data.draw)
         messages = consume_messages(env, data.draw, tokens)
         env.cases["Consume"] += 1
+        next_key(env)
         answers = {}
         try:
             for response in env.stub.Consume(iter(messages), timeout=10):
@@ -459,9 +576,11 @@ def test_fuzz_consume(env: Env) -> None:
         except grpc.RpcError as exc:
             code = exc.code()
             env.codes[f"Consume {code.name}"] += 1
-            assert code in DOCUMENTED, f"Consume: {code.name}: {exc.details()}"
+            check_code(env, "Consume", code, exc.details())
             return
         env.codes["Consume OK"] += 1
+        if env.auth:
+            assert env.key == FUZZ_KEY and fnmatch.fnmatchcase(messages[0].start.queue, FUZZ_QUEUES)
         for message in messages[1:]:
             if not (message.acks or message.nacks or message.extends):
                 continue  # not a report (no items): nothing is answered
@@ -481,11 +600,47 @@ def test_fuzz_consume(env: Env) -> None:
     fuzz()
 
 
+def test_valid_calls_outside_the_scope_are_denied(env: Env) -> None:
+    """What the fuzz reaches by chance, for certain: well-formed calls on a queue outside
+    FUZZ_QUEUES (or on every queue), and on the private task, with the fuzzer's key. (The
+    open variant, without an access list, denies none of them.)"""
+    env.key = FUZZ_KEY if env.auth else None
+    private = pb.DeadTaskSelector(queue="private")
+    calls = {
+        "Submit": pb.SubmitRequest(tasks=[pb.TaskSpec(queue="fuzz-ok"), pb.TaskSpec(queue="q")]),
+        "Lease": pb.LeaseRequest(queue="private", max_tasks=1),
+        "GetTask": pb.GetTaskRequest(task_id=env.private_task),
+        "CancelTask": pb.CancelTaskRequest(task_id=env.private_task),
+        "ListDeadTasks": pb.ListDeadTasksRequest(queue="private"),
+        "RedriveDeadTasks": pb.RedriveDeadTasksRequest(selector=private),
+        "PurgeDeadTasks": pb.PurgeDeadTasksRequest(selector=private),
+        "GetStats": pb.GetStatsRequest(),
+    }
+    if not env.auth:  # the open feeder would cancel and lease the private task: not those
+        calls = {m: r for m, r in calls.items() if m not in ("CancelTask", "Lease")}
+    want = grpc.StatusCode.PERMISSION_DENIED if env.auth else grpc.StatusCode.OK
+    for method, request in calls.items():
+        try:
+            getattr(env.stub, method)(request, timeout=10)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+        assert code == want, method
+    stream = env.stub.Consume(iter([pb.ConsumeRequest(start=pb.ConsumeStart(queue="q"))]))
+    try:
+        list(stream)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        code = exc.code()
+    assert code == want
+
+
 @settings(max_examples=scaled(40, 400), deadline=None, database=None)
 @given(method=st.sampled_from(METHODS), body=st.binary(max_size=512))
 def test_garbage_bytes(env: Env, method: str, body: bytes) -> None:
+    next_key(env)
     code = raw_call(env, f"/feedwork.v1.Feeder/{method}", body)
-    assert code in DOCUMENTED, (method, body, code)
+    check_code(env, method, code, repr(body))
 
 
 def raw_call(env: Env, path: str, body: bytes) -> grpc.StatusCode:
@@ -502,6 +657,7 @@ def raw_call(env: Env, path: str, body: bytes) -> grpc.StatusCode:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_oversized_and_undecodable_messages(env: Env, method: str) -> None:
+    env.key = FUZZ_KEY if env.auth else None
     path = f"/feedwork.v1.Feeder/{method}"
     assert raw_call(env, path, b"\x0a" + b"\xff" * 20) == grpc.StatusCode.INVALID_ARGUMENT
     assert raw_call(env, path, os.urandom(9 * MiB)) == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -536,6 +692,7 @@ MALFORMED: dict[str, bytes] = {
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_malformed_http2(env: Env, name: str) -> None:
+    env.key = ROOT_KEY if env.auth else None
     with socket.create_connection(("127.0.0.1", env.feeder.port), timeout=5) as sock:
         sock.sendall(MALFORMED[name])
         sock.settimeout(1)
@@ -552,6 +709,7 @@ def test_malformed_http2(env: Env, name: str) -> None:
 
 def test_idle_connections_do_not_block_others(env: Env) -> None:
     """Many connections that send a preface and then nothing (slowloris)."""
+    env.key = ROOT_KEY if env.auth else None
     socks = []
     try:
         for _ in range(scaled(50, 300)):
@@ -571,6 +729,10 @@ def test_idle_connections_do_not_block_others(env: Env) -> None:
 def test_zz_owned_tasks_untouched_and_feeder_healthy(env: Env) -> None:
     """Runs last: the owned tasks survived every forged and tampered token. The figures
     are recorded before the checks, so that a failure shows in them."""
+    env.key = ROOT_KEY if env.auth else None
+    private = env.stub.GetTask(pb.GetTaskRequest(task_id=env.private_task), timeout=10).task
+    # Auth variant: the fuzz could name the private task, never touch it.
+    private_untouched = private.state == pb.TASK_STATE_READY and private.attempts == 0
     untouched = []
     for task_id, _ in env.owned.items():
         task = env.stub.GetTask(pb.GetTaskRequest(task_id=task_id), timeout=10).task
@@ -593,7 +755,7 @@ def test_zz_owned_tasks_untouched_and_feeder_healthy(env: Env) -> None:
     log = Path(env.feeder.log_path).read_text(errors="replace")
     cases = sum(env.cases.values())
     record(
-        "bad_input",
+        "bad_input_auth" if env.auth else "bad_input",
         {
             "examples_per_rpc": EXAMPLES,
             "fuzz_cases": cases,
@@ -605,6 +767,7 @@ def test_zz_owned_tasks_untouched_and_feeder_healthy(env: Env) -> None:
             "feeder_restarts": env.feeder.starts - 1,
             "healthy_after": alive and serving,
             "tracebacks_in_log": log.count("Traceback"),
+            "private_task_untouched": private_untouched if env.auth else "n/a (no auth)",
             "seconds": round(time.monotonic() - env.started, 1),
             "internal_or_unknown": sum(
                 n for code, n in env.codes.items() if code.endswith(("INTERNAL", "UNKNOWN"))
@@ -617,3 +780,4 @@ def test_zz_owned_tasks_untouched_and_feeder_healthy(env: Env) -> None:
     assert alive and serving
     assert "Traceback" not in log, log[-3000:]
     assert env.tampered_accepted == 0
+    assert private_untouched or not env.auth, private
