@@ -83,6 +83,8 @@ class Settings:
     log_level: str = "INFO"
     # Where to write the bound port once listening (for `listen` with port 0).
     port_file: str | None = None
+    # Lease-token keys kept outside the database, rotatable (feeder.service.token_keys).
+    token_secret_file: str | None = None
     default_policy: QueuePolicy = field(default_factory=QueuePolicy)
     queue_policies: Mapping[str, QueuePolicy] = field(default_factory=dict)
 
@@ -279,6 +281,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("log_level", parse_log_level, "debug, info, warning or error", "LEVEL"),
     Option("port_file", parse_path, "write the bound port to this file once listening", "PATH"),
+    Option(
+        "token_secret_file",
+        parse_path,
+        "sign lease tokens with the current key of this file (lines KEY_ID HEX-SECRET"
+        " [current]; re-read when it changes) instead of the database's secret, which"
+        " still verifies the tokens it signed; every feeder of a database needs the same keys",
+        "FILE",
+    ),
     Option("max_attempts", parse_count, "default failures before a task is dead", "N", "policy"),
     Option("backoff_base", parse_duration, "default first retry delay", "DUR", "policy"),
     Option("backoff_cap", parse_duration, "default longest retry delay", "DUR", "policy"),

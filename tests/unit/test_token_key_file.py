@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from feeder.__main__ import build_parser
+from feeder.config import ConfigError, load_settings
 from feeder.core.tokens import KeyRing
 from feeder.service import token_keys
 from feeder.service.token_keys import (
@@ -271,3 +273,17 @@ def test_write_new_key_leaves_an_invalid_file_alone(tmp_path: Path) -> None:
     with pytest.raises(TokenKeyFileError, match="used twice"):
         write_new_key(str(path))
     assert path.read_text() == f"1 {S1}\n1 {S2}\n"
+
+
+def test_the_setting_comes_from_flag_variable_or_config_file(tmp_path: Path) -> None:
+    assert load_settings({}, {}).token_secret_file is None
+    args = vars(build_parser().parse_args(["--token-secret-file", "/run/keys"]))
+    assert load_settings(args, {}).token_secret_file == "/run/keys"
+    env = {"FEEDWORK_TOKEN_SECRET_FILE": "/env/keys"}
+    assert load_settings({}, env).token_secret_file == "/env/keys"
+    config = tmp_path / "feeder.toml"
+    config.write_text('[feeder]\ntoken_secret_file = "/toml/keys"\n')
+    assert load_settings({"config": str(config)}, {}).token_secret_file == "/toml/keys"
+    with pytest.raises(ConfigError, match="token_secret_file: invalid path"):
+        config.write_text("[feeder]\ntoken_secret_file = 1\n")
+        load_settings({"config": str(config)}, {})
