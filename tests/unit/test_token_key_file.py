@@ -1,5 +1,5 @@
 """The token secret file: its format, its errors (naming file and line, never a secret), the
-watch that re-reads it, and the helpers that make keys."""
+watch that re-reads it, and `feedwork db token-key` / `token-file` that make and check it."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from feeder import dbtool
 from feeder.__main__ import build_parser
 from feeder.config import ConfigError, load_settings
-from feeder.core.tokens import KeyRing
+from feeder.core.tokens import KeyRing, TokenCodec
 from feeder.service import token_keys
 from feeder.service.token_keys import (
     FILE_MODE,
@@ -273,6 +274,40 @@ def test_write_new_key_leaves_an_invalid_file_alone(tmp_path: Path) -> None:
     with pytest.raises(TokenKeyFileError, match="used twice"):
         write_new_key(str(path))
     assert path.read_text() == f"1 {S1}\n1 {S2}\n"
+
+
+def test_the_db_tool_prints_adds_and_checks_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert dbtool.main(["token-key", "--id", "5", "--current"]) == dbtool.EXIT_OK
+    line = capsys.readouterr().out
+    ring = parse(line)
+    assert ring.current == 5 and len(ring.keys[5]) == 32
+    # A key it makes signs tokens.
+    codec = TokenCodec(b"legacy-secret-of-the-database!!!", ring)
+    assert codec.verify(codec.issue(1, 1)).task_id == 1
+    assert dbtool.main(["token-key"]) == dbtool.EXIT_OK
+    assert capsys.readouterr().out.startswith("1 ")
+    path = str(tmp_path / "keys")
+    assert dbtool.main(["token-key", "--file", path, "--current"]) == dbtool.EXIT_OK
+    assert capsys.readouterr().out == f"{path}: added key 1 (current)\n"
+    assert dbtool.main(["token-key", "--file", path]) == dbtool.EXIT_OK
+    assert "added key 2\n  not current yet: once every feeder's file" in capsys.readouterr().out
+    assert dbtool.main(["token-file", path]) == dbtool.EXIT_OK
+    assert capsys.readouterr().out == f"{path}: keys 1, 2; current 1\n"
+    assert dbtool.main(["token-key", "--file", path, "--current"]) == dbtool.EXIT_FAILED
+    assert "key 1 is current: add the new key unmarked" in capsys.readouterr().err
+    Path(path).write_text(f"1 {S1}\n")
+    assert dbtool.main(["token-file", path]) == dbtool.EXIT_OK
+    assert "keys 1; none current (new tokens signed with the database's secret)" in (
+        capsys.readouterr().out
+    )
+    Path(path).write_text(f"1 {S1[2:]} current\n")
+    assert dbtool.main(["token-file", path]) == dbtool.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"token secret file {path}, line 1: the secret of key 1 is 31 bytes" in err
+    with pytest.raises(SystemExit):
+        dbtool.main(["token-key", "--id", "0"])
 
 
 def test_the_setting_comes_from_flag_variable_or_config_file(tmp_path: Path) -> None:
