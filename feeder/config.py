@@ -95,6 +95,8 @@ class Settings:
     insecure: bool = False
     # Where the audit log's JSON lines go: "-" for standard error, or a file.
     audit_log: str = "-"
+    # Lease-token keys kept outside the database, rotatable (feeder.service.token_keys).
+    token_secret_file: str | None = None
     default_policy: QueuePolicy = field(default_factory=QueuePolicy)
     queue_policies: Mapping[str, QueuePolicy] = field(default_factory=dict)
 
@@ -336,6 +338,14 @@ OPTIONS: tuple[Option, ...] = (
         "",
     ),
     Option("audit_log", parse_path, "where audit lines go: - (stderr) or a file", "PATH"),
+    Option(
+        "token_secret_file",
+        parse_path,
+        "sign lease tokens with the current key of this file (lines KEY_ID HEX-SECRET"
+        " [current]; re-read when it changes) instead of the database's secret, which"
+        " still verifies the tokens it signed; every feeder of a database needs the same keys",
+        "FILE",
+    ),
     Option("max_attempts", parse_count, "default failures before a task is dead", "N", "policy"),
     Option("backoff_base", parse_duration, "default first retry delay", "DUR", "policy"),
     Option("backoff_cap", parse_duration, "default longest retry delay", "DUR", "policy"),

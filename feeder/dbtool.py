@@ -6,6 +6,12 @@
     feedwork db copy --from ./feedwork.db --to postgresql://...
                                                 moves a stopped SQLite feeder's data into an
                                                 empty PostgreSQL database, and verifies it
+    feedwork db token-key [--id N] [--current]  prints a new lease-token key line
+    feedwork db token-key --file PATH [--current]
+                                                adds a new key to a token secret file (made
+                                                0600 if absent)
+    feedwork db token-file PATH                 checks a token secret file: its key ids and
+                                                the current one (never the secrets)
 
 Exit status: 0 done (status: the schema is current), 1 failed (status: migrations are
 pending, or the database is newer than this feedwork), 2 usage error.
@@ -22,6 +28,15 @@ from collections.abc import Sequence
 import asyncpg
 
 from feeder.config import ENV_PREFIX, redact_url
+from feeder.core.tokens import MAX_KEY_ID
+from feeder.service.token_keys import (
+    TokenKeyFileError,
+    describe,
+    key_line,
+    new_secret,
+    read_key_file,
+    write_new_key,
+)
 from feeder.store.postgres import SchemaTooNew, is_postgres_url
 from feeder.store.postgres.migrate import migrate, status
 from feeder.store.transfer import CopyError, copy_sqlite_to_postgres
@@ -32,7 +47,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def build_parser(prog: str = "feedwork db") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Inspect, migrate and copy feeder databases.",
+        description="Inspect, migrate and copy feeder databases; make lease-token keys.",
         epilog="Exit status: 0 ok, 1 failed (or, for status, not current), 2 usage error.",
     )
     commands = parser.add_subparsers(title="commands", dest="command", required=True)
@@ -65,11 +80,64 @@ def build_parser(prog: str = "feedwork db") -> argparse.ArgumentParser:
         action="store_true",
         help="keep the target's own token secret: leases from before the copy become invalid",
     )
+    _add_token_commands(commands)
     return parser
+
+
+def _add_token_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    key = commands.add_parser(
+        "token-key",
+        help="make a lease-token key for --token-secret-file",
+        description=(
+            "Prints a new random key line (KEY_ID HEX-SECRET [current]) for a feeder's"
+            " --token-secret-file, or with --file adds one to that file (made with mode 0600"
+            " if absent). Mark a key current once every feeder's file has it: --current"
+            " does, in a file where no key is current yet; otherwise move the word by hand."
+        ),
+    )
+    key.add_argument("--id", dest="key_id", type=_key_id, metavar="N", help="key id (1-255)")
+    key.add_argument("--current", action="store_true", help="mark the new key current")
+    key.add_argument("--file", metavar="PATH", help="add the key to this file instead")
+    check = commands.add_parser(
+        "token-file",
+        help="check a token secret file",
+        description="Checks a token secret file as a feeder reads it; prints its key ids and"
+        " the current key, never a secret.",
+    )
+    check.add_argument("path", metavar="PATH")
+
+
+def _key_id(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_KEY_ID:
+        raise argparse.ArgumentTypeError(f"want a number from 1 to {MAX_KEY_ID}")
+    return int(text)
+
+
+def _token_command(args: argparse.Namespace) -> int:
+    try:
+        if args.command == "token-file":
+            ring, _ = read_key_file(args.path)
+            print(f"{args.path}: {describe(ring)}")
+        elif args.file is None:
+            print(key_line(args.key_id or 1, new_secret(), current=args.current))
+        else:
+            key_id = write_new_key(args.file, args.key_id, current=args.current)
+            print(f"{args.file}: added key {key_id}" + (" (current)" if args.current else ""))
+            if not args.current:
+                print(
+                    f"  not current yet: once every feeder's file has key {key_id}, put the"
+                    " word 'current' on its line (moving it from the old key's line, if any)"
+                )
+    except (TokenKeyFileError, ValueError, OSError) as exc:
+        print(f"feedwork db: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "feedwork db") -> int:
     args = build_parser(prog).parse_args(argv)
+    if args.command in ("token-key", "token-file"):
+        return _token_command(args)
     url = args.db if args.command in ("status", "migrate") else args.target
     if not url or not is_postgres_url(url):
         flag = "--db" if args.command in ("status", "migrate") else "--to"

@@ -54,7 +54,7 @@ EXIT_CODES = (
 _DELEGATES = {
     "feeder": ("feeder.__main__", "run a feeder (same as `python -m feeder`)"),
     "worker": ("worker.__main__", "run a worker process (same as `python -m worker`)"),
-    "db": ("feeder.dbtool", "database status, migrations, and SQLite-to-PostgreSQL copy"),
+    "db": ("feeder.dbtool", "database status, migrations, SQLite-to-PostgreSQL copy, token keys"),
     "keys": ("feeder.keytool", "make API keys and check access lists"),
 }
 

@@ -36,6 +36,7 @@ from feeder.server.validate import Limits
 from feeder.service.clock import SteadyClock
 from feeder.service.loop_lag import LoopLagProbe
 from feeder.service.tasks import TaskService
+from feeder.service.token_keys import TokenKeyFileError
 from feeder.store.base import Store, StoreUnavailable
 from feeder.store.memory import MemoryStore
 from feeder.store.postgres import PostgresStore, SchemaTooNew, is_postgres_url
@@ -57,7 +58,8 @@ REPLY_MARGIN = 64 * 1024
 
 
 class StartupError(Exception):
-    """The feeder could not start: the store would not open or the address would not bind."""
+    """The feeder could not start: the store would not open, the address would not bind, or
+    the token secret file is unusable."""
 
 
 def open_store(settings: Settings) -> Store:
@@ -116,6 +118,7 @@ class FeederServer:
             max_reply_bytes=max_reply_bytes,
             max_queues=settings.max_queues,
             max_unacked=settings.max_unacked_per_consumer,
+            token_secret_file=settings.token_secret_file,
         )
         limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,
@@ -183,6 +186,9 @@ class FeederServer:
             raise StartupError(refusal)
         try:
             await self.service.start()
+        except TokenKeyFileError as exc:
+            await self.service.stop()
+            raise StartupError(str(exc)) from exc
         except (OSError, RuntimeError, sqlite3.Error, StoreUnavailable, SchemaTooNew) as exc:
             await self.service.stop()
             raise StartupError(f"cannot open store {redact_url(self.settings.db)}: {exc}") from exc

@@ -29,11 +29,12 @@ from feeder.core.model import (
 )
 from feeder.core.policy import QueuePolicy
 from feeder.core.records import fast_init
-from feeder.core.tokens import LeaseRef, TokenCodec, TokenError
+from feeder.core.tokens import KeyRing, LeaseRef, TokenCodec, TokenError
 from feeder.service.clock import SteadyClock
 from feeder.service.consumers import CAP_RECHECK, Consumer, Consumers
 from feeder.service.janitor import Janitor
 from feeder.service.reaper import Reaper
+from feeder.service.token_keys import KEY_FILE_CHECK, TokenKeyFile
 from feeder.service.turns import in_slices, next_turn
 from feeder.service.waiters import Waiters
 from feeder.store.base import (
@@ -142,12 +143,15 @@ class TaskService:
         max_reply_bytes: int | None = None,
         max_queues: int | None = None,
         max_unacked: int = MAX_UNACKED_PER_CONSUMER,
+        token_secret_file: str | None = None,
     ) -> None:
         """`on_availability(ok)` hears when the store becomes unreachable and reachable
         again (the server's health status follows it). `clock` defaults to a
         `SteadyClock`: wall-clock seconds that do not follow the wall clock's steps.
         `max_unacked` caps the leases one consumer holds unacked (see
-        `feeder.service.consumers`)."""
+        `feeder.service.consumers`). With a `token_secret_file`, lease tokens are signed
+        with its current key (see `feeder.service.token_keys`), else with the database's
+        secret."""
         self._store = store
         # A lease hands out no more tasks than fit one reply (None: no bound).
         self._max_reply_bytes = max_reply_bytes
@@ -161,6 +165,7 @@ class TaskService:
         self._reaper = Reaper(store=store, clock=clock)
         self._janitor = Janitor(store=store, clock=clock, retention=retention)
         self._tokens: TokenCodec | None = None
+        self._key_file = None if token_secret_file is None else TokenKeyFile(token_secret_file)
         self._loops: list[asyncio.Task[None]] = []
         self._releasing: set[asyncio.Future[list[NackResult]]] = set()
         self._draining = False
@@ -220,10 +225,39 @@ class TaskService:
         return self._leading
 
     async def start(self, *, background: bool = True) -> None:
+        """Raises TokenKeyFileError, before the store opens, if the token secret file cannot
+        be used."""
+        ring: KeyRing | None = None
+        if self._key_file is not None:
+            ring = await asyncio.to_thread(self._key_file.load)
         await self._store.open()
-        self._tokens = TokenCodec(self._store.token_secret)
+        # The database's secret stays in every codec: tokens issued before a key file was
+        # configured, and by feeders without one, still verify.
+        self._tokens = TokenCodec(self._store.token_secret, ring)
         if background:
             self._loops = [asyncio.create_task(self._maintain(), name="feedwork-maintenance")]
+            if self._key_file is not None:
+                watch = asyncio.create_task(self._watch_token_keys(), name="feedwork-token-keys")
+                self._loops.append(watch)
+
+    async def reload_token_keys(self) -> bool:
+        """Re-reads the token secret file if it changed: True when new keys are now in use.
+        An unreadable or invalid new version is logged, and the keys in use are kept."""
+        if self._key_file is None or self._tokens is None:
+            return False
+        ring = await asyncio.to_thread(self._key_file.poll)
+        if ring is None:
+            return False
+        self._tokens = TokenCodec(self._store.token_secret, ring)
+        return True
+
+    async def _watch_token_keys(self) -> None:
+        while True:
+            await asyncio.sleep(KEY_FILE_CHECK)
+            try:
+                await self.reload_token_keys()
+            except Exception:
+                log.exception("checking the token secret file failed; retrying")
 
     async def _maintain(self) -> None:
         """Runs the reaper and the janitor while this feeder holds the database's
