@@ -50,7 +50,7 @@ from typing import Any
 
 import grpc
 
-from feedwork.credentials import ClientSecurity
+from feedwork.credentials import ClientSecurity, SyncMetadataInterceptor, aio_interceptors
 
 log = logging.getLogger("feedwork.channel")
 
@@ -201,10 +201,14 @@ def sync_channel(
     """A blocking channel to the feeders of `target` (see the module docstring), with the
     TLS and API key of `security` (default: the FEEDWORK_* variables'). Raises
     `TargetError` or `feedwork.credentials.CredentialsError` on bad options."""
-    uri, credentials, all_options = _plan(target, security, options)
-    if credentials is None:
-        return grpc.insecure_channel(uri, options=all_options)
-    return grpc.secure_channel(uri, credentials, options=all_options)
+    plan = _Plan.make(target, security, options)
+    if plan.credentials is None:
+        channel = grpc.insecure_channel(plan.uri, options=plan.options)
+    else:
+        channel = grpc.secure_channel(plan.uri, plan.credentials, options=plan.options)
+    if not plan.metadata:
+        return channel
+    return grpc.intercept_channel(channel, SyncMetadataInterceptor(plan.metadata))
 
 
 def aio_channel(
@@ -216,19 +220,34 @@ def aio_channel(
     """The asyncio twin of `sync_channel`; create it inside the loop that uses it. Names
     in a list are looked up here, blocking: call `resolve_target` in a thread first to
     avoid that (its result is passed through)."""
-    uri, credentials, all_options = _plan(target, security, options)
-    if credentials is None:
-        return grpc.aio.insecure_channel(uri, options=all_options)
-    return grpc.aio.secure_channel(uri, credentials, options=all_options)
+    plan = _Plan.make(target, security, options)
+    interceptors = aio_interceptors(plan.metadata) if plan.metadata else None
+    if plan.credentials is None:
+        return grpc.aio.insecure_channel(plan.uri, options=plan.options, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        plan.uri, plan.credentials, options=plan.options, interceptors=interceptors
+    )
 
 
-def _plan(
-    target: str, security: ClientSecurity | None, options: Iterable[tuple[str, Any]]
-) -> tuple[str, grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
-    uri = resolve_target(target)
-    security = security if security is not None else ClientSecurity.from_env()
-    credentials = security.channel_credentials(uri)
-    return uri, credentials, channel_options([*security.channel_options(), *options])
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    uri: str
+    credentials: grpc.ChannelCredentials | None
+    metadata: tuple[tuple[str, str], ...]
+    options: list[tuple[str, Any]]
+
+    @classmethod
+    def make(
+        cls, target: str, security: ClientSecurity | None, options: Iterable[tuple[str, Any]]
+    ) -> _Plan:
+        uri = resolve_target(target)
+        security = security if security is not None else ClientSecurity.from_env()
+        return cls(
+            uri,
+            security.channel_credentials(uri),
+            security.metadata(),
+            channel_options([*security.channel_options(), *options]),
+        )
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,10 +19,12 @@ api_key_file       --api-key-file       FEEDWORK_API_KEY_FILE       a file holdi
 =================  ===================  ==========================  ==========================
 
 Any `tls_*` option turns TLS on. The API key travels as `authorization: Bearer KEY` call
-metadata, added by gRPC's C core (`access_token_call_credentials`), which sends it only
-over a connection that protects it: TLS, or a loopback connection (local credentials,
-which refuse to connect anywhere else). A key for a feeder across the network without TLS
-is refused here, at once, instead of being sent in clear text.
+metadata, added to every call by the channel's interceptors (`feedwork.channel`), and only
+over a connection that protects it: TLS, or a loopback connection (gRPC's local
+credentials, which refuse to connect anywhere else). A key for a feeder across the
+network without TLS is refused here, at once, instead of being sent in clear text.
+(gRPC's own call credentials, `access_token_call_credentials`, would do the same but
+add 0.5-0.9 ms to every call: they fetch the metadata on another thread.)
 """
 
 from __future__ import annotations
@@ -117,14 +119,13 @@ class ClientSecurity:
                 _read(path, name)
 
     def channel_credentials(self, target: str) -> grpc.ChannelCredentials | None:
-        """The credentials of a channel to `target` (a resolved gRPC URI), or None for a
-        plaintext channel without a key."""
+        """The transport credentials of a channel to `target` (a resolved gRPC URI): TLS,
+        gRPC's local credentials for a key on loopback, or None (plaintext, no key). The
+        key itself goes in each call's metadata (`interceptors`)."""
         key = self.key()
         if self.uses_tls:
             self.check(target)
-            if bool(self.tls_client_cert) != bool(self.tls_client_key):
-                raise CredentialsError("tls_client_cert and tls_client_key go together")
-            credentials = grpc.ssl_channel_credentials(
+            return grpc.ssl_channel_credentials(
                 root_certificates=_read(self.tls_ca, "tls_ca") if self.tls_ca else None,
                 private_key=(
                     _read(self.tls_client_key, "tls_client_key") if self.tls_client_key else None
@@ -133,20 +134,20 @@ class ClientSecurity:
                     _read(self.tls_client_cert, "tls_client_cert") if self.tls_client_cert else None
                 ),
             )
-        elif key is None:
-            return None
-        else:
-            if not is_loopback_target(target):
-                raise CredentialsError(
-                    f"api_key: refusing to send a key in clear text to {target}; turn TLS on "
-                    "(tls_ca or tls), or reach the feeder on a loopback address"
-                )
-            credentials = grpc.local_channel_credentials(_local_type(target))
         if key is None:
-            return credentials
-        return grpc.composite_channel_credentials(
-            credentials, grpc.access_token_call_credentials(key)
-        )
+            return None
+        if not is_loopback_target(target):
+            raise CredentialsError(
+                f"api_key: refusing to send a key in clear text to {target}; turn TLS on "
+                "(tls_ca or tls), or reach the feeder on a loopback address"
+            )
+        # Local credentials: gRPC itself refuses to connect to a peer not on this host.
+        return grpc.local_channel_credentials(_local_type(target))
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call metadata that carries the key (none without one)."""
+        key = self.key()
+        return () if key is None else (("authorization", f"Bearer {key}"),)
 
     def channel_options(self) -> list[tuple[str, Any]]:
         if self.uses_tls and self.tls_server_name:
@@ -259,3 +260,71 @@ def _flag(name: str, value: str) -> bool:
     if text in _FALSE:
         return False
     raise CredentialsError(f"{name}={value!r}: want 1 or 0 (true or false)")
+
+
+# ---------------------------------------------------------------------------------------
+# the key in every call's metadata
+
+
+def aio_interceptors(metadata: tuple[tuple[str, str], ...]) -> list[Any]:
+    """Interceptors that add `metadata` to every call of a `grpc.aio` channel: one per
+    kind of call (grpc.aio files each interceptor under the first kind it is)."""
+    return [kind(metadata) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
+
+
+class _AddsMetadata:
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(
+            metadata=grpc.aio.Metadata(*self._metadata, *(details.metadata or ()))
+        )
+
+
+# grpc's type stubs make these bases Any (hence the ignores).
+class _UnaryUnary(_AddsMetadata, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _UnaryStream(_AddsMetadata, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _StreamUnary(_AddsMetadata, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+class _StreamStream(_AddsMetadata, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+class SyncMetadataInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds `metadata` to every call of a blocking channel (`grpc.intercept_channel`)."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*self._metadata, *(details.metadata or ())])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
