@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class FeederProcess:
-    def __init__(self, db: Path, workdir: Path, args: Sequence[str] = ()) -> None:
+    def __init__(self, db: Path | str, workdir: Path, args: Sequence[str] = ()) -> None:
         self.args = list(args)
         self.db = db
         self.workdir = workdir
