@@ -272,6 +272,7 @@ def _attempt(attempt: pb.Attempt) -> AttemptInfo:
         ended_at=_timestamp(attempt, "ended_at"),
         outcome=AttemptOutcome(outcome),
         error=attempt.error,
+        caller=attempt.caller,
     )
 
 

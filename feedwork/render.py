@@ -103,6 +103,7 @@ def task_json(task: TaskInfo) -> dict[str, Any]:
         {
             "attempt": attempt.attempt,
             "worker_id": attempt.worker_id,
+            "caller": attempt.caller,
             "leased_at": _time(attempt.leased_at),
             "ended_at": _time(attempt.ended_at),
             "outcome": attempt.outcome,
@@ -131,12 +132,16 @@ def task_tables(task: TaskInfo) -> tuple[Table, Table | None]:
     if not task.history:
         return fields, None
     attempts = Table(title="history")
-    for column in ("attempt", "worker", "leased at", "ended at", "outcome", "error"):
-        attempts.add_column(column)
+    # Who the feeder authenticated for each lease: no column when it runs without auth.
+    callers = any(attempt.caller for attempt in task.history)
+    for column in ("attempt", "worker", "caller", "leased at", "ended at", "outcome", "error"):
+        if column != "caller" or callers:
+            attempts.add_column(column)
     for attempt in task.history:
         attempts.add_row(
             str(attempt.attempt),
             _cell(attempt.worker_id),
+            *((_cell(attempt.caller),) if callers else ()),
             _time(attempt.leased_at) or "",
             _time(attempt.ended_at) or "",
             attempt.outcome,

@@ -85,7 +85,11 @@ class SubmitResult:
 
 @dataclass(frozen=True, slots=True)
 class AttemptInfo:
-    """One lease of a task: who held it and how it ended."""
+    """One lease of a task: who held it and how it ended.
+
+    `worker_id` is the name the worker gave itself (its own claim, unchecked); `caller` is
+    the identity the feeder authenticated for the lease (an API key's name, a client
+    certificate's identity), "" when the feeder runs without auth."""
 
     attempt: int
     worker_id: str
@@ -93,6 +97,7 @@ class AttemptInfo:
     ended_at: datetime | None
     outcome: AttemptOutcome
     error: str
+    caller: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,17 +134,19 @@ def lease(
     worker_id: str,
     lease_duration: float | None,
     policy: QueuePolicy,
+    caller: str = "",
 ) -> Decision[bool]:
-    """Hands a ready task to a worker. Outcome False (no change) if it is not ready."""
+    """Hands a ready task to a worker. Outcome False (no change) if it is not ready.
+
+    The attempt records both names of who took it: `worker_id`, the worker's own, and
+    `caller`, the identity the feeder authenticated ("" without auth)."""
     caught_up = advance(task, now)
     current = caught_up.task or task
     if current.state is not State.READY:
         return Decision(False, caught_up.task, caught_up.events)
     duration = lease_duration or current.lease_duration or policy.lease_duration
     attempt = current.attempt + 1
-    history = _trim(
-        (*current.history, Attempt(attempt=attempt, worker_id=worker_id, leased_at=now))
-    )
+    history = _trim((*current.history, Attempt(attempt, worker_id, now, caller=caller)))
     leased = current.evolve(
         state=State.LEASED,
         attempt=attempt,
@@ -345,7 +347,10 @@ def _end_current(
 def _ended(record: Attempt, ended_at: float, outcome: AttemptOutcome, error: str) -> Attempt:
     """`record` with how it ended: dataclasses.replace, without its per-call look at the
     fields (two of these per task on the hot path)."""
-    return Attempt(record.attempt, record.worker_id, record.leased_at, ended_at, outcome, error)
+    return Attempt(
+        record.attempt, record.worker_id, record.leased_at, ended_at, outcome, error,
+        record.caller,
+    )  # fmt: skip
 
 
 def _with_attempt(ranges: tuple[tuple[int, int], ...], attempt: int) -> tuple[tuple[int, int], ...]:

@@ -90,7 +90,11 @@ class CancelOutcome(enum.IntEnum):
 @fast_init
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One attempt (lease) of a task."""
+    """One attempt (lease) of a task.
+
+    `worker_id` is what the worker calls itself (its own claim, unchecked); `caller` is who
+    the feeder authenticated for the lease (an API key's name, a client certificate's
+    identity), "" when the feeder runs without auth."""
 
     attempt: int
     worker_id: str
@@ -98,6 +102,7 @@ class Attempt:
     ended_at: float | None = None
     outcome: AttemptOutcome = AttemptOutcome.RUNNING
     error: str = ""
+    caller: str = ""
 
 
 @fast_init

@@ -108,8 +108,12 @@ class ConsumeStream:
         limits: Limits,
         context: grpc.aio.ServicerContext,
         status_of: Callable[[BaseException], tuple[grpc.StatusCode, str]],
+        caller: str = "",
     ) -> None:
+        """`caller`: the identity the feeder authenticated for the stream ("" without
+        auth), recorded with every lease sent down it."""
         self._service = service
+        self._caller = caller
         self._limits = limits
         self._context = context
         self._status_of = status_of
@@ -228,6 +232,7 @@ class ConsumeStream:
                 lease_duration=start.lease_duration,
                 wait=LEASE_WAIT,
                 worker_id=start.worker_id,
+                caller=self._caller,
                 consumer=self._consumer,
                 max_unacked=start.max_unacked,
             )

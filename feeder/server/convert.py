@@ -58,6 +58,7 @@ def attempt_pb(attempt: Attempt) -> pb.Attempt:
         leased_at=timestamp_pb(attempt.leased_at),
         outcome=enum_pb(attempt.outcome),
         error=attempt.error,
+        caller=attempt.caller,
     )
     if attempt.ended_at is not None:
         message.ended_at.CopyFrom(timestamp_pb(attempt.ended_at))

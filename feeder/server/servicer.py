@@ -22,6 +22,7 @@ from feeder.core.model import TaskSpec
 from feeder.server import convert, validate
 from feeder.server.admission import Admission, Overloaded
 from feeder.server.consume import ConsumeStream, StreamClosed
+from feeder.server.identity import current_caller
 from feeder.server.validate import Limits, ValidationError
 from feeder.service.tasks import TaskService
 from feeder.service.turns import SLICE, in_slices, next_turn
@@ -183,6 +184,7 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
             lease_duration=query.lease_duration,
             wait=query.wait,
             worker_id=query.worker_id,
+            caller=current_caller(),
             max_unacked=query.max_unacked,
         )
         reply = pb.LeaseResponse()
@@ -194,7 +196,11 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
         self, requests: AsyncIterator[pb.ConsumeRequest], context: grpc.aio.ServicerContext
     ) -> None:
         stream = ConsumeStream(
-            service=self._service, limits=self._limits, context=context, status_of=status_of
+            service=self._service,
+            limits=self._limits,
+            context=context,
+            status_of=status_of,
+            caller=current_caller(),
         )
         self.streams.add(stream)
         try:

@@ -350,12 +350,15 @@ class TaskService:
         lease_duration: float | None,
         wait: float,
         worker_id: str,
+        caller: str = "",
         consumer: Consumer | None = None,
         max_unacked: int | None = None,
     ) -> list[LeaseGrant]:
         """Leases up to `max_tasks` for `consumer` (default: the Lease caller `worker_id`),
         waiting up to `wait` for the first. A consumer holding its cap of unacked leases
-        (the feeder's, or `max_unacked` if lower) gets none until some of them end."""
+        (the feeder's, or `max_unacked` if lower) gets none until some of them end. Each
+        attempt records `worker_id` (the worker's own name) and `caller` (the identity the
+        feeder authenticated, "" without auth)."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + wait
         if consumer is None:
@@ -369,7 +372,7 @@ class TaskService:
             self._recheck_consumers()
         consumer.reserved += count
         try:
-            grants = await self._lease(queue, count, lease_duration, worker_id, give_up_at)
+            grants = await self._lease(queue, count, lease_duration, worker_id, caller, give_up_at)
             self._consumers.granted(consumer, (grant.task for grant in grants))
         finally:
             self._consumers.release_reservation(consumer, count)
@@ -403,6 +406,7 @@ class TaskService:
         max_tasks: int,
         lease_duration: float | None,
         worker_id: str,
+        caller: str,
         give_up_at: float,
     ) -> list[LeaseGrant]:
         loop = asyncio.get_running_loop()
@@ -412,7 +416,7 @@ class TaskService:
             # Arrival order: a newcomer queues behind leasers already waiting.
             if first or not waiters.has_waiters(queue):
                 epoch = waiters.watch(queue)
-                grants = await self._claim(queue, max_tasks, lease_duration, worker_id)
+                grants = await self._claim(queue, max_tasks, lease_duration, worker_id, caller)
                 if grants:
                     if len(grants) >= max_tasks:
                         # A full claim may have left more: the next waiter looks.
@@ -498,7 +502,12 @@ class TaskService:
             log.warning("could not release the tasks (their leases will expire): %s", exc)
 
     async def _claim(
-        self, queue: str, max_tasks: int, lease_duration: float | None, worker_id: str
+        self,
+        queue: str,
+        max_tasks: int,
+        lease_duration: float | None,
+        worker_id: str,
+        caller: str,
     ) -> list[LeaseGrant]:
         policy = self._policies(queue)
         now = self._clock()
@@ -510,7 +519,12 @@ class TaskService:
 
         def decide(task: Task) -> Decision[bool]:
             decision = machine.lease(
-                task, now=now, worker_id=worker_id, lease_duration=lease_duration, policy=policy
+                task,
+                now=now,
+                worker_id=worker_id,
+                lease_duration=lease_duration,
+                policy=policy,
+                caller=caller,
             )
             if decision.outcome and decision.task is not None:
                 deciding.append(decision.task)

@@ -5,6 +5,10 @@ The last attempt of a task's history is kept in columns of its own, the earlier 
 tasks have only one, so most writes encode no JSON at all. (SQLite databases written before
 the split hold the whole history in JSON, with the last_* columns NULL; both read back.)
 
+`last_caller` (and the seventh item of each attempt in the JSON) is who the feeder
+authenticated for the lease (see Attempt.caller); rows and attempts written before it
+existed have NULL (or no seventh item) and read back as "".
+
 `expired_attempts` holds the task's Task.expired_attempts as text, "1-49,51,60-62" (NULL
 when there are none, as for most tasks): the history is trimmed to the newest attempts,
 this is kept whole, because the state machine decides late acks from it.
@@ -25,7 +29,7 @@ COLUMN_NAMES = (
     "ready_at", "attempt", "failures", "not_before", "lease_deadline", "lease_duration",
     "lease_granted", "idempotency_key", "result", "finished_at", "history", "version",
     "last_attempt", "last_worker", "last_leased_at", "last_ended_at", "last_outcome",
-    "last_error", "expired_attempts",
+    "last_error", "last_caller", "expired_attempts",
 )  # fmt: skip
 COLUMNS = ", ".join(COLUMN_NAMES)
 
@@ -46,37 +50,45 @@ def history_json(history: tuple[Attempt, ...]) -> str | None:
     attempts = [
         f"[{a.attempt:d},{_json_string(a.worker_id)},{a.leased_at!r},"
         f"{'null' if a.ended_at is None else repr(a.ended_at)},{a.outcome:d},"
-        f"{_json_string(a.error)}]"
+        f"{_json_string(a.error)},{_json_string(a.caller)}]"
         for a in history
     ]
     return f"[{','.join(attempts)}]"
 
 
-NO_LAST_ATTEMPT = (None, None, None, None, None, None)
+NO_LAST_ATTEMPT = (None, None, None, None, None, None, None)
 _STATES = {state.value: state for state in State}
 
 
 def history_columns(history: tuple[Attempt, ...]) -> tuple[Any, ...]:
-    """(earlier attempts as JSON, then the last attempt's six columns)."""
+    """(earlier attempts as JSON, then the last attempt's seven columns)."""
     if not history:
         return (None, *NO_LAST_ATTEMPT)
     last = history[-1]
     return (
         history_json(history[:-1]), last.attempt, last.worker_id, last.leased_at,
-        last.ended_at, int(last.outcome), last.error,
+        last.ended_at, int(last.outcome), last.error, last.caller,
     )  # fmt: skip
 
 
 def history_from(text: str | None, last: Sequence[Any]) -> tuple[Attempt, ...]:
+    """The history from its JSON and the last attempt's seven columns (as history_columns
+    writes them); no caller, as written before callers were kept, reads as ""."""
     earlier = (
-        tuple(Attempt(a[0], a[1], a[2], a[3], AttemptOutcome(a[4]), a[5]) for a in json.loads(text))
+        tuple(
+            Attempt(a[0], a[1], a[2], a[3], AttemptOutcome(a[4]), a[5], a[6] if len(a) > 6 else "")
+            for a in json.loads(text)
+        )
         if text
         else ()
     )
-    attempt, worker, leased_at, ended_at, outcome, error = last
+    attempt, worker, leased_at, ended_at, outcome, error, caller = last
     if outcome is None:
         return earlier
-    return (*earlier, Attempt(attempt, worker, leased_at, ended_at, AttemptOutcome(outcome), error))
+    last_attempt = Attempt(
+        attempt, worker, leased_at, ended_at, AttemptOutcome(outcome), error, caller or ""
+    )
+    return (*earlier, last_attempt)
 
 
 def task_from_row(row: Sequence[Any]) -> Task:
@@ -87,8 +99,8 @@ def task_from_row(row: Sequence[Any]) -> Task:
         row[0], row[1], row[2], json.loads(row[3]) if row[3] else EMPTY_HEADERS,
         row[4], _STATES[row[5]], row[6], row[7], row[8], row[9], row[10], row[11], row[12],
         row[13], row[14], row[15], row[16], row[17],
-        () if history is None and row[24] is None else history_from(history, row[20:26]),
-        row[19], expired_from(row[26]) if row[26] else (),
+        () if history is None and row[24] is None else history_from(history, row[20:27]),
+        row[19], expired_from(row[27]) if row[27] else (),
     )  # fmt: skip
 
 

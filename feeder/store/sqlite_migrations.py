@@ -51,13 +51,25 @@ def _expired_attempts(conn: sqlite3.Connection) -> None:
     )
     updates = []
     for task_id, text, *last in rows:
-        ranges = expired_in(history_from(text, last if last[4] is not None else NO_LAST_ATTEMPT))
+        # No caller yet (version 3 adds it).
+        last_attempt = (*last, "") if last[4] is not None else NO_LAST_ATTEMPT
+        ranges = expired_in(history_from(text, last_attempt))
         if ranges:
             updates.append((expired_text(ranges), task_id))
     conn.executemany("UPDATE tasks SET expired_attempts = ? WHERE id = ?", updates)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(2, "expired_attempts", _expired_attempts),)
+def _last_caller(conn: sqlite3.Connection) -> None:
+    """Adds tasks.last_caller: who the feeder authenticated for the last attempt's lease
+    (see feeder.store.rows). Nothing to fill in: attempts before it name no caller (NULL,
+    read as "")."""
+    conn.execute("ALTER TABLE tasks ADD COLUMN last_caller TEXT")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "expired_attempts", _expired_attempts),
+    Migration(3, "last_caller", _last_caller),
+)
 LATEST = MIGRATIONS[-1].version
 
 

@@ -1,11 +1,12 @@
 """From embedded to cluster: copies a stopped SQLite feeder's database into PostgreSQL.
 
 Everything moves, row for row: tasks in every state with their payloads, results, attempt
-history and record of expired attempts, idempotency keys, dead letters, the running totals,
-the next task id and (unless told not to) the token secret, so that leases handed out
-before the move can still be acked afterwards. The copy is one PostgreSQL transaction that
-checks its own work before it commits: counts per queue and state, keys and totals must
-match the source, or nothing is written. The target must hold no tasks yet.
+history (with the worker and the authenticated caller of each lease) and record of expired
+attempts, idempotency keys, dead letters, the running totals, the next task id and (unless
+told not to) the token secret, so that leases handed out before the move can still be
+acked afterwards. The copy is one PostgreSQL transaction that checks its own work before
+it commits: counts per queue and state, keys and totals must match the source, or nothing
+is written. The target must hold no tasks yet.
 """
 
 from __future__ import annotations

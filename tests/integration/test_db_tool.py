@@ -34,7 +34,13 @@ from tests.integration.test_feeder_rpc import (
     submit,
     submit_ids,
 )
-from tests.storage.test_conformance import check_long_history, long_history
+from tests.storage.test_conformance import (
+    check_callers,
+    check_long_history,
+    leased_by_callers,
+    leaser,
+    long_history,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,13 +62,13 @@ async def test_status_and_migrate(empty_dsn: str, capsys: pytest.CaptureFixture[
     assert await db("migrate", "--db", empty_dsn) == dbtool.EXIT_OK
     out = capsys.readouterr().out
     assert "applied 0001_initial" in out and "applied 0002_expired_attempts" in out
-    assert "applied 0003_gate_generations" in out
+    assert "applied 0003_gate_generations" in out and "applied 0004_last_caller" in out
     assert "up to date" in out
     assert await db("migrate", "--db", empty_dsn) == dbtool.EXIT_OK
     assert "applied" not in capsys.readouterr().out.replace("up to date", "")
     assert await db("status", "--db", empty_dsn) == dbtool.EXIT_OK
     out = capsys.readouterr().out
-    assert "schema version 3" in out and "up to date" in out
+    assert "schema version 4" in out and "up to date" in out
     assert await db("status", "--db", "./feedwork.db") == dbtool.EXIT_USAGE
 
 
@@ -181,13 +187,13 @@ async def test_an_old_sqlite_file_copies_too(
     conn = sqlite3.connect(feeder_settings.db)
     rows = conn.execute(
         "SELECT id, history, last_attempt, last_worker, last_leased_at, last_ended_at,"
-        " last_outcome, last_error FROM tasks"
+        " last_outcome, last_error, last_caller FROM tasks"
     ).fetchall()
     for task_id, text, *last in rows:
         conn.execute(
             "UPDATE tasks SET history = ?, last_attempt = NULL, last_worker = NULL,"
             " last_leased_at = NULL, last_ended_at = NULL, last_outcome = NULL,"
-            " last_error = NULL WHERE id = ?",
+            " last_error = NULL, last_caller = NULL WHERE id = ?",
             (history_json(history_from(text, last)), task_id),
         )
     conn.execute("DELETE FROM meta WHERE key = 'history_split'")
@@ -229,7 +235,8 @@ async def test_schema_2_fills_in_the_expired_attempts_from_each_history(empty_ds
         }
         for task_id, held in histories.items():
             earlier = [Attempt(a, "w", 1.0, 2.0, AttemptOutcome(o), "") for a, o in held]
-            last = (7, "w", 3.0, 4.0, 4, "lease expired") if task_id == 1 else NO_LAST_ATTEMPT
+            # Schema 1 has no last_caller: the first six of the last attempt's columns.
+            last = (7, "w", 3.0, 4.0, 4, "lease expired") if task_id == 1 else NO_LAST_ATTEMPT[:6]
             await conn.execute(
                 "INSERT INTO feedwork.tasks (id, queue, payload, priority, state, max_attempts,"
                 " created_at, ready_at, attempt, failures, history, version, last_attempt,"
@@ -239,7 +246,7 @@ async def test_schema_2_fills_in_the_expired_attempts_from_each_history(empty_ds
                 history_json(tuple(earlier)),
                 *last,
             )
-        assert [m.version for m in await migrate(conn)] == [2, 3]
+        assert [m.version for m in await migrate(conn)] == [2, 3, 4]
         rows = await conn.fetch("SELECT id, expired_attempts FROM feedwork.tasks ORDER BY id")
     finally:
         await conn.close()
@@ -272,6 +279,81 @@ async def test_copy_carries_which_attempts_expired(tmp_path: Path, empty_dsn: st
     check_long_history(copied)
 
 
+async def test_copy_carries_the_caller_of_every_lease(tmp_path: Path, empty_dsn: str) -> None:
+    path = tmp_path / "callers.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        made = await leased_by_callers(store)
+    finally:
+        await store.close()
+    await copy_sqlite_to_postgres(path, empty_dsn)
+    cluster = PostgresStore(empty_dsn, pool_size=2, startup_wait=5.0)
+    await cluster.open()
+    try:
+        copied = await cluster.get([t.id for t in made])
+    finally:
+        await cluster.close()
+    assert [copied[t.id] for t in made] == list(made)
+    check_callers(*made)
+
+
+async def test_schema_4_keeps_the_caller_of_each_lease_from_then_on(empty_dsn: str) -> None:
+    """A database as the feedwork before callers left it (schema 3, attempts as six items
+    in the JSON, no last_caller): its attempts read with no caller, and leases from then
+    on keep theirs."""
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await conn.execute(BOOTSTRAP)
+        for migration in known_migrations()[:3]:
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO feedwork.schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+        columns = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = 'feedwork' AND table_name = 'tasks'"
+        )
+        assert "last_caller" not in {row["column_name"] for row in columns}
+        old_json = '[[1,"w1",1.0,2.0,4,"lease expired"]]'  # six items: no caller
+        await conn.execute(
+            "INSERT INTO feedwork.tasks (id, queue, payload, priority, state, max_attempts,"
+            " created_at, ready_at, attempt, failures, history, version, last_attempt,"
+            " last_worker, last_leased_at, last_ended_at, last_outcome, last_error)"
+            " VALUES (1, 'q', '', 0, 2, 5, 1, 3, 2, 1, $1, 5, 2, 'w2', 2.5, 3.0, 5, 'bye')",
+            old_json,
+        )
+        await conn.execute(
+            "INSERT INTO feedwork.counters (queue, counter, shard, value)"
+            " VALUES ('q', 'state:2', 0, 1)"
+        )
+        assert [m.version for m in await migrate(conn)] == [4]
+    finally:
+        await conn.close()
+    store = PostgresStore(empty_dsn, pool_size=2, startup_wait=5.0)
+    await store.open()
+    try:
+        task = (await store.get([1]))[1]
+        assert [(a.worker_id, a.caller) for a in task.history] == [("w1", ""), ("w2", "")]
+        (leased,) = await store.claim("q", 1, leaser(10.0, "w3", caller="key-a"))
+    finally:
+        await store.close()
+    store = PostgresStore(empty_dsn, pool_size=2, startup_wait=5.0)
+    await store.open()
+    try:
+        again = (await store.get([1]))[1]
+    finally:
+        await store.close()
+    assert again == leased
+    assert [(a.worker_id, a.caller) for a in again.history] == [
+        ("w1", ""),
+        ("w2", ""),
+        ("w3", "key-a"),
+    ]
+
+
 async def test_feeders_starting_at_once_on_an_empty_database_migrate_it_once(
     empty_dsn: str, tmp_path: Path
 ) -> None:
@@ -287,7 +369,7 @@ async def test_feeders_starting_at_once_on_an_empty_database_migrate_it_once(
             secrets = await conn.fetchval("SELECT count(*) FROM feedwork.meta")
         finally:
             await conn.close()
-        assert sorted(row["version"] for row in applied) == [1, 2, 3]
+        assert sorted(row["version"] for row in applied) == [1, 2, 3, 4]
         assert secrets == 1
         # One secret for all: a token issued by one feeder verifies on the others.
         assert len({server.store.token_secret for server in servers}) == 1

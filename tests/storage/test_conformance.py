@@ -100,11 +100,11 @@ async def submit_tasks(store: Store, specs: Sequence[TaskSpec], *, now: float = 
 
 
 def leaser(
-    now: float, worker: str = "w1", duration: float | None = None
+    now: float, worker: str = "w1", duration: float | None = None, *, caller: str = ""
 ) -> Callable[[Task], Decision[bool]]:
     def decide(task: Task) -> Decision[bool]:
         return machine.lease(
-            task, now=now, worker_id=worker, lease_duration=duration, policy=POLICY
+            task, now=now, worker_id=worker, lease_duration=duration, policy=POLICY, caller=caller
         )
 
     return decide
@@ -1457,6 +1457,88 @@ def test_how_every_attempt_ended_survives_reopen(make_durable_store: StoreFactor
             # The stored record decides through the store as well.
             done = await step(store, stored, machine.ack(stored, 1, result=b"late", now=T0 + 2000))
             assert (done.state, done.result) == (State.COMPLETED, b"late")
+        finally:
+            await store.close()
+
+    run_async(body)
+
+
+# -- who took each lease ------------------------------------------------------------------
+
+
+async def leased_by_callers(store: Store) -> tuple[Task, Task, Task]:
+    """Three tasks whose leases were taken by authenticated callers (and one without auth,
+    caller ""): one with three attempts, left leased (callers in the history's JSON and in
+    the last attempt's own columns), one acked (the short write of an ended attempt), one
+    dead. The leases go through claims and through one batch that leases two tasks for two
+    callers."""
+    first, acked, dead = await submit_tasks(store, [spec(max_attempts=5), spec(), spec("dlq")])
+    (task,) = await store.claim("q", 1, leaser(T0 + 1, "w1", caller="key-a"))
+    assert task.id == first.id
+    task = await step(store, task, machine.advance(task, T0 + 100))  # attempt 1 expires
+    decisions = [lease_as(task, T0 + 101, "cert:b"), lease_as(dead, T0 + 101, "key-a")]
+    changes = [Change(t, d.task) for t, d in zip((task, dead), decisions, strict=True)]
+    assert await store.apply(changes) == [True, True]
+    task, dead = (change.after for change in changes)  # type: ignore[misc]
+    task = await step(store, task, nack_d(task, T0 + 102, retry_after=0.0))  # attempt 2 fails
+    dead = await step(store, dead, nack_d(dead, T0 + 102, terminal=True))
+    (acked,) = await store.claim("q", 1, leaser(T0 + 103, "w3", caller="key-c"))
+    acked = await step(store, acked, ack_d(acked, T0 + 104))
+    (task,) = await store.claim("q", 1, leaser(T0 + 105, "w1"))  # no auth: caller ""
+    return task, acked, dead
+
+
+def lease_as(task: Task, now: float, caller: str) -> Decision[bool]:
+    return machine.lease(
+        task, now=now, worker_id="w2", lease_duration=None, policy=POLICY, caller=caller
+    )
+
+
+def check_callers(task: Task, acked: Task, dead: Task) -> None:
+    """The records of `leased_by_callers`, as a store gave them back."""
+    assert [(a.attempt, a.worker_id, a.caller, a.outcome) for a in task.history] == [
+        (1, "w1", "key-a", AttemptOutcome.EXPIRED),
+        (2, "w2", "cert:b", AttemptOutcome.FAILED),
+        (3, "w1", "", AttemptOutcome.RUNNING),
+    ]
+    assert [(a.worker_id, a.caller, a.outcome) for a in acked.history] == [
+        ("w3", "key-c", AttemptOutcome.ACKED)
+    ]
+    assert [(a.caller, a.outcome) for a in dead.history] == [("key-a", AttemptOutcome.FAILED)]
+
+
+def test_the_caller_of_each_lease_is_stored_with_its_attempt(make_store: StoreFactory) -> None:
+    async def body(store: Store) -> None:
+        made = await leased_by_callers(store)
+        check_callers(*made)
+        stored = await store.get([t.id for t in made])
+        assert [stored[t.id] for t in made] == list(made)
+        page = await store.list_dead("dlq", after_id=None, limit=10)
+        assert page.tasks == [made[2]]
+
+    run(make_store, body)
+
+
+def test_the_caller_of_each_lease_survives_reopen(make_durable_store: StoreFactory) -> None:
+    async def body() -> None:
+        store = make_durable_store()
+        await store.open()
+        try:
+            made = await leased_by_callers(store)
+        finally:
+            await store.close()
+        store = make_durable_store()
+        await store.open()
+        try:
+            stored = await store.get([t.id for t in made])
+            assert [stored[t.id] for t in made] == list(made)
+            check_callers(*made)
+            page = await store.list_dead("dlq", after_id=None, limit=10)
+            assert page.tasks == [made[2]]
+            # The reopened record goes on, every caller kept.
+            task = await step(store, made[0], ack_d(made[0], T0 + 106))
+            assert await current(store, task.id) == task
+            assert [a.caller for a in task.history] == ["key-a", "cert:b", ""]
         finally:
             await store.close()
 

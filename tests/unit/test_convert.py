@@ -77,7 +77,7 @@ def make_task(**changes: object) -> Task:
         "lease_duration": 60.0,
         "idempotency_key": "k",
         "history": (
-            Attempt(1, "w1", 101.0, 131.0, AttemptOutcome.EXPIRED, "lease expired"),
+            Attempt(1, "w1", 101.0, 131.0, AttemptOutcome.EXPIRED, "lease expired", "key-a"),
             Attempt(2, "w2", 130.0),
         ),
     }
@@ -99,6 +99,7 @@ def test_task() -> None:
     first, current = message.history
     assert (first.attempt, first.worker_id, first.outcome) == (1, "w1", pb.ATTEMPT_OUTCOME_EXPIRED)
     assert (first.ended_at.seconds, first.error) == (131, "lease expired")
+    assert (first.caller, current.caller) == ("key-a", "")  # "": taken without auth
     assert current.outcome == pb.ATTEMPT_OUTCOME_RUNNING and not current.HasField("ended_at")
 
 

@@ -284,6 +284,34 @@ def test_lease_of_a_redelivered_task_counts_a_redelivery() -> None:
     assert again.history[-1].worker_id == "w2"
 
 
+def test_each_attempt_keeps_the_caller_that_took_it_however_it_ends() -> None:
+    """The authenticated caller is recorded beside the worker's own name, per attempt, and
+    every way an attempt ends keeps it ("" without auth)."""
+
+    def lease_as(task: Task, now: float, caller: str) -> Task:
+        decision = machine.lease(
+            task, now=now, worker_id="w", lease_duration=None, policy=POLICY, caller=caller
+        )
+        return changed(decision)
+
+    task = lease_as(new_task(max_attempts=10), T0, "key-a")
+    assert task.history == (Attempt(1, "w", T0, caller="key-a"),)
+    task = changed(machine.advance(task, T0 + 100))  # expired
+    task = changed(nack(lease_as(task, T0 + 101, "cert:b"), 2, T0 + 102))  # failed
+    task = changed(nack(task, 1, T0 + 103))  # a stale nack notes its error on attempt 1
+    task = changed(nack(lease(task, T0 + 200), 3, T0 + 201, release=True))  # released
+    task = changed(machine.cancel(lease_as(task, T0 + 300, "key-a"), now=T0 + 301))  # revoked
+    assert [(a.outcome, a.caller) for a in task.history] == [
+        (AttemptOutcome.EXPIRED, "key-a"),
+        (AttemptOutcome.FAILED, "cert:b"),
+        (AttemptOutcome.RELEASED, ""),
+        (AttemptOutcome.REVOKED, "key-a"),
+    ]
+    assert task.history[0].error.endswith("worker reported: boom")
+    done = changed(machine.ack(lease_as(new_task(), T0, "key-c"), 1, result=None, now=T0 + 1))
+    assert (done.history[0].outcome, done.history[0].caller) == (AttemptOutcome.ACKED, "key-c")
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -4,6 +4,7 @@ as they are, never taken as Rich markup or as terminal control sequences."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -35,6 +36,7 @@ def hostile_task() -> TaskInfo:
         ended_at=None,
         outcome=AttemptOutcome.FAILED,
         error=HOSTILE,
+        caller=HOSTILE,
     )
     return TaskInfo(
         task_id="1",
@@ -63,7 +65,7 @@ def test_task_strings_are_shown_as_they_are(terminal: bool) -> None:
         *(t for t in render.task_tables(hostile_task()) if t is not None), terminal=terminal
     )
     # The markup is text, not markup: no crash, no link, no colour.
-    assert text.count("[/bold] [link=https://evil.example]click[/link] [red]red[/red]") >= 6
+    assert text.count("[/bold] [link=https://evil.example]click[/link] [red]red[/red]") >= 7
     assert "\x1b]8;" not in text  # no hyperlink, neither from markup nor from the payload
     assert "\x1b[31m" not in text  # no red
     # Control characters are made visible instead of reaching the terminal.
@@ -74,6 +76,31 @@ def test_task_strings_are_shown_as_they_are(terminal: bool) -> None:
         assert control not in text
     if not terminal:
         assert "\x1b" not in text
+
+
+def test_each_attempt_shows_its_worker_and_the_caller_the_feeder_authenticated() -> None:
+    attempt = AttemptInfo(
+        attempt=1,
+        worker_id="host-1",
+        leased_at=datetime(2026, 1, 1, tzinfo=UTC),
+        ended_at=None,
+        outcome=AttemptOutcome.RUNNING,
+        error="",
+        caller="billing-workers",
+    )
+    task = TaskInfo(task_id="1", queue="q", state=TaskState.LEASED, history=(attempt,))
+    (entry,) = render.task_json(task)["history"]
+    assert (entry["worker_id"], entry["caller"]) == ("host-1", "billing-workers")
+    _, attempts = render.task_tables(task)
+    assert attempts is not None
+    assert [column.header for column in attempts.columns][:3] == ["attempt", "worker", "caller"]
+    text = shown(attempts, terminal=False)
+    assert "host-1" in text and "billing-workers" in text
+    # Without auth no attempt names a caller: no empty column, "" in the JSON.
+    anonymous = replace(task, history=(replace(attempt, caller=""),))
+    _, attempts = render.task_tables(anonymous)
+    assert attempts is not None and "caller" not in [c.header for c in attempts.columns]
+    assert render.task_json(anonymous)["history"][0]["caller"] == ""
 
 
 def test_queue_names_in_stats_are_shown_as_they_are() -> None:

@@ -1,6 +1,7 @@
 """The SQLite store's row encoding: the hand-written history JSON is exactly json.dumps's,
 the history split into JSON and last-attempt columns reads back whole, the short UPDATEs
-leave every row as the full one would, and databases from before that split still open."""
+leave every row as the full one would, and databases from before that split (or before
+callers were kept) still open."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from feeder.core import machine
 from feeder.core.machine import Decision
 from feeder.core.model import Attempt, AttemptOutcome, State, Task, TaskSpec
 from feeder.core.policy import QueuePolicy
+from feeder.store import sqlite_migrations
 from feeder.store.base import Change
 from feeder.store.rows import COLUMNS, history_columns, history_from, history_json, task_from_row
 from feeder.store.sqlite import LAST_ATTEMPT_COLUMNS, SCHEMA, SqliteStore
@@ -33,13 +35,17 @@ attempts = st.builds(
     st.none() | times,
     st.sampled_from(AttemptOutcome),
     st.text(),
+    st.text(),
 )
 
 
-def reference(history: tuple[Attempt, ...]) -> str:
+def reference(history: tuple[Attempt, ...], *, callers: bool = True) -> str:
+    """The history as json.dumps writes it; without `callers`, as feeders wrote it before
+    callers were kept (six items an attempt)."""
     return json.dumps(
         [
             [a.attempt, a.worker_id, a.leased_at, a.ended_at, int(a.outcome), a.error]
+            + ([a.caller] if callers else [])
             for a in history
         ],
         separators=(",", ":"),
@@ -54,7 +60,7 @@ def test_history_json_is_what_json_dumps_writes(history: tuple[Attempt, ...]) ->
 def test_history_json_of_awkward_text_and_no_history() -> None:
     history = (
         Attempt(1, 'wörker "1"\n', 1700000000.123456),
-        Attempt(2, "\ud800\x00", 5, 1e22, AttemptOutcome.FAILED, "☃ \\ boom"),
+        Attempt(2, "\ud800\x00", 5, 1e22, AttemptOutcome.FAILED, "☃ \\ boom", "ké\x00y"),
     )
     assert history_json(history) == reference(history)
     assert history_json(()) is None
@@ -66,6 +72,19 @@ def test_history_columns_read_back_as_written(history: tuple[Attempt, ...]) -> N
     assert history_from(text, tuple(last)) == history
     if len(history) <= 1:
         assert text is None  # one attempt (the common case) needs no JSON at all
+
+
+def test_a_history_written_before_callers_were_kept_reads_with_no_caller() -> None:
+    history = (
+        Attempt(1, "w1", 10.0, 40.0, AttemptOutcome.EXPIRED, "lease expired"),
+        Attempt(2, "w2", 41.0, 42.0, AttemptOutcome.FAILED, "boom"),
+    )
+    old = reference(history, callers=False)
+    assert json.loads(old)[0] == [1, "w1", 10.0, 40.0, 4, "lease expired"]
+    # The last attempt's columns as a database before last_caller holds them (NULL).
+    last = (3, "w3", 43.0, None, int(AttemptOutcome.RUNNING), "", None)
+    assert history_from(old, last) == (*history, Attempt(3, "w3", 43.0))
+    assert all(a.caller == "" for a in history_from(old, last))
 
 
 async def test_a_database_from_before_the_last_attempt_columns_opens(tmp_path: Path) -> None:
@@ -88,12 +107,12 @@ async def test_a_database_from_before_the_last_attempt_columns_opens(tmp_path: P
     )
     conn.execute(
         f"{insert} VALUES (7, 'q', x'00', 0, 3, 5, 1.0, 1.0, 2, 1, 71.0, 41.0, ?, 4)",
-        (reference(history),),
+        (reference(history, callers=False),),
     )
     # One running attempt: its ack takes the short UPDATE of the last_* columns.
     conn.execute(
         f"{insert} VALUES (8, 'q', x'00', 0, 3, 5, 1.0, 1.0, 1, 0, 71.0, 41.0, ?, 2)",
-        (reference(history[1:]),),
+        (reference(history[1:], callers=False),),
     )
     conn.commit()
     conn.close()
@@ -134,7 +153,7 @@ def _version_1_database(db: Path) -> None:
         " last_leased_at, last_ended_at, last_outcome, last_error)"
         " VALUES (9, 'q', x'', 0, 2, 50, 1.0, 45.0, 6, 3, ?, 20, 6, 'w', 33.0, 45.0, 4,"
         " 'lease expired')",
-        (reference(earlier),),
+        (reference(earlier, callers=False),),
     )
     conn.execute("INSERT INTO meta (key, value) VALUES ('history_split', 1)")
     conn.commit()
@@ -161,7 +180,47 @@ async def test_schema_version_2_keeps_the_expired_attempts_of_older_databases(
     conn = sqlite3.connect(db)
     try:
         versions = [row for row in conn.execute("SELECT version, name FROM schema_migrations")]
-        assert versions == [(1, "initial"), (2, "expired_attempts")]
+        assert versions == [(1, "initial"), (2, "expired_attempts"), (3, "last_caller")]
+    finally:
+        conn.close()
+
+
+async def test_schema_version_3_keeps_the_caller_of_each_lease_from_then_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database as the feedwork before callers left it (schema version 2): its attempts
+    read with no caller, and leases from then on keep theirs, across a reopen."""
+    db = tmp_path / "v2.db"
+    _version_1_database(db)
+    conn = sqlite3.connect(db, isolation_level=None)
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_migrations, "MIGRATIONS", sqlite_migrations.MIGRATIONS[:1])
+        patch.setattr(sqlite_migrations, "LATEST", 2)
+        sqlite_migrations.migrate(conn)
+    assert "last_caller" not in {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    conn.close()
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        task = (await store.get([9]))[9]
+        assert [a.caller for a in task.history] == ["", "", "", ""]
+        leased = machine.lease(
+            task, now=50.0, worker_id="w", lease_duration=None, policy=POLICY, caller="key-a"
+        ).task
+        assert leased is not None and await store.apply([Change(task, leased)]) == [True]
+    finally:
+        await store.close()
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        again = (await store.get([9]))[9]
+        assert again == leased
+        assert [a.caller for a in again.history] == ["", "", "", "", "key-a"]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (3,)
     finally:
         conn.close()
 
@@ -187,7 +246,10 @@ OPERATIONS = ("lease", "ack", "release", "fail", "extend", "expire", "cancel", "
 
 def _decide(task: Task, operation: str, now: float, rng: random.Random) -> Decision[Any]:
     if operation == "lease":
-        return machine.lease(task, now=now, worker_id="w", lease_duration=None, policy=POLICY)
+        caller = rng.choice(["", "key-a", "cert:b"])
+        return machine.lease(
+            task, now=now, worker_id="w", lease_duration=None, policy=POLICY, caller=caller
+        )
     if operation == "ack":
         return machine.ack(task, task.attempt, result=b"r", now=now)
     if operation in ("release", "fail"):

@@ -228,6 +228,7 @@ CHANGEABLE: tuple[tuple[str, str], ...] = (
     ("last_ended_at", "float8"),
     ("last_outcome", "smallint"),
     ("last_error", "text"),
+    ("last_caller", "text"),
     ("expired_attempts", "text"),
     ("version", "int"),
 )
