@@ -57,11 +57,14 @@ class Consumers:
         self._callers: dict[str, Consumer] = {}
         self._holders: dict[int, Consumer] = {}
 
-    def lease_caller(self, worker_id: str) -> Consumer:
-        """The consumer of Lease calls made under `worker_id`."""
-        consumer = self._callers.get(worker_id)
+    def lease_caller(self, worker_id: str, caller: str = "") -> Consumer:
+        """The consumer of Lease calls made under `worker_id` by `caller` (the identity
+        the feeder authenticated, "" without auth): with auth, one caller cannot use up
+        another's cap by claiming its worker_id. (An access list name has no spaces.)"""
+        name = f"{caller} {worker_id}" if caller else worker_id
+        consumer = self._callers.get(name)
         if consumer is None:
-            consumer = self._callers[worker_id] = Consumer(f"lease:{worker_id}")
+            consumer = self._callers[name] = Consumer(f"lease:{name}")
         return consumer
 
     def granted(self, consumer: Consumer, tasks: Iterable[Task]) -> None:

@@ -354,7 +354,8 @@ class TaskService:
         consumer: Consumer | None = None,
         max_unacked: int | None = None,
     ) -> list[LeaseGrant]:
-        """Leases up to `max_tasks` for `consumer` (default: the Lease caller `worker_id`),
+        """Leases up to `max_tasks` for `consumer` (default: the Lease caller `worker_id` of
+        `caller`),
         waiting up to `wait` for the first. A consumer holding its cap of unacked leases
         (the feeder's, or `max_unacked` if lower) gets none until some of them end. Each
         attempt records `worker_id` (the worker's own name) and `caller` (the identity the
@@ -362,7 +363,7 @@ class TaskService:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + wait
         if consumer is None:
-            consumer = self._consumers.lease_caller(worker_id)
+            consumer = self._consumers.lease_caller(worker_id, caller)
         cap = self.max_unacked if not max_unacked else min(max_unacked, self.max_unacked)
         room = await self._room(consumer, cap, give_up_at)
         if room <= 0:

@@ -126,3 +126,15 @@ def test_the_caller_is_empty_where_nothing_set_it() -> None:
     finally:
         CALLER.reset(token)
     assert current_caller() == ""
+
+
+async def test_the_unacked_cap_is_each_callers_own_whatever_worker_id_it_claims(
+    feeder: RunningFeeder,
+) -> None:
+    await submit(feeder, 3)
+    request = pb.LeaseRequest(queue="q", max_tasks=2, worker_id="w", max_unacked=1)
+    first = await feeder.stub.Lease(request, metadata=key("batch-workers"))
+    again = await feeder.stub.Lease(request, metadata=key("batch-workers"))
+    # Another key claiming the same worker_id has a cap of its own.
+    other = await feeder.stub.Lease(request, metadata=key("edge-workers"))
+    assert (len(first.tasks), len(again.tasks), len(other.tasks)) == (1, 0, 1)
