@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from feedwork.channel import TargetError, resolve_target
-from feedwork.credentials import OPTION_NAMES, ClientSecurity, CredentialsError
+from feedwork.credentials import CredentialsError
 from feedwork.errors import FeedworkError
 from worker.config import WorkerConfig, load_handler, parse_config
 from worker.handlers import Handler
@@ -35,8 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("--target: %s", exc)
         return 2
     try:
-        security = ClientSecurity.from_env(**{name: getattr(config, name) for name in OPTION_NAMES})
-        security.check(config.target)
+        config.security.check(config.target)
     except CredentialsError as exc:
         log.error("%s", exc)
         return 2

@@ -8,12 +8,13 @@ set everything through its environment and a developer can still override one op
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from feedwork import credentials
@@ -45,14 +46,8 @@ class WorkerConfig:
     transport: str = "stream"
     ack_ledger: str | None = None
     log_level: str = "INFO"
-    # TLS and the API key (feedwork.credentials); None: the FEEDWORK_* variable's.
-    tls: bool | None = None
-    tls_ca: str | None = None
-    tls_client_cert: str | None = None
-    tls_client_key: str | None = None
-    tls_server_name: str | None = None
-    api_key: str | None = None
-    api_key_file: str | None = None
+    # TLS and the API key (feedwork.credentials): flags over FEEDWORK_* variables.
+    security: credentials.ClientSecurity = field(default_factory=credentials.ClientSecurity)
 
     def worker_options(self) -> dict[str, Any]:
         """Keyword arguments for `Worker` (all but the handler and process options)."""
@@ -69,7 +64,7 @@ class WorkerConfig:
             "ack_flush_interval": self.ack_flush_interval,
             "transport": self.transport,
             "ack_ledger": self.ack_ledger,
-            **{name: getattr(self, name) for name in credentials.OPTION_NAMES},
+            **dataclasses.asdict(self.security),
         }
 
 
@@ -109,7 +104,11 @@ def parse_config(
     for name in ("queue", "handler"):
         if not getattr(args, name):
             parser.error(f"--{name} is required (or set {_env_name(name)})")
-    return WorkerConfig(**vars(args))
+    values = vars(args)
+    security = credentials.from_args(args, environ)
+    for name in credentials.OPTION_NAMES:
+        del values[name]
+    return WorkerConfig(**values, security=security)
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
