@@ -440,7 +440,9 @@ async def test_audit_without_auth_names_the_caller_anyone(
     feeder = await feeder_factory(settings=dataclasses.replace(feeder_settings, auth=None))
     submitted = await feeder.stub.Submit(pb.SubmitRequest(tasks=[pb.TaskSpec(queue=QUEUE)]))
     await feeder.stub.CancelTask(pb.CancelTaskRequest(task_id=submitted.results[0].task_id))
-    (line,) = audit_lines(audit_file)
-    assert (
-        line["caller"] == "anyone" and line["method"] == "CancelTask" and line["queues"] == [QUEUE]
-    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await feeder.stub.CancelTask(pb.CancelTaskRequest(task_id="999999"))
+    line, missing = audit_lines(audit_file)
+    assert line["caller"] == "anyone" and line["method"] == "CancelTask"
+    assert line["queues"] == [QUEUE] and line["code"] == "OK"
+    assert missing["code"] == "NOT_FOUND" and missing["task_ids"] == ["999999"]
