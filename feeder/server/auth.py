@@ -187,12 +187,10 @@ class _Call:
         method: str,
         metadata: Sequence[tuple[str, str | bytes]] | None,
     ) -> None:
-        self.interceptor, self.rule, self.method, self.metadata = (
-            interceptor,
-            rule,
-            method,
-            metadata,
-        )
+        self.interceptor = interceptor
+        self.rule = rule
+        self.method = method
+        self.metadata = metadata
         self.principal: Principal | None = None
 
     def wrap_unary(self, inner: Callable[[Any, Any], Awaitable[Any]]) -> Callable[..., Any]:
@@ -237,12 +235,13 @@ class _Call:
         self, inner: Callable[[Any, Any], Any], requests: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
         first: list[Any] = []
+        await self._admit(None, context)  # who it is, before anything is read
         if self.rule.queues is not None:  # Consume: the first message names the queue
             message = await anext(requests, None)
             if message is None:
                 return
             first.append(message)
-        await self._admit(first[0] if first else None, context)
+            await self._admit(message, context)
         token = CALLER.set(self.principal.name if self.principal else "")
         try:
             result = inner(_chain(first, requests), context)
@@ -259,7 +258,8 @@ class _Call:
         (after an audit line) when it is denied."""
         queues: list[str | None] = []
         try:
-            self.principal = self.interceptor._auth.principal(self.metadata, context)
+            if self.principal is None:
+                self.principal = self.interceptor._auth.principal(self.metadata, context)
             role = self.rule.role
             if self.principal is not None and role is not None and not self.principal.has(role):
                 raise self._forbidden(None)

@@ -446,3 +446,12 @@ async def test_audit_without_auth_names_the_caller_anyone(
     assert line["caller"] == "anyone" and line["method"] == "CancelTask"
     assert line["queues"] == [QUEUE] and line["code"] == "OK"
     assert missing["code"] == "NOT_FOUND" and missing["task_ids"] == ["999999"]
+
+
+async def test_a_stream_without_a_key_is_refused_before_it_sends_anything(
+    feeder: RunningFeeder,
+) -> None:
+    call = feeder.stub.Consume(timeout=5)  # no message written: the refusal does not wait
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == UNAUTHENTICATED
