@@ -308,11 +308,13 @@ kill_midway() {
 }
 
 run_cluster() {
-    local phase
-    if ! "$DOCKER" run --rm --network none feedwork:latest python -m feeder --help |
-        grep -q postgresql://; then
+    local phase usage
+    # Read whole before grep: `grep -q` stops at the first match, and the docker client,
+    # its pipe closed while still writing, fails the pipeline (pipefail).
+    usage=$("$DOCKER" run --rm --network none feedwork:latest python -m feeder --help) ||
+        fail "cluster: python -m feeder --help in the image"
+    grep -q postgresql:// <<<"$usage" ||
         fail "cluster: this feeder has no PostgreSQL backend (--db postgresql://...)"
-    fi
     phase=$(date +%s)
     compose --profile cluster up -d --no-build --scale cluster-worker="$WORKERS" \
         cluster-worker >>"$RUN_DIR/compose.log" 2>&1 || fail "cluster: up"
