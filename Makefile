@@ -51,8 +51,10 @@ services: ## start the local services the tests need (PostgreSQL), if they are n
 	@scripts/ensure-services.sh
 
 .PHONY: compose-check docker-cluster
-COMPOSE_HOST := -f docker-compose.yml -f docker/compose.host.yml
-COMPOSE_TLS  := -f docker-compose.yml -f docker-compose.override.yml -f docker-compose.tls.yml
+COMPOSE_HOST     := -f docker-compose.yml -f docker/compose.host.yml
+COMPOSE_TLS      := -f docker-compose.yml -f docker-compose.override.yml -f docker-compose.tls.yml
+COMPOSE_HOST_TLS := -f docker-compose.yml -f docker-compose.tls.yml -f docker/compose.host.yml \
+	-f docker/compose.host.tls.yml
 
 compose-check: services ## validate the compose files with docker-compose (default and cluster profile, TLS)
 	@if ! command -v docker-compose >/dev/null 2>&1; then \
@@ -60,8 +62,9 @@ compose-check: services ## validate the compose files with docker-compose (defau
 	for profile in "" "--profile cluster"; do \
 		docker-compose $$profile config -q && \
 		docker-compose $(COMPOSE_HOST) $$profile config -q && \
-		docker-compose $(COMPOSE_TLS) $$profile config -q || exit 1; \
-	done && echo "compose files are valid (default and cluster profile; published ports, host networking, TLS)"
+		docker-compose $(COMPOSE_TLS) $$profile config -q && \
+		docker-compose $(COMPOSE_HOST_TLS) $$profile config -q || exit 1; \
+	done && echo "compose files are valid (default and cluster profile; published ports, host networking, TLS, both)"
 
 docker-cluster: venv ## the compose cluster on a real Docker engine, then clean up (root; 1 min, 2-3 without images)
 	timeout 1800 docker/cluster-run.sh $(CLUSTER_ARGS)
