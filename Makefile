@@ -56,7 +56,7 @@ COMPOSE_TLS      := -f docker-compose.yml -f docker-compose.override.yml -f dock
 COMPOSE_HOST_TLS := -f docker-compose.yml -f docker-compose.tls.yml -f docker/compose.host.yml \
 	-f docker/compose.host.tls.yml
 
-compose-check: services ## validate the compose files with docker-compose (default and cluster profile, TLS)
+compose-check: services ## validate the compose files with docker-compose (default and cluster profile; host networking, TLS, both)
 	@if ! command -v docker-compose >/dev/null 2>&1; then \
 		echo "compose-check: docker-compose not installed; skipped" >&2; exit 0; fi; \
 	for profile in "" "--profile cluster"; do \
@@ -69,7 +69,7 @@ compose-check: services ## validate the compose files with docker-compose (defau
 docker-cluster: venv ## the compose cluster on a real Docker engine, then clean up (root; 1 min, 2-3 without images)
 	timeout 1800 docker/cluster-run.sh $(CLUSTER_ARGS)
 
-docker-cluster-tls: venv ## the same with TLS and per-role API keys, and checks what is refused (root)
+docker-cluster-tls: venv ## the same with TLS and per-role API keys; checks what is refused (root; 1 min, 2-3 without images)
 	timeout 1800 docker/cluster-run.sh --tls $(CLUSTER_ARGS)
 
 # Development certificates and API keys, e.g. for docker-compose.tls.yml (docs/DOCKER.md).
