@@ -12,7 +12,7 @@ PROTOC    = $(BIN)/python -m grpc_tools.protoc -I protos
 .PHONY: help venv run test lint proto proto-check pytest services bench chaos soak clean
 
 help: ## show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-19s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(STAMP) ## create .venv and install feedwork with its dev and bench extras
 
@@ -50,21 +50,27 @@ proto-check: venv ## fail if the committed generated code differs from a fresh `
 services: ## start the local services the tests need (PostgreSQL), if they are not up
 	@scripts/ensure-services.sh
 
-.PHONY: compose-check docker-cluster
-COMPOSE_HOST := -f docker-compose.yml -f docker/compose.host.yml
-COMPOSE_TLS  := -f docker-compose.yml -f docker-compose.override.yml -f docker-compose.tls.yml
+.PHONY: compose-check docker-cluster docker-cluster-tls
+COMPOSE_HOST     := -f docker-compose.yml -f docker/compose.host.yml
+COMPOSE_TLS      := -f docker-compose.yml -f docker-compose.override.yml -f docker-compose.tls.yml
+COMPOSE_HOST_TLS := -f docker-compose.yml -f docker-compose.tls.yml -f docker/compose.host.yml \
+	-f docker/compose.host.tls.yml
 
-compose-check: services ## validate the compose files with docker-compose (default and cluster profile, TLS)
+compose-check: services ## validate the compose files with docker-compose (default and cluster profile; host networking, TLS, both)
 	@if ! command -v docker-compose >/dev/null 2>&1; then \
 		echo "compose-check: docker-compose not installed; skipped" >&2; exit 0; fi; \
 	for profile in "" "--profile cluster"; do \
 		docker-compose $$profile config -q && \
 		docker-compose $(COMPOSE_HOST) $$profile config -q && \
-		docker-compose $(COMPOSE_TLS) $$profile config -q || exit 1; \
-	done && echo "compose files are valid (default and cluster profile; published ports, host networking, TLS)"
+		docker-compose $(COMPOSE_TLS) $$profile config -q && \
+		docker-compose $(COMPOSE_HOST_TLS) $$profile config -q || exit 1; \
+	done && echo "compose files are valid (default and cluster profile; published ports, host networking, TLS, both)"
 
 docker-cluster: venv ## the compose cluster on a real Docker engine, then clean up (root; 1 min, 2-3 without images)
 	timeout 1800 docker/cluster-run.sh $(CLUSTER_ARGS)
+
+docker-cluster-tls: venv ## the same with TLS and per-role API keys; checks what is refused (root; 1 min, 2-3 without images)
+	timeout 1800 docker/cluster-run.sh --tls $(CLUSTER_ARGS)
 
 # Development certificates and API keys, e.g. for docker-compose.tls.yml (docs/DOCKER.md).
 # The feeder certificate names the compose feeders too, so that containers can verify them.

@@ -17,7 +17,15 @@
 #  7. always, failed or not: `docker-compose down -v`, stops the dockerd it started, and
 #     compares the host with step 1: any difference is printed and fails the run.
 #
-# Usage: docker/cluster-run.sh [--tasks N] [--workers N] [--kill SERVICE|--no-kill]
+# --tls (`make docker-cluster-tls`): the same with TLS and API keys, as docs/SECURITY.md
+# has users run it. `feedwork dev-certs --keys` writes a CA, the feeder certificate and
+# the keys into the run's directory; compose reads docker-compose.tls.yml and
+# docker/compose.host.tls.yml as well. Tasks are submitted with the producer key and
+# counted with the admin key, over TLS, from the host; before that the run checks that a
+# producer key may not read stats (PERMISSION_DENIED), a call without a key is
+# UNAUTHENTICATED and a plaintext client, even with the admin key, cannot connect.
+#
+# Usage: docker/cluster-run.sh [--tls] [--tasks N] [--workers N] [--kill SERVICE|--no-kill]
 #                              [--embedded-tasks N] [--no-embedded] [--purge]
 # --purge also deletes the private engine's images and build cache (kept by default in
 # $FEEDWORK_DOCKER_ROOT, /var/lib/feedwork-docker, so that the next run takes seconds).
@@ -29,9 +37,11 @@ WORKERS=8
 KILL=feeder-2
 EMBEDDED_TASKS=500
 PURGE=0
+TLS=0
 SLEEP_MS=20
 PROJECT=feedwork-cluster
 FEEDWORK=${FEEDWORK:-.venv/bin/feedwork}
+FEEDWORK_PYTHON=${FEEDWORK_PYTHON:-.venv/bin/python} # with feedwork importable
 DOCKER=/usr/bin/docker
 DATA_ROOT=${FEEDWORK_DOCKER_ROOT:-/var/lib/feedwork-docker}
 export DOCKER
@@ -45,10 +55,16 @@ while [ $# -gt 0 ]; do
         --embedded-tasks) EMBEDDED_TASKS=$2 && shift ;;
         --no-embedded) EMBEDDED_TASKS=0 ;;
         --purge) PURGE=1 ;;
+        --tls) TLS=1 ;;
         *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2 && exit 2 ;;
     esac
     shift
 done
+
+# The client's own variables, should the caller's shell have any: the run chooses what
+# each of its calls carries (as_role, below).
+unset FEEDWORK_TLS FEEDWORK_TLS_CA FEEDWORK_TLS_CLIENT_CERT FEEDWORK_TLS_CLIENT_KEY \
+    FEEDWORK_TLS_SERVER_NAME FEEDWORK_API_KEY FEEDWORK_API_KEY_FILE
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "cluster-run: needs root (apt-get, dockerd, iptables-save)" >&2
@@ -84,9 +100,18 @@ export FEEDWORK_BASE_IMAGE=feedwork/python:3.11-bookworm
 export FEEDWORK_POSTGRES_IMAGE=feedwork/postgres:15-bookworm
 CLUSTER_TARGET=127.0.0.1:$FEEDWORK_FEEDER_1_PORT,127.0.0.1:$FEEDWORK_FEEDER_2_PORT,127.0.0.1:$FEEDWORK_FEEDER_3_PORT
 
+COMPOSE_FILES=(-f docker-compose.yml -f docker/compose.host.yml)
+if [ "$TLS" -eq 1 ]; then
+    # After the TLS file and the host file, the last one gives the feeders both: their
+    # commands are each file's own, and the last file's wins (docker/compose.host.tls.yml).
+    COMPOSE_FILES=(-f docker-compose.yml -f docker-compose.tls.yml
+        -f docker/compose.host.yml -f docker/compose.host.tls.yml)
+    # What tls-certs copies to the containers; made below, deleted with the run.
+    export FEEDWORK_CERTS_DIR=$RUN_DIR/certs
+fi
+SECURED=$([ "$TLS" -eq 0 ] || echo " (TLS, API keys)")
 compose() {
-    timeout 300 docker-compose --project-name "$PROJECT" \
-        -f docker-compose.yml -f docker/compose.host.yml "$@"
+    timeout 300 docker-compose --project-name "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
 }
 
 # --- 1-3: snapshot, packages, engine --------------------------------------------------
@@ -131,6 +156,8 @@ cleanup() {
         compose --profile cluster down -v --remove-orphans --timeout 20 \
             >>"$RUN_DIR/compose.log" 2>&1 || log "docker-compose down failed (see the diff below)"
     fi
+    # The keys are of this run's cluster only, which is gone; kept logs need none.
+    rm -rf "$RUN_DIR/certs"
     local engine_ours=0
     [ ! -e "$RUN_DIR/started" ] || engine_ours=1
     docker/dockerd.sh stop "$RUN_DIR"
@@ -182,6 +209,15 @@ fi
 # Left over from an interrupted run, if any.
 compose --profile cluster down -v --remove-orphans >>"$RUN_DIR/compose.log" 2>&1
 
+if [ "$TLS" -eq 1 ]; then
+    # As `make dev-certs` does: the feeder certificate names localhost, 127.0.0.1 and ::1
+    # (the healthchecks and the host's clients) and the service names (the workers).
+    "$FEEDWORK" dev-certs --out "$FEEDWORK_CERTS_DIR" --keys \
+        --host feeder --host feeder-1 --host feeder-2 --host feeder-3 >/dev/null ||
+        fail "tls: feedwork dev-certs"
+    note "tls: CA, feeder certificate, worker/producer/admin keys and auth.txt from feedwork dev-certs (deleted after the run)"
+fi
+
 # --- 4: images ------------------------------------------------------------------------
 
 phase=$(date +%s)
@@ -191,7 +227,8 @@ note "images: built in $(seconds_since "$phase") s: $(grep -E 'build-images: fee
 # --- helpers for the runs -------------------------------------------------------------
 
 # Waits until every service of the running project reports healthy.
-HEALTH_FORMAT='{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else if eq .State.Status "running"}}healthy{{else}}{{.State.Status}}{{end}}'
+# tls-certs, which copies the certificates and exits, is done once it exited with 0.
+HEALTH_FORMAT='{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else if eq .State.Status "running"}}healthy{{else if and (eq .State.Status "exited") (eq .State.ExitCode 0) (eq (index .Config.Labels "com.docker.compose.service") "tls-certs")}}done{{else}}{{.State.Status}}{{end}}'
 wait_healthy() {
     local timeout=$1 deadline ids=() unhealthy
     deadline=$(($(date +%s) + timeout))
@@ -199,7 +236,7 @@ wait_healthy() {
         mapfile -t ids < <(compose --profile cluster ps -q)
         # A running container without a healthcheck (the embedded workers) counts.
         unhealthy=$([ ${#ids[@]} -eq 0 ] || "$DOCKER" inspect -f "$HEALTH_FORMAT" "${ids[@]}" |
-            grep -v ' healthy$' || true)
+            grep -vE ' (healthy|done)$' || true)
         [ ${#ids[@]} -gt 0 ] && [ -z "$unhealthy" ] && return 0
         if [ "$(date +%s)" -ge "$deadline" ]; then
             log "not healthy after $timeout s: $unhealthy"
@@ -208,6 +245,21 @@ wait_healthy() {
         fi
         sleep 1
     done
+}
+
+# Runs a feedwork command as ROLE: with --tls, over TLS with ROLE's key ("none": no
+# key); without, as it is.
+as_role() {
+    local role=$1
+    shift
+    if [ "$TLS" -eq 0 ]; then
+        "$@"
+        return
+    fi
+    # One name for every feeder: gRPC checks a target of several against the whole list.
+    local -a environment=(FEEDWORK_TLS_CA="$FEEDWORK_CERTS_DIR/ca.pem" FEEDWORK_TLS_SERVER_NAME=feeder)
+    [ "$role" = none ] || environment+=(FEEDWORK_API_KEY_FILE="$FEEDWORK_CERTS_DIR/$role.key")
+    env "${environment[@]}" "$@"
 }
 
 submit() {
@@ -219,14 +271,14 @@ for _ in range(int(sys.argv[1])):
     print(json.dumps({"queue": "demo", "payload": {"sleep_ms": int(sys.argv[2])},
                       "lease_duration": 5}))' \
         "$count" "$SLEEP_MS" >"$RUN_DIR/tasks.jsonl"
-    timeout 120 "$FEEDWORK" submit --target "$target" --retry-for 30 \
-        --file "$RUN_DIR/tasks.jsonl" >/dev/null 2>>"$RUN_DIR/submit.log"
+    as_role producer timeout 120 "$FEEDWORK" submit --target "$target" --retry-for 30 \
+        --file "$RUN_DIR/tasks.jsonl" >"$RUN_DIR/task-ids" 2>>"$RUN_DIR/submit.log"
 }
 
 # "submitted completed ready scheduled leased dead cancelled expired redelivered
 # duplicate_acks adopted" for queue demo, from `feedwork stats --json`.
 demo_counts() {
-    timeout 30 "$FEEDWORK" stats --target "$1" --queue demo --json --retry-for 10 |
+    as_role admin timeout 30 "$FEEDWORK" stats --target "$1" --queue demo --json --retry-for 10 |
         python3 -c 'import json, sys
 queue = json.load(sys.stdin)["queues"][0]
 totals = queue["totals"]
@@ -270,7 +322,7 @@ run_embedded() {
     phase=$(date +%s)
     compose up -d --no-build >>"$RUN_DIR/compose.log" 2>&1 || fail "embedded: up"
     wait_healthy 120 || fail "embedded: health"
-    note "embedded: feeder (SQLite) and $(compose ps -q worker | wc -l) workers up and healthy in $(seconds_since "$phase") s"
+    note "embedded: feeder (SQLite) and $(compose ps -q worker | wc -l) workers up and healthy in $(seconds_since "$phase") s$SECURED"
     phase=$(date +%s)
     submit "$target" "$EMBEDDED_TASKS" || fail "embedded: submit"
     wait_completed "$target" "$EMBEDDED_TASKS" 300
@@ -296,6 +348,57 @@ check_postgres() {
     note "postgres: 127.0.0.1:$FEEDWORK_POSTGRES_PORT ready (pg_isready), psql from the host as feedwork: $connections connections from the feeders"
 }
 
+# Runs a feedwork command that must be refused with gRPC status CODE; prints how.
+refused() {
+    local code=$1 output
+    shift
+    if output=$("$@" 2>&1); then
+        fail "tls: succeeded, but should be $code: ${*: -6}"
+    fi
+    grep -q "error: $code:" <<<"$output" || fail "tls: want $code: $output"
+    sed -n "s/^.*error: \($code:.*\)$/\1/p" <<<"$output" | head -n 1 | cut -c1-100
+}
+
+# With TLS and keys: what each caller the feeders must turn away is told.
+check_access() {
+    local said
+    said=$(refused PERMISSION_DENIED as_role producer timeout 30 "$FEEDWORK" stats \
+        --target "$CLUSTER_TARGET" --retry-for 0)
+    note "tls: the producer key on GetStats: $said"
+    said=$(refused UNAUTHENTICATED as_role none timeout 30 "$FEEDWORK" submit \
+        --target "$CLUSTER_TARGET" --retry-for 0 -q demo '{"sleep_ms": 0}')
+    note "tls: Submit over TLS without a key: $said"
+    # Plaintext with the admin key (the client sends it on loopback without TLS): the
+    # feeders answer TLS only, so the connection fails before any call is made.
+    local feeder
+    for feeder in ${CLUSTER_TARGET//,/ }; do
+        said=$(refused UNAVAILABLE env FEEDWORK_API_KEY_FILE="$FEEDWORK_CERTS_DIR/admin.key" \
+            timeout 30 "$FEEDWORK" stats --target "$feeder" --retry-for 0 --timeout 5)
+    done
+    note "tls: a plaintext client with the admin key, at each of the 3 feeders: $said"
+}
+
+# Reads every submitted task back (GetTask, with the admin key): "N COMPLETED of N; A
+# attempts, leased by CALLERS", the callers being the access list's names of the keys
+# the feeders authenticated for each lease.
+read_back() {
+    as_role admin timeout 120 "$FEEDWORK_PYTHON" - "$1" "$RUN_DIR/task-ids" <<'PYTHON'
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from feedwork.client import FeederClient
+from feedwork.types import TaskState
+
+target, ids_file = sys.argv[1:]
+with open(ids_file) as ids, FeederClient(target) as client, ThreadPoolExecutor(8) as pool:
+    tasks = list(pool.map(client.get, [line.strip() for line in ids if line.strip()]))
+completed = sum(task.state == TaskState.COMPLETED for task in tasks)
+attempts = [attempt for task in tasks for attempt in task.history]
+callers = ", ".join(sorted({attempt.caller or "(none)" for attempt in attempts}))
+print(f"{completed} COMPLETED of {len(tasks)}; {len(attempts)} attempts, leased by {callers}")
+PYTHON
+}
+
 KILLED=""
 kill_midway() {
     local completed=$1
@@ -308,17 +411,20 @@ kill_midway() {
 }
 
 run_cluster() {
-    local phase
-    if ! "$DOCKER" run --rm --network none feedwork:latest python -m feeder --help |
-        grep -q postgresql://; then
+    local phase usage
+    # Read whole before grep: `grep -q` stops at the first match, and the docker client,
+    # its pipe closed while still writing, fails the pipeline (pipefail).
+    usage=$("$DOCKER" run --rm --network none feedwork:latest python -m feeder --help) ||
+        fail "cluster: python -m feeder --help in the image"
+    grep -q postgresql:// <<<"$usage" ||
         fail "cluster: this feeder has no PostgreSQL backend (--db postgresql://...)"
-    fi
     phase=$(date +%s)
     compose --profile cluster up -d --no-build --scale cluster-worker="$WORKERS" \
         cluster-worker >>"$RUN_DIR/compose.log" 2>&1 || fail "cluster: up"
     wait_healthy 180 || fail "cluster: health"
-    note "cluster: postgres, 3 feeders and $WORKERS workers up and healthy in $(seconds_since "$phase") s"
+    note "cluster: postgres, 3 feeders and $WORKERS workers up and healthy in $(seconds_since "$phase") s$SECURED"
     check_postgres
+    if [ "$TLS" -eq 1 ]; then check_access; fi
     phase=$(date +%s)
     submit "$CLUSTER_TARGET" "$TASKS" || fail "cluster: submit"
     log "submitted $TASKS tasks in $(seconds_since "$phase") s"
@@ -326,6 +432,13 @@ run_cluster() {
     local took
     took=$(seconds_since "$phase")
     note "cluster: $TASKS tasks in $took s ($((TASKS / (took > 0 ? took : 1))) tasks/s, ${SLEEP_MS} ms each, $WORKERS workers)${KILLED:+, SIGKILLed $KILLED}; $LEDGER"
+    if [ "$TLS" -eq 1 ]; then
+        local tasks
+        tasks=$(read_back "$CLUSTER_TARGET") || fail "tls: reading the tasks back"
+        [[ "$tasks" == "$TASKS COMPLETED of $TASKS; "*", leased by worker" ]] ||
+            fail "tls: tasks read back: $tasks"
+        note "tls: every task read back with the admin key: $tasks"
+    fi
     if [ -n "$KILLED" ]; then
         local state
         state=$("$DOCKER" inspect -f '{{.State.Status}} {{.State.ExitCode}}' \

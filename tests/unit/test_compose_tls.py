@@ -2,7 +2,9 @@
 keys and none keeps --insecure; every worker and healthcheck verifies the feeders and calls
 with a key; each role gets the files its flags name and no more; and `make dev-certs` makes
 a certificate for the names the containers verify. The plain file's feeders, which listen
-on every address of their container without TLS or keys, say --insecure."""
+on every address of their container without TLS or keys, say --insecure. With host
+networking as well (docker/compose.host.yml, then docker/compose.host.tls.yml, as `make
+docker-cluster-tls` runs them), the feeders keep both: loopback and TLS with keys."""
 
 from __future__ import annotations
 
@@ -17,6 +19,12 @@ from tests.acceptance.test_compose_cluster import interpolate
 
 ROOT = Path(__file__).resolve().parents[2]
 TLS_FLAGS = {"--tls-cert": "/certs/feeder.pem", "--tls-key": "/certs/feeder-key.pem"}
+HOST_TLS = (
+    "docker-compose.yml",
+    "docker-compose.tls.yml",
+    "docker/compose.host.yml",
+    "docker/compose.host.tls.yml",
+)
 AUTH_FLAGS = {"--auth-file": "/certs/auth.txt"}
 
 
@@ -27,14 +35,16 @@ def services(name: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-def merged() -> dict[str, dict[str, Any]]:
-    """The TLS file over the main one as compose merges them: a command replaces the
-    other, environment, volumes (by container path) and depends_on add up."""
-    result = services("docker-compose.yml")
-    for name, override in services("docker-compose.tls.yml").items():
+def merged(*files: str) -> dict[str, dict[str, Any]]:
+    """The files (by default the TLS file over the main one) as compose merges them: a
+    command replaces the other, mappings (environment, depends_on, build) and volumes (by
+    container path) add up."""
+    first, *overrides = files or ("docker-compose.yml", "docker-compose.tls.yml")
+    result = services(first)
+    for name, override in (item for file in overrides for item in services(file).items()):
         service = dict(result.get(name, {}))
         for key, value in override.items():
-            if key in ("environment", "depends_on"):
+            if isinstance(value, dict):
                 service[key] = {**service.get(key, {}), **value}
             elif key == "volumes":
                 mounts = {v.split(":")[1]: v for v in [*service.get(key, []), *value]}
@@ -149,3 +159,38 @@ def test_make_dev_certs_names_every_feeder_the_containers_verify() -> None:
     feeders = {n for n, s in merged().items() if runs(s, "feeder")}
     assert feeders <= hosts
     assert "feeder" in hosts  # FEEDWORK_TLS_SERVER_NAME of the workers
+
+
+def test_with_host_networking_every_feeder_serves_tls_with_keys_on_loopback() -> None:
+    host = services("docker/compose.host.yml")
+    feeders = {n: s for n, s in merged(*HOST_TLS).items() if runs(s, "feeder")}
+    assert set(feeders) == {"feeder", "feeder-1", "feeder-2", "feeder-3"}
+    for name, service in feeders.items():
+        command = service["command"]
+        values = flag_values(command)
+        assert "--insecure" not in command, name
+        # The host file's feeder (127.0.0.1, its PostgreSQL port), with the TLS file's flags.
+        assert command[: len(host[name]["command"])] == host[name]["command"], name
+        assert values["--listen"].startswith("127.0.0.1:"), name
+        for flag, path in {**TLS_FLAGS, **AUTH_FLAGS}.items():
+            assert values.get(flag) == path, (name, flag)
+        assert service["environment"]["FEEDWORK_TLS_CA"] == "/certs/ca.pem", name
+        assert mounted(service) == "tls-feeder", name
+
+
+def test_with_host_networking_the_workers_keep_their_tls_and_key() -> None:
+    workers = {n: s for n, s in merged(*HOST_TLS).items() if runs(s, "worker")}
+    assert set(workers) == {"worker", "cluster-worker"}
+    for name, service in workers.items():
+        assert service["environment"] == merged()[name]["environment"], name
+        assert mounted(service) == "tls-worker", name
+        assert service["network_mode"] == "host", name
+
+
+def test_with_host_networking_no_service_needs_a_network_of_its_own() -> None:
+    """A service without network_mode joins the project's default network, which compose
+    creates as a bridge: an interface and firewall rules on the host, which host
+    networking is there to avoid (and an engine started with --bridge=none lacks)."""
+    for name, service in merged(*HOST_TLS).items():
+        assert service.get("network_mode") in ("host", "none"), name
+    assert merged(*HOST_TLS)["tls-certs"]["network_mode"] == "none"
