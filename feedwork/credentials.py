@@ -121,7 +121,7 @@ class ClientSecurity:
     def channel_credentials(self, target: str) -> grpc.ChannelCredentials | None:
         """The transport credentials of a channel to `target` (a resolved gRPC URI): TLS,
         gRPC's local credentials for a key on loopback, or None (plaintext, no key). The
-        key itself goes in each call's metadata (`interceptors`)."""
+        key itself goes in each call's metadata (`metadata`, added by the channel)."""
         key = self.key()
         if self.uses_tls:
             self.check(target)
