@@ -7,9 +7,12 @@ STAMP    := $(VENV)/.installed
 PROTO    := protos/feedwork/v1/feeder.proto
 GEN      := feedwork/v1/feeder_pb2.py feedwork/v1/feeder_pb2.pyi feedwork/v1/feeder_pb2_grpc.py
 PROTOC    = $(BIN)/python -m grpc_tools.protoc -I protos
+# buf (npm's @bufbuild/buf, pinned in tools/buf/package-lock.json) guards the contract.
+BUF      := tools/buf/node_modules/.bin/buf
+RELEASED := released/feedwork-v1.binpb
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint proto proto-check pytest services bench chaos soak clean
+.PHONY: help venv run test lint proto proto-check proto-compat proto-release pytest services bench chaos soak clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-19s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,9 +29,9 @@ $(STAMP): pyproject.toml
 run: venv ## run the demo: a feeder, 16 workers, 1000 tasks, each completed exactly once
 	$(BIN)/feedwork demo --iterations 1000 --workers 16
 
-test: venv lint proto-check services compose-check pytest ## lint, check generated code, run every test
+test: venv lint proto-check proto-compat services compose-check pytest ## lint, check generated code and the wire contract, run every test
 
-pytest: venv services ## run the test suite only
+pytest: venv services $(BUF) ## run the test suite only
 	$(BIN)/python -m pytest
 
 lint: venv ## ruff check, ruff format --check, mypy --strict, the feeder's layer rule
@@ -46,6 +49,17 @@ proto-check: venv ## fail if the committed generated code differs from a fresh `
 	for f in $(GEN); do \
 		diff -u "$$f" "$$tmp/$$f" || { echo "$$f is stale: run 'make proto'" >&2; exit 1; }; \
 	done && echo "generated code is up to date"
+
+proto-compat: $(BUF) ## buf lint, and buf breaking against the released contract (protos/released)
+	cd protos && ../$(BUF) lint && ../$(BUF) breaking --against $(RELEASED)
+	@echo "the contract is compatible with protos/$(RELEASED)"
+
+proto-release: $(BUF) ## record protos/ as the released contract that later changes must keep
+	cd protos && ../$(BUF) build --exclude-source-info -o $(RELEASED)
+
+$(BUF): tools/buf/package.json tools/buf/package-lock.json
+	npm ci --prefix tools/buf --no-audit --no-fund
+	@touch $@
 
 services: ## start the local services the tests need (PostgreSQL), if they are not up
 	@scripts/ensure-services.sh
