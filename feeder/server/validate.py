@@ -30,17 +30,18 @@ MiB = 1024 * KiB
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 QUEUE_NAME_RULE = "must be 1-128 characters of [A-Za-z0-9._-]"
-MAX_HEADER_KEY_CHARS = 128
+# String limits are in UTF-8 bytes, the unit every language's client can count.
+MAX_HEADER_KEY_BYTES = 128
 MAX_HEADERS_BYTES = 16 * KiB
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 MAX_DELAY = 365 * DAY
 MAX_ATTEMPTS = 1000
 MIN_LEASE_DURATION, MAX_LEASE_DURATION = 1.0, 12 * 3600.0
-MAX_IDEMPOTENCY_KEY_CHARS = 256
+MAX_IDEMPOTENCY_KEY_BYTES = 256
 MAX_BATCH = 1000
 MAX_LEASE_TASKS = 1000
 MAX_WAIT = 60.0
-MAX_WORKER_ID_CHARS = 256
+MAX_WORKER_ID_BYTES = 256
 MAX_ERROR_BYTES = 4 * KiB
 MAX_RETRY_AFTER = 365 * DAY
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
@@ -141,8 +142,8 @@ def task_spec(spec: pb.TaskSpec, field: str, *, limits: Limits, now: float) -> T
             MAX_ATTEMPTS,
             rule=f"must be 0 (the queue's default) or 1 to {MAX_ATTEMPTS}",
         )
-    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
-        _max_chars(key, f"{field}.idempotency_key", MAX_IDEMPOTENCY_KEY_CHARS)
+    if len(key) * 4 > MAX_IDEMPOTENCY_KEY_BYTES:  # else short enough in any encoding
+        _max_utf8(key, f"{field}.idempotency_key", MAX_IDEMPOTENCY_KEY_BYTES)
     lease_duration = None
     if spec.HasField("lease_duration"):
         lease_duration = _lease_duration(spec, f"{field}.lease_duration")
@@ -160,7 +161,7 @@ def task_spec(spec: pb.TaskSpec, field: str, *, limits: Limits, now: float) -> T
 
 def lease_query(request: pb.LeaseRequest) -> LeaseQuery:
     _int_range(request.max_tasks, "max_tasks", 1, MAX_LEASE_TASKS)
-    _max_chars(request.worker_id, "worker_id", MAX_WORKER_ID_CHARS)
+    _max_utf8(request.worker_id, "worker_id", MAX_WORKER_ID_BYTES)
     wait = 0.0
     if request.HasField("wait"):
         wait = duration(request.wait, "wait", 0.0, MAX_WAIT, rule="must be between 0s and 60s")
@@ -402,12 +403,13 @@ def _lease_duration(
 def _headers(headers: Mapping[str, str], field: str) -> dict[str, str]:
     total = 0
     for key, value in headers.items():
-        if not 1 <= len(key) <= MAX_HEADER_KEY_CHARS:
+        key_bytes = len(key.encode())
+        if not 1 <= key_bytes <= MAX_HEADER_KEY_BYTES:
             raise ValidationError(
                 field,
-                f"keys must be 1-{MAX_HEADER_KEY_CHARS} characters (got one of {len(key)})",
+                f"keys must be 1-{MAX_HEADER_KEY_BYTES} bytes of UTF-8 (got one of {key_bytes})",
             )
-        total += len(key.encode()) + len(value.encode())
+        total += key_bytes + len(value.encode())
     if total > MAX_HEADERS_BYTES:
         raise ValidationError(
             field,
@@ -434,9 +436,12 @@ def _int_range(value: int, field: str, low: int, high: int, *, rule: str | None 
         raise ValidationError(field, f"{rule or f'must be between {low} and {high}'} (got {value})")
 
 
-def _max_chars(value: str, field: str, most: int) -> None:
-    if len(value) > most:
-        raise ValidationError(field, f"must be at most {most} characters (got {len(value)})")
+def _max_utf8(value: str, field: str, most: int) -> None:
+    if len(value) * 4 <= most:  # at most 4 bytes a code point: no need to encode
+        return
+    size = len(value.encode())
+    if size > most:
+        raise ValidationError(field, f"must be at most {most} bytes of UTF-8 (got {size})")
 
 
 def _max_bytes(value: bytes, field: str, most: int) -> None:

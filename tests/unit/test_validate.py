@@ -211,7 +211,8 @@ def test_lease_duration_of_a_lease() -> None:
 
 
 def test_worker_id_length() -> None:
-    rejects(lambda: lease(worker_id="w" * 257), "worker_id", "at most 256 characters")
+    rejects(lambda: lease(worker_id="w" * 257), "worker_id", "at most 256 bytes of UTF-8")
+    assert lease(worker_id="w" * 256).worker_id == "w" * 256
 
 
 # -- Ack, Nack, Extend ------------------------------------------------------------------
@@ -366,3 +367,18 @@ def test_stats_listing() -> None:
     rejects(lambda: validate.stats_listing(request), "page_size", "1 to 10000")
     request = pb.GetStatsRequest(page_token="no good")
     rejects(lambda: validate.stats_listing(request), "page_token", "GetStats")
+
+
+def test_string_limits_are_utf8_bytes_not_characters() -> None:
+    """What a client in any language can count: 64 four-byte emoji make 256 bytes (at
+    the limit), 65 are over it, though far fewer than 256 characters."""
+    emoji = "\U0001f642"
+    assert submit(idempotency_key=emoji * 64)[1].idempotency_key == emoji * 64
+    rejects(
+        lambda: submit(idempotency_key=emoji * 65),
+        "tasks[1].idempotency_key",
+        "at most 256 bytes of UTF-8 (got 260)",
+    )
+    rejects(lambda: lease(worker_id="é" * 129), "worker_id", "at most 256 bytes of UTF-8 (got 258)")
+    rejects(lambda: submit(headers={"é" * 65: "v"}), "tasks[1].headers", "1-128 bytes of UTF-8")
+    assert submit(headers={"é" * 64: "v"})[1].headers == {"é" * 64: "v"}
