@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from feeder.core.quoting import quoted
 from feedwork.apikeys import key_digest
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:/+-]{0,127}")
@@ -83,7 +84,7 @@ class Principal:
         return any(grant.role is role or grant.role is Role.ADMIN for grant in self.grants)
 
     def describe(self) -> str:
-        return f"{self.name!r} ({' '.join(map(str, self.grants))})"
+        return f"{quoted(self.name)} ({' '.join(map(str, self.grants))})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from typing import Any
 
 import grpc
 
+from feeder.core.quoting import quoted
 from feeder.server import audit
 from feeder.server.access import AccessList, Grant, Principal, Role
 from feeder.server.identity import CALLER
@@ -126,7 +127,7 @@ class Authenticator:
             if principal is None:
                 raise Denied(
                     grpc.StatusCode.UNAUTHENTICATED,
-                    f"client certificate {identity!r} has no entry in the access list",
+                    f"client certificate {quoted(identity)} has no entry in the access list",
                 )
             return principal
         raise Denied(
@@ -285,7 +286,8 @@ class _Call:
 
     def _forbidden(self, queue: str | None) -> Denied:
         assert self.principal is not None and self.rule.role is not None
-        on = "" if queue is None else (" on every queue" if queue == "*" else f" on {queue!r}")
+        where = {None: "", "*": " on every queue"}
+        on = where[queue] if queue in where else f" on {quoted(queue or '')}"
         return Denied(
             grpc.StatusCode.PERMISSION_DENIED,
             f"{self.principal.describe()} may not call {self.method}{on}: it needs the "

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from feeder.core.model import EMPTY_HEADERS, TaskSpec
+from feeder.core.quoting import quoted
 from feeder.service.tasks import AckItem, ExtendItem, NackItem
 from feedwork.v1 import feeder_pb2 as pb
 
@@ -327,7 +328,7 @@ def queue_name(value: str, field: str) -> str:
 def task_id(value: str, field: str = "task_id") -> int:
     parsed = _decimal_id(value)
     if parsed is None:
-        raise ValidationError(field, f"must be a task id (a decimal number), got {_show(value)}")
+        raise ValidationError(field, f"must be a task id (a decimal number), got {quoted(value)}")
     return parsed
 
 
@@ -447,7 +448,3 @@ def _max_utf8(value: str, field: str, most: int) -> None:
 def _max_bytes(value: bytes, field: str, most: int) -> None:
     if len(value) > most:
         raise ValidationError(field, f"must be at most {most} bytes (got {len(value)})")
-
-
-def _show(value: str) -> str:
-    return repr(value if len(value) <= 40 else value[:40] + "...")

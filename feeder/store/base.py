@@ -22,6 +22,7 @@ from typing import Protocol
 
 from feeder.core.machine import Decision, Event
 from feeder.core.model import State, Task, TaskSpec
+from feeder.core.quoting import quoted
 from feeder.core.records import fast_init
 
 
@@ -29,7 +30,9 @@ class QueueFull(Exception):
     """Submitting would take a queue past its maximum depth."""
 
     def __init__(self, queue: str, depth: int, max_depth: int) -> None:
-        super().__init__(f"queue {queue!r} is full ({depth} pending tasks, max_depth {max_depth})")
+        super().__init__(
+            f"queue {quoted(queue)} is full ({depth} pending tasks, max_depth {max_depth})"
+        )
         self.queue = queue
         self.depth = depth
         self.max_depth = max_depth
@@ -40,7 +43,7 @@ class TooManyQueues(Exception):
 
     def __init__(self, queue: str, known: int, max_queues: int) -> None:
         super().__init__(
-            f"queue {queue!r} would be a new queue past the limit ({known} queues known,"
+            f"queue {quoted(queue)} would be a new queue past the limit ({known} queues known,"
             f" max_queues {max_queues}): submit to an existing queue, or raise --max-queues"
         )
         self.queue = queue

@@ -1385,7 +1385,7 @@ async def test_a_submit_to_a_new_queue_past_the_queue_limit_is_refused(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await submit_ids(feeder, pb.TaskSpec(queue="a"), pb.TaskSpec(queue="c"))
     assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "'c' would be a new queue past the limit" in (refused.value.details() or "")
+    assert '"c" would be a new queue past the limit' in (refused.value.details() or "")
     await submit_ids(feeder, pb.TaskSpec(queue="b"))
     stats = await feeder.stub.GetStats(pb.GetStatsRequest())
     assert [(q.queue, q.ready) for q in stats.queues] == [("a", 1), ("b", 2)]

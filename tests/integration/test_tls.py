@@ -165,10 +165,10 @@ async def test_certificate_identities_take_their_roles_from_the_access_list(
     cert, key = pki.client("ingest")
     assert await submit(target, tls_ca=ca, tls_client_cert=cert, tls_client_key=key)
     cert, key = pki.client("reader")
-    with pytest.raises(PermissionDenied, match="'reader'"):
+    with pytest.raises(PermissionDenied, match='"reader"'):
         await submit(target, tls_ca=ca, tls_client_cert=cert, tls_client_key=key)
     cert, key = pki.client("nobody")
-    with pytest.raises(Unauthenticated, match="'nobody' has no entry"):
+    with pytest.raises(Unauthenticated, match='"nobody" has no entry'):
         await submit(target, tls_ca=ca, tls_client_cert=cert, tls_client_key=key)
 
 
