@@ -7,16 +7,37 @@ INVALID_ARGUMENT, e.g. "tasks[3].queue").
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class FieldViolation(NamedTuple):
+    """One field of a request the feeder refused, and why (google.rpc.BadRequest)."""
+
+    field: str
+    description: str
 
 
 class FeedworkError(Exception):
     """A request the feeder refused, or could not be reached for."""
 
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        field_violations: tuple[FieldViolation, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # INVALID_ARGUMENT: the fields at fault, from the status details (the standard
+        # google.rpc.BadRequest, which the feeder sends beside its message).
+        self.field_violations = field_violations
 
     def __str__(self) -> str:
         if self.code is None:
@@ -87,7 +108,31 @@ def error_from_rpc(exc: grpc.RpcError) -> FeedworkError:
     message = (details_of() if callable(details_of) else None) or str(exc)
     if not isinstance(code, grpc.StatusCode):
         return FeedworkError(message)
-    return _BY_CODE.get(code, FeedworkError)(message, code=code)
+    violations = field_violations(exc)
+    return _BY_CODE.get(code, FeedworkError)(message, code=code, field_violations=violations)
+
+
+def field_violations(exc: Any) -> tuple[FieldViolation, ...]:
+    """The google.rpc.BadRequest field violations in a failed call's status details."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    try:
+        metadata = trailing() if callable(trailing) else None
+    except Exception:  # a call that ended before it had trailers
+        return ()
+    for key, value in metadata or ():
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except Exception:  # not ours to judge: the message says the rest
+            return ()
+        found: list[FieldViolation] = []
+        for detail in status.details:
+            request = error_details_pb2.BadRequest()
+            if detail.Unpack(request):
+                found += [FieldViolation(v.field, v.description) for v in request.field_violations]
+        return tuple(found)
+    return ()
 
 
 def error_from_status(code_value: int, message: str) -> FeedworkError:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from feeder.core.machine import Event
 from feeder.core.model import TaskSpec
@@ -38,6 +40,7 @@ from feedwork.v1 import feeder_pb2_grpc
 
 log = logging.getLogger("feedwork.feeder.rpc")
 
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # Whole tasks (payload, result, history) converted per loop turn in ListDeadTasks: up to
 # ~20 us each with payloads of 8 KiB (a page's bytes are bounded by the reply limit).
 DEAD_TASKS_PER_TURN = 128
@@ -87,6 +90,23 @@ def status_of(exc: BaseException, *, method: str = "Consume") -> tuple[grpc.Stat
     return grpc.StatusCode.INTERNAL, "internal error (see the feeder's log)"
 
 
+def status_details(exc: BaseException) -> tuple[tuple[str, bytes], ...]:
+    """The standard status details (`grpc-status-details-bin`: a google.rpc.Status) of an
+    error: for INVALID_ARGUMENT, a google.rpc.BadRequest naming the field, which a program
+    in any language can read without parsing the message."""
+    if not isinstance(exc, ValidationError):
+        return ()
+    violation = error_details_pb2.BadRequest.FieldViolation(
+        field=exc.field, description=exc.message
+    )
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    status = status_pb2.Status(
+        code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=str(exc), details=[detail]
+    )
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
 def _items(request: Any) -> int:
     """The work a request asks for, in items (see `feeder.server.admission`)."""
     if isinstance(request, pb.SubmitRequest):
@@ -127,7 +147,8 @@ def _rpc(method: Method[RequestT, ResponseT]) -> Method[RequestT, ResponseT]:
             raise
         except Exception as exc:
             code, details = status_of(exc, method=method.__name__)
-        await context.abort(code, details)
+            trailers = status_details(exc)
+        await context.abort(code, details, trailing_metadata=trailers)
         raise AssertionError("context.abort returned")  # it raises; this tells mypy
 
     return handle
@@ -209,7 +230,7 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
             raise
         except Exception as exc:
             code, details = status_of(exc, method="Consume")
-            await context.abort(code, details)
+            await context.abort(code, details, trailing_metadata=status_details(exc))
         finally:
             self.streams.discard(stream)
 

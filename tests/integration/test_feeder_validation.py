@@ -12,6 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from feeder.config import Settings
+from feedwork.errors import FieldViolation, InvalidArgument, error_from_rpc, field_violations
 from feedwork.v1 import feeder_pb2 as pb
 
 PAYLOAD_LIMIT = 1024
@@ -239,7 +240,23 @@ async def assert_invalid(feeder, rpc: str, request: object, field: str) -> str:
     assert code is grpc.StatusCode.INVALID_ARGUMENT, (code, details)
     assert details.startswith(f"{field}: "), details
     assert len(details) > len(field) + 2  # says what is wrong, too
+    # The same, for programs: a google.rpc.BadRequest in the standard status details.
+    description = details.removeprefix(f"{field}: ")
+    assert field_violations(error.value) == (FieldViolation(field, description),)
+    sdk_error = error_from_rpc(error.value)
+    assert isinstance(sdk_error, InvalidArgument)
+    assert sdk_error.field_violations == (FieldViolation(field, description),)
     return details
+
+
+async def test_a_consume_stream_refused_carries_its_field_violation_too(feeder) -> None:
+    call = feeder.stub.Consume()
+    await call.write(pb.ConsumeRequest(credits=1))  # no start
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call.read()
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    (violation,) = field_violations(error.value)
+    assert violation.field == "start" and "first message" in violation.description
 
 
 async def assert_healthy(feeder) -> None:
