@@ -150,8 +150,9 @@ class ConsumeStream:
             raise StreamLost(f"report {report_id} got no answer: {exc}") from exc
         finally:
             self._answers.pop(report_id, None)
-        if response.error_code:
-            raise error_from_status(response.error_code, response.error_message)
+        refused = response.error or response.error_code  # the enum, else an older feeder's int
+        if refused:
+            raise error_from_status(refused, response.error_message)
         return response
 
     async def _session_until_broken(self) -> None:
@@ -322,5 +323,6 @@ def _answers_a_report(response: Any) -> bool:
         response.ack_results
         or response.nack_results
         or response.extend_results
+        or response.error
         or response.error_code
     )

@@ -248,7 +248,10 @@ class ConsumeStream:
         except Exception as exc:  # refused as a whole: the unary calls' status
             code, message = self._status_of(exc)
             response = pb.ConsumeResponse(
-                report_id=request.report_id, error_code=code.value[0], error_message=message
+                report_id=request.report_id,
+                error_code=code.value[0],
+                error_message=message,
+                error=_report_error(code),
             )
         self._outbox_answers.append(response)
         self._post()
@@ -328,3 +331,11 @@ def _parsed(request: Any) -> pb.ConsumeRequest:
     if isinstance(request, pb.ConsumeRequest):
         return request
     raise ValidationError("request", "is not a valid feedwork.v1.ConsumeRequest message")
+
+
+def _report_error(code: grpc.StatusCode) -> pb.ReportError:
+    """`ReportError` of a status (its values are the status codes' numbers)."""
+    number: int = code.value[0]
+    if number in pb.ReportError.values():
+        return pb.ReportError.ValueType(number)  # type: ignore[return-value]
+    return pb.REPORT_ERROR_INTERNAL

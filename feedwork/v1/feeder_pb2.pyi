@@ -64,6 +64,14 @@ class ExtendOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXTEND_OUTCOME_NOT_FOUND: _ClassVar[ExtendOutcome]
     EXTEND_OUTCOME_INVALID_TOKEN: _ClassVar[ExtendOutcome]
 
+class ReportError(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPORT_ERROR_UNSPECIFIED: _ClassVar[ReportError]
+    REPORT_ERROR_INVALID_ARGUMENT: _ClassVar[ReportError]
+    REPORT_ERROR_RESOURCE_EXHAUSTED: _ClassVar[ReportError]
+    REPORT_ERROR_INTERNAL: _ClassVar[ReportError]
+    REPORT_ERROR_UNAVAILABLE: _ClassVar[ReportError]
+
 class CancelOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CANCEL_OUTCOME_UNSPECIFIED: _ClassVar[CancelOutcome]
@@ -108,6 +116,11 @@ EXTEND_OUTCOME_COMPLETED: ExtendOutcome
 EXTEND_OUTCOME_CANCELLED: ExtendOutcome
 EXTEND_OUTCOME_NOT_FOUND: ExtendOutcome
 EXTEND_OUTCOME_INVALID_TOKEN: ExtendOutcome
+REPORT_ERROR_UNSPECIFIED: ReportError
+REPORT_ERROR_INVALID_ARGUMENT: ReportError
+REPORT_ERROR_RESOURCE_EXHAUSTED: ReportError
+REPORT_ERROR_INTERNAL: ReportError
+REPORT_ERROR_UNAVAILABLE: ReportError
 CANCEL_OUTCOME_UNSPECIFIED: CancelOutcome
 CANCEL_OUTCOME_CANCELLED: CancelOutcome
 CANCEL_OUTCOME_ALREADY_CANCELLED: CancelOutcome
@@ -403,7 +416,7 @@ class ConsumeRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[ConsumeStart, _Mapping]] = ..., credits: _Optional[int] = ..., report_id: _Optional[int] = ..., acks: _Optional[_Iterable[_Union[AckItem, _Mapping]]] = ..., nacks: _Optional[_Iterable[_Union[NackItem, _Mapping]]] = ..., extends: _Optional[_Iterable[_Union[ExtendItem, _Mapping]]] = ...) -> None: ...
 
 class ConsumeResponse(_message.Message):
-    __slots__ = ("tasks", "report_id", "ack_results", "nack_results", "extend_results", "error_code", "error_message", "cancelled_task_ids")
+    __slots__ = ("tasks", "report_id", "ack_results", "nack_results", "extend_results", "error_code", "error_message", "cancelled_task_ids", "error")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     ACK_RESULTS_FIELD_NUMBER: _ClassVar[int]
@@ -412,6 +425,7 @@ class ConsumeResponse(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[LeasedTask]
     report_id: int
     ack_results: _containers.RepeatedCompositeFieldContainer[AckResult]
@@ -420,7 +434,8 @@ class ConsumeResponse(_message.Message):
     error_code: int
     error_message: str
     cancelled_task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., report_id: _Optional[int] = ..., ack_results: _Optional[_Iterable[_Union[AckResult, _Mapping]]] = ..., nack_results: _Optional[_Iterable[_Union[NackResult, _Mapping]]] = ..., extend_results: _Optional[_Iterable[_Union[ExtendResult, _Mapping]]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., cancelled_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    error: ReportError
+    def __init__(self, tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., report_id: _Optional[int] = ..., ack_results: _Optional[_Iterable[_Union[AckResult, _Mapping]]] = ..., nack_results: _Optional[_Iterable[_Union[NackResult, _Mapping]]] = ..., extend_results: _Optional[_Iterable[_Union[ExtendResult, _Mapping]]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., cancelled_task_ids: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[ReportError, str]] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("task_id",)

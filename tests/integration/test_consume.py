@@ -165,6 +165,7 @@ async def test_a_malformed_report_is_refused_and_the_stream_goes_on(feeder: Any)
     await call.write(bad)
     answer = await read_report(call, 7)
     assert answer.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert answer.error == pb.REPORT_ERROR_INVALID_ARGUMENT
     assert answer.error_message.startswith("nacks[1].release:")
     assert not answer.ack_results
     # All or nothing: the good item of the refused report was not applied.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+import grpc
 import pytest
 
 from feeder.core.machine import Event
@@ -157,3 +158,15 @@ def test_leased_task_without_headers_or_deadline_and_at_time_zero() -> None:
     assert dict(at_zero.headers) == {"h": "v"}
     precise = leased_task_pb(LeaseGrant(make_task(lease_deadline=1.999999999), "t"))
     assert precise.lease_deadline == convert.timestamp_pb(1.999999999)
+
+
+def test_report_errors_are_the_status_codes_of_their_names() -> None:
+    from feeder.server.consume import _report_error
+
+    for name, number in pb.ReportError.items():
+        if number == 0:
+            continue
+        code = next(c for c in grpc.StatusCode if c.value[0] == number)
+        assert name == f"REPORT_ERROR_{code.name}"
+        assert _report_error(code) == number
+    assert _report_error(grpc.StatusCode.DATA_LOSS) == pb.REPORT_ERROR_INTERNAL
