@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from feeder.server.access import AccessError, AccessList, parse_access_list
+from feeder.service.file_versions import FileVersion
 
 log = logging.getLogger("feedwork.feeder.auth")
 
@@ -39,7 +40,7 @@ class AccessSource:
         self._text = text or ""
         self._clock = clock
         self._checked_at = clock()
-        self._stamp: tuple[int, int, int] | None = None
+        self._version: FileVersion | None = None
         self.reloads = 0
         self._current = self._load()  # raises AccessError: a feeder starts with a good list
 
@@ -53,7 +54,7 @@ class AccessSource:
 
     def _reload(self) -> None:
         try:
-            if _stamp(self.path) == self._stamp:  # type: ignore[arg-type]
+            if _version(self.path) == self._version:  # type: ignore[arg-type]
                 return
             access = self._load()
         except AccessError as exc:
@@ -66,7 +67,7 @@ class AccessSource:
     def _load(self) -> AccessList:
         file_text = ""
         if self.path is not None:
-            stamp = _stamp(self.path)
+            version = _version(self.path)
             try:
                 with open(self.path, encoding="utf-8") as file:
                     file_text = file.read()
@@ -79,19 +80,18 @@ class AccessSource:
                     "chmod go-w it",
                     self.path,
                 )
-            self._stamp = stamp
+            self._version = version
         parts = [parse_access_list(self._text, "--auth")] if self._text else []
         if self.path is not None:
             parts.append(parse_access_list(file_text, self.path))
         return _merge(parts)
 
 
-def _stamp(path: str) -> tuple[int, int, int]:
+def _version(path: str) -> FileVersion:
     try:
-        info = os.stat(path)
+        return FileVersion.of_path(path)
     except OSError as exc:
         raise AccessError(f"{path}: {exc.strerror or exc}") from None
-    return info.st_mtime_ns, info.st_size, info.st_ino
 
 
 def _merge(parts: list[AccessList]) -> AccessList:

@@ -12,7 +12,6 @@ Connections already open keep the certificate they were made with.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import threading
 import time
@@ -20,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+
+from feeder.service.file_versions import FileVersion
 
 log = logging.getLogger("feedwork.feeder.tls")
 
@@ -32,7 +33,7 @@ class TlsError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
-    stamps: tuple[tuple[int, int, int], ...]
+    versions: tuple[FileVersion, ...]
     configuration: object  # grpc.ServerCertificateConfiguration
 
 
@@ -71,7 +72,7 @@ class CertificateFiles:
                 return None
             self._checked_at = now
             try:
-                if self._stamps() == self._loaded.stamps:
+                if self._versions() == self._loaded.versions:
                     return None
                 loaded = self._load()
             except TlsError as exc:
@@ -85,27 +86,23 @@ class CertificateFiles:
             log.info("TLS: certificate files changed; new connections use them")
             return loaded.configuration
 
-    def _stamps(self) -> tuple[tuple[int, int, int], ...]:
-        stamps = []
-        for path in self.paths:
-            try:
-                info = os.stat(path)
-            except OSError as exc:
-                raise TlsError(f"{path}: {exc.strerror or exc}") from None
-            stamps.append((info.st_mtime_ns, info.st_size, info.st_ino))
-        return tuple(stamps)
+    def _versions(self) -> tuple[FileVersion, ...]:
+        try:
+            return tuple(FileVersion.of_path(path) for path in self.paths)
+        except OSError as exc:
+            raise TlsError(f"{exc.filename}: {exc.strerror or exc}") from None
 
     def _load(self) -> _Loaded:
-        stamps = self._stamps()
+        versions = self._versions()
         cert, key = _read(self.paths[0]), _read(self.paths[1])
         client_ca = _read(self.client_ca) if self.client_ca else None
         _check_pair(self.paths[0], self.paths[1], client_ca)
-        if self._stamps() != stamps:  # changed while read: try again next time
+        if self._versions() != versions:  # changed while read: try again next time
             raise TlsError("the files changed while being read")
         configuration = grpc.ssl_server_certificate_configuration(
             [(key, cert)], root_certificates=client_ca
         )
-        return _Loaded(stamps, configuration)
+        return _Loaded(versions, configuration)
 
 
 def _read(path: str) -> bytes:

@@ -35,9 +35,9 @@ import secrets
 import stat
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from feeder.core.tokens import MAX_KEY_ID, MIN_KEY_BYTES, KeyRing
+from feeder.service.file_versions import FileVersion
 
 log = logging.getLogger("feedwork.feeder.tokens")
 
@@ -102,22 +102,7 @@ def parse_key_file(text: str, path: str) -> KeyRing:
     return KeyRing(keys, current)
 
 
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    """What identifies a version of the file: a change of any part is a new version."""
-
-    device: int
-    inode: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int  # a chmod, or a rewrite within the mtime's resolution
-
-    @classmethod
-    def of(cls, info: os.stat_result) -> _Seen:
-        return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-
-
-def read_key_file(path: str) -> tuple[KeyRing, _Seen]:
+def read_key_file(path: str) -> tuple[KeyRing, FileVersion]:
     """The file's keys, and the version of it they were read from. Warns when others may
     read or write it. Raises TokenKeyFileError."""
     try:
@@ -151,7 +136,7 @@ def read_key_file(path: str) -> tuple[KeyRing, _Seen]:
             path,
             stat.filemode(info.st_mode),
         )
-    return ring, _Seen.of(info)
+    return ring, FileVersion.of(info)
 
 
 def same_keys(a: KeyRing, b: KeyRing) -> bool:
@@ -173,7 +158,7 @@ class TokenKeyFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()  # one poll at a time: each updates what was seen
-        self._seen: _Seen | None = None
+        self._seen: FileVersion | None = None
         self._ring: KeyRing | None = None
         # The last version read was refused; it was read twice (see `poll`).
         self._failing = self._settled = False
@@ -192,7 +177,7 @@ class TokenKeyFile:
         version, and the keys read before stay in use."""
         with self._lock:
             try:
-                seen = _Seen.of(os.stat(self.path))
+                seen = FileVersion.of_path(self.path)
             except OSError as exc:
                 self._refuse(None, TokenKeyFileError(self.path, _cannot_read(exc)))
                 return None
@@ -223,7 +208,7 @@ class TokenKeyFile:
     def _name(self) -> str:
         return f"token secret file {self.path}"
 
-    def _refuse(self, seen: _Seen | None, problem: TokenKeyFileError) -> None:
+    def _refuse(self, seen: FileVersion | None, problem: TokenKeyFileError) -> None:
         if seen != self._seen or not self._failing:
             kept = describe(self._ring) if self._ring is not None else "none"
             log.error("%s; keeping the keys read before (%s)", problem, kept)

@@ -15,7 +15,7 @@ from feeder import dbtool
 from feeder.__main__ import build_parser
 from feeder.config import ConfigError, load_settings
 from feeder.core.tokens import KeyRing, TokenCodec
-from feeder.service import token_keys
+from feeder.service.file_versions import FileVersion
 from feeder.service.token_keys import (
     FILE_MODE,
     MAX_FILE_BYTES,
@@ -149,7 +149,7 @@ def test_a_rewrite_that_leaves_the_stat_as_it_was_is_still_seen(
 ) -> None:
     """Rewrites within the timestamps' resolution (here: a stat that never changes): each
     version read is read once more at the next poll, so the last one is seen all the same."""
-    monkeypatch.setattr(token_keys._Seen, "of", classmethod(lambda cls, info: cls(1, 2, 3, 4, 5)))
+    monkeypatch.setattr(FileVersion, "of", classmethod(lambda cls, info: cls(1, 2, 3, 4, 5)))
     path = tmp_path / "keys"
     path.write_text(f"1 {S1} current\n2 {S2}\n")
     watched = TokenKeyFile(str(path))
