@@ -106,13 +106,7 @@ class ClientSecurity:
         later (a file that cannot be read, options that do not go together), short of
         where the key may be sent."""
         self.key()
-        if target and self.uses_tls and not self.tls_server_name and _several_addresses(target):
-            raise CredentialsError(
-                f"tls_server_name is needed with TLS to several feeders ({target}): gRPC "
-                "checks each feeder's certificate against one name, the one they share"
-            )
-        if bool(self.tls_client_cert) != bool(self.tls_client_key):
-            raise CredentialsError("tls_client_cert and tls_client_key go together")
+        self._check_tls(target)
         for name in ("tls_ca", "tls_client_cert", "tls_client_key"):
             path = getattr(self, name)
             if path:
@@ -124,7 +118,7 @@ class ClientSecurity:
         key itself goes in each call's metadata (`metadata`, added by the channel)."""
         key = self.key()
         if self.uses_tls:
-            self.check(target)
+            self._check_tls(target)  # the files are read just below
             return grpc.ssl_channel_credentials(
                 root_certificates=_read(self.tls_ca, "tls_ca") if self.tls_ca else None,
                 private_key=(
@@ -143,6 +137,15 @@ class ClientSecurity:
             )
         # Local credentials: gRPC itself refuses to connect to a peer not on this host.
         return grpc.local_channel_credentials(_local_type(target))
+
+    def _check_tls(self, target: str | None) -> None:
+        if target and self.uses_tls and not self.tls_server_name and _several_addresses(target):
+            raise CredentialsError(
+                f"tls_server_name is needed with TLS to several feeders ({target}): gRPC "
+                "checks each feeder's certificate against one name, the one they share"
+            )
+        if bool(self.tls_client_cert) != bool(self.tls_client_key):
+            raise CredentialsError("tls_client_cert and tls_client_key go together")
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The call metadata that carries the key (none without one)."""
