@@ -12,7 +12,7 @@ BUF      := tools/buf/node_modules/.bin/buf
 RELEASED := released/feedwork-v1.binpb
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint proto proto-check proto-compat proto-release pytest services bench chaos soak clean
+.PHONY: help venv run test lint proto proto-check proto-compat proto-release pytest services bench chaos soak clean node-sdk node-test
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-19s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,10 +29,28 @@ $(STAMP): pyproject.toml
 run: venv ## run the demo: a feeder, 16 workers, 1000 tasks, each completed exactly once
 	$(BIN)/feedwork demo --iterations 1000 --workers 16
 
-test: venv lint proto-check proto-compat services compose-check pytest ## lint, check generated code and the wire contract, run every test
+test: venv lint proto-check proto-compat services compose-check pytest node-test ## lint, check generated code and the wire contract, run every test (Python and Node.js)
 
-pytest: venv services $(BUF) ## run the test suite only
+pytest: venv services $(BUF) node-sdk ## run the Python test suite only
 	$(BIN)/python -m pytest
+
+# The Node.js SDK (clients/node): its packages from its lockfile, its build from src/ and the proto.
+NODE_DIR  := clients/node
+NODE_DEPS := $(NODE_DIR)/node_modules/.installed
+NODE_DIST := $(NODE_DIR)/dist/index.js
+
+$(NODE_DEPS): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
+	@touch $@
+
+$(NODE_DIST): $(NODE_DEPS) $(wildcard $(NODE_DIR)/src/*.ts) $(NODE_DIR)/tsconfig.json $(PROTO)
+	cd $(NODE_DIR) && npm run --silent build
+	@touch $@
+
+node-sdk: $(NODE_DIST) ## install and build the Node.js SDK (clients/node)
+
+node-test: venv services node-sdk ## type-check the Node.js SDK and its examples, run its tests (node --test) against real feeders
+	cd $(NODE_DIR) && npm run --silent typecheck && FEEDWORK_PYTHON=$(abspath $(BIN))/python npm test
 
 lint: venv ## ruff check, ruff format --check, mypy --strict, the feeder's layer rule
 	$(BIN)/ruff check .
@@ -110,5 +128,5 @@ soak: venv services ## steady load on a feeder; its RSS must stay flat, every ta
 	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 clean: ## remove caches and build output (keeps .venv)
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis $(NODE_DIR)/dist $(NODE_DIR)/src/gen
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

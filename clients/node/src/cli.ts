@@ -122,7 +122,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
       ...security,
       target: option(values, "target"),
       queue,
-      handler: await loadHandler(handlerSpec),
+      handler: () => undefined, // loaded below, once the other options are checked
       concurrency: number(values, "concurrency", true) ?? 1,
       leaseDuration: number(values, "lease-duration"),
       taskTimeout: number(values, "task-timeout"),
@@ -132,6 +132,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
       wait: number(values, "wait"),
       ackLedger: option(values, "ack-ledger"),
     };
+    options.handler = await loadHandler(handlerSpec);
     worker = new Worker(options);
   } catch (error) {
     process.stderr.write(`feedwork-node-worker: ${(error as Error).message}\n\n${USAGE}`);
