@@ -10,7 +10,10 @@ clock) and waits for ``GO`` on stdin; the clock runs from ``GO`` (so it includes
 workers' connects, as feedwork-sdk's includes theirs) until the feeder's GetStats shows
 all N completed. `cli cpu` is the Node process's CPU. Drains only.
 
-Without ``node`` (>= 20) on PATH, or without clients/node/dist, it is SKIPPED.
+`dispatch-node` (an experiment, `bench.experiments`): `dispatch` with the same process
+holding 4 workers at concurrency 1; latency to the handler's start.
+
+Without ``node`` (>= 20) on PATH, or without clients/node/dist, both are SKIPPED.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ from typing import Any
 
 from bench.cases.feedwork import SDK_WORKERS, _FeederCase, wait_completed
 from bench.core import REPO_ROOT, Consumer, DrainState, ServerProcess, Skip, Workload
+from bench.experiments import (
+    CONSUMERS,
+    DISPATCH_TASKS,
+    Options,
+    _dispatch_run,
+    _result,
+    feeder_session,
+)
 from bench.feeder_process import FeederClient
 from bench.grpc_client import QUEUE
 
@@ -265,3 +276,40 @@ class FeedworkNodeCase(_FeederCase):
                 await workers.stop()
         finally:
             await super().teardown()
+
+
+async def dispatch_node(options: Options) -> list[dict[str, Any]]:
+    """The `dispatch` experiment with the Node SDK: one node process holding 4 workers at
+    concurrency 1 (Consume streams); latency to the handler's start (``L`` lines)."""
+    node, version = find_node()
+    result = _result(FeedworkNodeCase.name, "dispatch", DISPATCH_TASKS)
+    async with feeder_session() as feeder:
+
+        async def start(latencies: list[float], _: asyncio.Event) -> Any:
+            workers = await NodeWorkers.start(
+                node,
+                feeder.target,
+                workers=CONSUMERS,
+                concurrency=1,
+                mode="dispatch",
+                worker_id="bench-node-dispatch",
+                latencies=latencies,
+            )
+            try:
+                await workers.go()
+            except BaseException:
+                await workers.stop()
+                raise
+            return workers.stop
+
+        # py-spy cannot sample the node process: the feeder only.
+        pids = {"server": (feeder.pid,)}
+        result["metrics"] = await _dispatch_run(
+            feeder.target, start, options, "feedwork-node.dispatch", pids
+        )
+    result["metrics"]["how"] = (
+        f"{CONSUMERS} Worker of the Node.js SDK in one node process (concurrency 1, Consume "
+        "streams), the handler records its start; otherwise as feedwork-raw dispatch"
+    )
+    result["info"] = {"client": node_client_info(version)}
+    return [result]
