@@ -48,7 +48,7 @@ BUILD_HINT = "build the Node SDK with `make node-sdk` (cd clients/node && npm ci
 MIN_NODE_MAJOR = 20
 # Bounds on the Node process: its own lifetime, and its graceful stop at teardown.
 NODE_MAX_SECONDS = 600
-NODE_STOP_GRACE = 20.0
+NODE_STOP_GRACE = 10.0
 COMMAND_TIMEOUT = 10.0
 
 

@@ -38,7 +38,7 @@ const USAGE =
   "[--workers N] [--concurrency N] [--mode drain|dispatch] [--grace S] [--worker-id PREFIX] " +
   "[--max-seconds S]\n";
 const RESULT = Buffer.from("ok");
-const STOP_BOUND_MS = 15_000;
+const STOP_BOUND_MS = 8_000;
 
 function parse(argv) {
   const { values } = parseArgs({
