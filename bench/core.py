@@ -630,7 +630,8 @@ def die_with_parent(argv: Sequence[str]) -> list[str]:
 
 
 class ServerProcess:
-    """A Python server started as ``python -m module ...`` in its own process.
+    """A Python server started as ``python -m module ...`` in its own process (or another
+    program, `spawn`).
 
     The server must print one line ``READY {json}`` on stdout once it listens (the JSON
     holds at least ``port``), and should exit when its stdin reaches EOF, so it cannot
@@ -647,8 +648,17 @@ class ServerProcess:
 
     @classmethod
     async def start(cls, module: str, *args: str, ready_timeout: float = 30.0) -> ServerProcess:
+        argv = [sys.executable, "-m", module, *args]
+        return await cls.spawn(argv, module, ready_timeout=ready_timeout)
+
+    @classmethod
+    async def spawn(
+        cls, argv: Sequence[str], what: str, ready_timeout: float = 30.0
+    ) -> ServerProcess:
+        """Any program that keeps the same contract (the READY line, EOF on stdin), e.g.
+        ``node bench/cases/node_worker.js ...``; `what` names it in errors."""
         proc = await asyncio.create_subprocess_exec(
-            *die_with_parent([sys.executable, "-m", module, *args]),
+            *die_with_parent(argv),
             cwd=REPO_ROOT,
             env=subprocess_env(),
             stdin=asyncio.subprocess.PIPE,
@@ -660,7 +670,7 @@ class ServerProcess:
             while True:
                 line = await asyncio.wait_for(proc.stdout.readline(), ready_timeout)
                 if not line:
-                    raise RuntimeError(f"{module} exited before READY (rc={await proc.wait()})")
+                    raise RuntimeError(f"{what} exited before READY (rc={await proc.wait()})")
                 text = line.decode().strip()
                 if text.startswith("READY "):
                     server.ready = json.loads(text[len("READY ") :])

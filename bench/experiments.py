@@ -629,6 +629,12 @@ def _db_size(db: Path) -> int:
 # The registry
 
 
+async def _dispatch_node(options: Options) -> list[dict[str, Any]]:
+    from bench.cases.feedwork_node import dispatch_node
+
+    return await dispatch_node(options)
+
+
 async def _dispatch_pg(options: Options) -> list[dict[str, Any]]:
     # bench.experiments_pg builds on this module's helpers: imported when run, not here.
     from bench.experiments_pg import dispatch_pg
@@ -666,6 +672,13 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         "the same with 4 in-process worker.Worker (latency to the handler's start)",
         dispatch_sdk,
         reports=(("feedwork-sdk", "dispatch"),),
+    ),
+    Experiment(
+        "dispatch-node",
+        "the same with 4 Worker of the Node.js SDK in one node process (latency to the "
+        "handler's start)",
+        _dispatch_node,
+        reports=(("feedwork-node", "dispatch"),),
     ),
     Experiment(
         "expiry-storm",

@@ -19,6 +19,7 @@ MODULES: tuple[str, ...] = (
     "nats_jetstream",
     "postgres_skip_locked",
     "feedwork",
+    "feedwork_node",
     "feedwork_pg",
 )
 
