@@ -97,6 +97,8 @@ class Settings:
     audit_log: str = "-"
     # Lease-token keys kept outside the database, rotatable (feeder.service.token_keys).
     token_secret_file: str | None = None
+    # Prometheus metrics over HTTP(S) at /metrics on this address (feeder/server/metrics.py).
+    metrics_listen: str | None = None
     default_policy: QueuePolicy = field(default_factory=QueuePolicy)
     queue_policies: Mapping[str, QueuePolicy] = field(default_factory=dict)
 
@@ -345,6 +347,13 @@ OPTIONS: tuple[Option, ...] = (
         " [current]; re-read when it changes) instead of the database's secret, which"
         " still verifies the tokens it signed; every feeder of a database needs the same keys",
         "FILE",
+    ),
+    Option(
+        "metrics_listen",
+        parse_listen,
+        "serve Prometheus metrics at http://HOST:PORT/metrics (https with --tls-cert; an"
+        " admin key with --auth-file); off by default",
+        "HOST:PORT",
     ),
     Option("max_attempts", parse_count, "default failures before a task is dead", "N", "policy"),
     Option("backoff_base", parse_duration, "default first retry delay", "DUR", "policy"),

@@ -17,6 +17,7 @@ import os
 import random
 import signal
 import sqlite3
+import ssl
 from collections.abc import Callable
 
 import grpc
@@ -30,17 +31,20 @@ from feeder.server.access_file import AccessSource
 from feeder.server.admission import Admission
 from feeder.server.auth import AccessInterceptor, Authenticator
 from feeder.server.collector import scheduled_full_collections
+from feeder.server.metrics import FeederMetrics, endpoint_guard, endpoint_tls
 from feeder.server.servicer import FeederServicer, add_to_server
 from feeder.server.tls import CertificateFiles, TlsError
 from feeder.server.validate import Limits
 from feeder.service.clock import SteadyClock
 from feeder.service.loop_lag import LoopLagProbe
+from feeder.service.observer import IGNORED
 from feeder.service.tasks import TaskService
 from feeder.service.token_keys import TokenKeyFileError
 from feeder.store.base import Store, StoreUnavailable
 from feeder.store.memory import MemoryStore
 from feeder.store.postgres import PostgresStore, SchemaTooNew, is_postgres_url
 from feeder.store.sqlite import SqliteStore
+from feedwork.metrics import MetricsEndpoint
 from feedwork.v1 import feeder_pb2
 
 log = logging.getLogger("feedwork.feeder")
@@ -108,6 +112,16 @@ class FeederServer:
         max_reply_bytes = max(settings.max_message_bytes - REPLY_MARGIN, 1)
         self.settings = settings
         self.store = store if store is not None else open_store(settings)
+        # How late the event loop runs: logs a warning when one piece of work stalls it.
+        self.loop_lag = LoopLagProbe()
+        self.metrics = (
+            FeederMetrics(
+                clock=clock, loop_lag=self.loop_lag, streams=lambda: len(self._servicer.streams)
+            )
+            if settings.metrics_listen
+            else None
+        )
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self.service = TaskService(
             store=self.store,
             policies=settings.policy_for,
@@ -119,6 +133,7 @@ class FeederServer:
             max_queues=settings.max_queues,
             max_unacked=settings.max_unacked_per_consumer,
             token_secret_file=settings.token_secret_file,
+            observer=self.metrics if self.metrics is not None else IGNORED,
         )
         limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,
@@ -131,6 +146,7 @@ class FeederServer:
         self._servicer = FeederServicer(
             self.service, limits=limits, clock=clock, admission=self.admission
         )
+        self._servicer.metrics = self.metrics
         self.authenticator = Authenticator(
             self.access.current if self.access is not None else None,
             mtls=settings.tls_client_ca is not None,
@@ -139,8 +155,6 @@ class FeederServer:
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
-        # How late the event loop runs: logs a warning when one piece of work stalls it.
-        self.loop_lag = LoopLagProbe()
         self._probing: asyncio.Task[None] | None = None
         self.port: int | None = None
 
@@ -156,8 +170,11 @@ class FeederServer:
 
     def _build(self) -> grpc.aio.Server:
         size = self.settings.max_message_bytes
+        denied = self.metrics.denied if self.metrics is not None else None
         server = grpc.aio.server(
-            interceptors=[AccessInterceptor(self.authenticator, self.service.queue_of)],
+            interceptors=[
+                AccessInterceptor(self.authenticator, self.service.queue_of, on_denied=denied)
+            ],
             options=[
                 ("grpc.max_send_message_length", size),
                 ("grpc.max_receive_message_length", size),
@@ -206,6 +223,20 @@ class FeederServer:
             raise StartupError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server, self.port = server, port
+        if self.metrics is not None and self.settings.metrics_listen:
+            self.metrics.bind(self.service, asyncio.get_running_loop())
+            try:
+                self.metrics_endpoint = MetricsEndpoint(
+                    self.settings.metrics_listen,
+                    self.metrics.registry,
+                    guard=endpoint_guard(self.authenticator),
+                    tls=endpoint_tls(self.settings),
+                )
+            except (OSError, ssl.SSLError) as exc:
+                await self.stop(0)
+                raise StartupError(
+                    f"cannot serve metrics on {self.settings.metrics_listen}: {exc}"
+                ) from exc
         self._probing = asyncio.create_task(self.loop_lag.run(), name="feedwork-loop-lag")
         for name in ("", FEEDER_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -221,6 +252,13 @@ class FeederServer:
             self.security_summary(),
             redact_url(self.settings.db),
         )
+        if self.metrics_endpoint is not None:
+            log.info(
+                "metrics at %s://%s:%d/metrics",
+                self.metrics_endpoint.scheme,
+                self.settings.metrics_listen.rsplit(":", 1)[0],  # type: ignore[union-attr]
+                self.metrics_endpoint.port,
+            )
         return port
 
     def security_summary(self) -> str:
@@ -279,6 +317,8 @@ class FeederServer:
         if self.settings.port_file:
             with contextlib.suppress(OSError):
                 os.unlink(self.settings.port_file)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
         log.info("feeder stopped")
 
     async def cancel_rpcs(self) -> None:
@@ -289,8 +329,17 @@ class FeederServer:
 
 def exposure_refusal(settings: Settings) -> str | None:
     """Why the feeder must not start as configured, or None: it would serve in clear text
-    on an address other machines can reach (Redis's protected mode is the model)."""
-    if settings.insecure or settings.tls_cert or is_loopback_listen(settings.listen):
+    on an address other machines can reach (Redis's protected mode is the model). The
+    metrics endpoint counts too: it names every queue and, with an access list, takes keys."""
+    if settings.insecure or settings.tls_cert:
+        return None
+    if settings.metrics_listen and not is_loopback_listen(settings.metrics_listen):
+        return (
+            f"refusing to serve metrics on {settings.metrics_listen} without TLS: give"
+            " --tls-cert and --tls-key (the metrics are then served over https), serve them"
+            " on a loopback address, or pass --insecure on a network you trust"
+        )
+    if is_loopback_listen(settings.listen):
         return None
     keys = (
         " (its API keys would cross the network in clear text)"

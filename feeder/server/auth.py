@@ -140,9 +140,17 @@ class Authenticator:
 class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps the handlers of the Feeder service and reflection (see the module docstring)."""
 
-    def __init__(self, authenticator: Authenticator, queue_of: QueueLookup) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        queue_of: QueueLookup,
+        *,
+        on_denied: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """`on_denied(method, code)` hears of every call refused here (metrics)."""
         self._auth = authenticator
         self._queue_of = queue_of
+        self.on_denied = on_denied
 
     async def intercept_service(
         self,
@@ -301,6 +309,9 @@ class _Call:
             return None  # the service answers INVALID_ARGUMENT
 
     def _deny(self, denied: Denied, message: Any, context: Any, queues: list[str | None]) -> None:
+        on_denied = self.interceptor.on_denied
+        if on_denied is not None:
+            on_denied(self.method, denied.code.name)
         audit.record(
             "denied",
             method=self.method,

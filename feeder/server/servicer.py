@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -48,6 +48,10 @@ DEAD_TASKS_PER_TURN = 128
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 Method = Callable[["FeederServicer", RequestT, grpc.aio.ServicerContext], Awaitable[ResponseT]]
+
+
+class RpcRecorder(Protocol):
+    def rpc(self, method: str, code: str, seconds: float) -> None: ...
 
 
 class NotFound(Exception):
@@ -118,11 +122,32 @@ def _items(request: Any) -> int:
 
 def _rpc(method: Method[RequestT, ResponseT]) -> Method[RequestT, ResponseT]:
     # A long-polling Lease waits idle; what it claims is bounded by its max_tasks.
-    admitted = method.__name__ != "Lease"
-    new_work = method.__name__ == "Submit"
+    name = method.__name__
+    admitted = name != "Lease"
+    new_work = name == "Submit"
 
     @functools.wraps(method)
     async def handle(
+        self: FeederServicer, request: RequestT, context: grpc.aio.ServicerContext
+    ) -> ResponseT:
+        recorder = self.metrics
+        if recorder is None:
+            return await answer(self, request, context)
+        began = time.perf_counter()
+        code = "OK"
+        try:
+            return await answer(self, request, context)
+        except grpc.aio.AbortError:
+            status = context.code()
+            code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+            raise
+        except BaseException:  # cancelled: the client went away, or the feeder stops
+            code = "CANCELLED"
+            raise
+        finally:
+            recorder.rpc(name, code, time.perf_counter() - began)
+
+    async def answer(
         self: FeederServicer, request: RequestT, context: grpc.aio.ServicerContext
     ) -> ResponseT:
         size: int | None = None
@@ -174,6 +199,8 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
         self._clock = clock
         # The Consume streams being served (for tests and diagnostics).
         self.streams: set[ConsumeStream] = set()
+        # Records each unary call's status and latency (set by the server with metrics on).
+        self.metrics: RpcRecorder | None = None
 
     @_rpc
     async def Submit(

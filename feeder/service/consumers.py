@@ -149,5 +149,9 @@ class Consumers:
 
     @property
     def holders(self) -> int:
-        """Leases tracked (for tests)."""
+        """Leases tracked (for tests and metrics)."""
         return len(self._holders)
+
+    def holding(self) -> int:
+        """Consumers holding at least one lease (for metrics: O(leases))."""
+        return len(set(map(id, self._holders.values())))

@@ -33,6 +33,7 @@ from feeder.core.tokens import KeyRing, LeaseRef, TokenCodec, TokenError
 from feeder.service.clock import SteadyClock
 from feeder.service.consumers import CAP_RECHECK, Consumer, Consumers
 from feeder.service.janitor import Janitor
+from feeder.service.observer import IGNORED, Observer
 from feeder.service.reaper import Reaper
 from feeder.service.token_keys import KEY_FILE_CHECK, TokenKeyFile
 from feeder.service.turns import in_slices, next_turn
@@ -144,6 +145,7 @@ class TaskService:
         max_queues: int | None = None,
         max_unacked: int = MAX_UNACKED_PER_CONSUMER,
         token_secret_file: str | None = None,
+        observer: Observer = IGNORED,
     ) -> None:
         """`on_availability(ok)` hears when the store becomes unreachable and reachable
         again (the server's health status follows it). `clock` defaults to a
@@ -151,8 +153,9 @@ class TaskService:
         `max_unacked` caps the leases one consumer holds unacked (see
         `feeder.service.consumers`). With a `token_secret_file`, lease tokens are signed
         with its current key (see `feeder.service.token_keys`), else with the database's
-        secret."""
+        secret. `observer` hears of leases, acks, nacks and extends (metrics)."""
         self._store = store
+        self._observer = observer
         # A lease hands out no more tasks than fit one reply (None: no bound).
         self._max_reply_bytes = max_reply_bytes
         # Submits may not make the database know more queues than this (None: no bound).
@@ -286,6 +289,11 @@ class TaskService:
             except Exception:
                 log.exception("maintenance failed; retrying")
                 await asyncio.sleep(LEADERSHIP_RETRY)
+
+    def lease_counts(self) -> tuple[int, int]:
+        """(consumers holding leases from this feeder, leases they hold): streams and
+        Lease callers, for metrics."""
+        return self._consumers.holding(), self._consumers.holders
 
     @property
     def draining(self) -> bool:
@@ -541,6 +549,7 @@ class TaskService:
             raise
         if not leased:
             return []
+        self._observer.leased(queue, leased, now)
         codec = self._codec
         grants: list[LeaseGrant] = []
         try:
@@ -563,6 +572,7 @@ class TaskService:
         decided = await self._decide_all(
             [i.lease_token for i in items], decide, AckOutcome.INVALID_TOKEN, AckOutcome.NOT_FOUND
         )
+        self._observer.acked([(outcome, task) for outcome, _, task in decided], now)
         return [AckResult(outcome, task_id) for outcome, task_id, _ in decided]
 
     async def nack(self, items: Sequence[NackItem]) -> list[NackResult]:
@@ -585,6 +595,7 @@ class TaskService:
         decided = await self._decide_all(
             [i.lease_token for i in items], decide, NackOutcome.INVALID_TOKEN, NackOutcome.NOT_FOUND
         )
+        self._observer.nacked([outcome for outcome, _, _ in decided])
         results = []
         for outcome, task_id, task in decided:
             retry_at = None
@@ -607,6 +618,7 @@ class TaskService:
             ExtendOutcome.INVALID_TOKEN,
             ExtendOutcome.NOT_FOUND,
         )
+        self._observer.extended([outcome for outcome, _, _ in decided])
         results = []
         for outcome, task_id, task in decided:
             deadline = task.lease_deadline if outcome is ExtendOutcome.EXTENDED and task else None
