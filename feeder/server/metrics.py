@@ -67,9 +67,9 @@ class FeederMetrics(Observer):
         self.leased_tasks = Counts()
         self.dispatch = Labeled(Histogram)  # by queue: ready -> leased
         self.run_time = Labeled(Histogram)  # by queue: leased -> completing ack
-        self.acks = Counts()
-        self.nacks = Counts()
-        self.extends = Counts()
+        self.acks: Counter[AckOutcome] = Counter()
+        self.nacks: Counter[NackOutcome] = Counter()
+        self.extends: Counter[ExtendOutcome] = Counter()
         self.rpcs = Counts()  # (method, code)
         self.rpc_time = Labeled(Histogram)  # by method
         self.registry = CollectorRegistry(auto_describe=False)
@@ -88,25 +88,22 @@ class FeederMetrics(Observer):
         self.dispatch.get(queue).observe_all([max(0.0, now - task.ready_at) for task in tasks])
 
     def acked(self, decided: Sequence[tuple[AckOutcome, Task | None]], now: float) -> None:
-        outcomes: Counter[AckOutcome] = Counter()
-        runs: dict[str, list[float]] = {}
+        acks = self.acks
         for outcome, task in decided:
-            outcomes[outcome] += 1
+            acks[outcome] += 1
             if outcome in _COMPLETING and task is not None and task.history:
-                attempt = task.history[-1]
-                runs.setdefault(task.queue, []).append(max(0.0, now - attempt.leased_at))
-        for outcome, count in outcomes.items():
-            self.acks.add((outcome.name,), count)
-        for queue, values in runs.items():
-            self.run_time.get(queue).observe_all(values)
+                leased_at = task.history[-1].leased_at
+                self.run_time.get(task.queue).observe(max(0.0, now - leased_at))
 
     def nacked(self, outcomes: Sequence[NackOutcome]) -> None:
-        for outcome, count in Counter(outcomes).items():
-            self.nacks.add((outcome.name,), count)
+        nacks = self.nacks
+        for outcome in outcomes:
+            nacks[outcome] += 1
 
     def extended(self, outcomes: Sequence[ExtendOutcome]) -> None:
-        for outcome, count in Counter(outcomes).items():
-            self.extends.add((outcome.name,), count)
+        extends = self.extends
+        for outcome in outcomes:
+            extends[outcome] += 1
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         """One unary call ended with `code` (OK, INVALID_ARGUMENT, ...) after `seconds`."""
@@ -202,11 +199,15 @@ class FeederMetrics(Observer):
             "queue",
             self.run_time,
         )
-        yield metrics.counter_family("feedwork_acks", "Acks by outcome", ["outcome"], self.acks)
-        yield metrics.counter_family("feedwork_nacks", "Nacks by outcome", ["outcome"], self.nacks)
-        yield metrics.counter_family(
-            "feedwork_extends", "Lease extensions by outcome", ["outcome"], self.extends
-        )
+        for name, documentation, outcomes in (
+            ("feedwork_acks", "Acks by outcome", self.acks),
+            ("feedwork_nacks", "Nacks by outcome", self.nacks),
+            ("feedwork_extends", "Lease extensions by outcome", self.extends),
+        ):
+            family = CounterMetricFamily(name, documentation, labels=["outcome"])
+            for outcome, count in list(outcomes.items()):
+                family.add_metric([outcome.name], count)
+            yield family
         yield metrics.counter_family(
             "feedwork_rpcs", "Unary calls by method and status code", ["method", "code"], self.rpcs
         )
