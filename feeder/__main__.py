@@ -21,6 +21,7 @@ from feeder.config import (
     parse_bool,
 )
 from feeder.server.app import StartupError, serve
+from feedwork import logs
 
 EXIT_STARTUP_FAILED = 1
 EXIT_BAD_CONFIG = 2
@@ -78,10 +79,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     except ConfigError as exc:
         print(f"feeder: configuration error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:

@@ -81,6 +81,8 @@ class Settings:
     # The most leases one Consume stream or one Lease caller (worker_id) holds unacked.
     max_unacked_per_consumer: int = 1000
     log_level: str = "INFO"
+    # "text" for people, "json" for a log pipeline (feedwork/logs.py).
+    log_format: str = "text"
     # Where to write the bound port once listening (for `listen` with port 0).
     port_file: str | None = None
     # TLS: the feeder's certificate chain and key (PEM); a client CA makes it mTLS.
@@ -153,6 +155,12 @@ def parse_listen(value: object) -> str:
 def parse_sync(value: object) -> str:
     if value not in ("normal", "full"):
         raise ValueError(f"invalid sync mode {value!r} (want normal or full)")
+    return str(value)
+
+
+def parse_log_format(value: object) -> str:
+    if value not in ("text", "json"):
+        raise ValueError(f"invalid log format {value!r} (want text or json)")
     return str(value)
 
 
@@ -311,6 +319,13 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option("log_level", parse_log_level, "debug, info, warning or error", "LEVEL"),
+    Option(
+        "log_format",
+        parse_log_format,
+        "text, or json: one JSON object a line, with task_id, queue and attempt on lines"
+        " about a task",
+        "FORMAT",
+    ),
     Option("port_file", parse_path, "write the bound port to this file once listening", "PATH"),
     Option(
         "tls_cert",

@@ -37,7 +37,7 @@ from feeder.server.tls import CertificateFiles, TlsError
 from feeder.server.validate import Limits
 from feeder.service.clock import SteadyClock
 from feeder.service.loop_lag import LoopLagProbe
-from feeder.service.observer import IGNORED
+from feeder.service.observer import Observers, TaskLog
 from feeder.service.tasks import TaskService
 from feeder.service.token_keys import TokenKeyFileError
 from feeder.store.base import Store, StoreUnavailable
@@ -133,7 +133,7 @@ class FeederServer:
             max_queues=settings.max_queues,
             max_unacked=settings.max_unacked_per_consumer,
             token_secret_file=settings.token_secret_file,
-            observer=self.metrics if self.metrics is not None else IGNORED,
+            observer=Observers([TaskLog(), *([self.metrics] if self.metrics else [])]),
         )
         limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,

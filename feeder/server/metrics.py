@@ -95,9 +95,9 @@ class FeederMetrics(Observer):
                 leased_at = task.history[-1].leased_at
                 self.run_time.get(task.queue).observe(max(0.0, now - leased_at))
 
-    def nacked(self, outcomes: Sequence[NackOutcome]) -> None:
+    def nacked(self, decided: Sequence[tuple[NackOutcome, Task | None]]) -> None:
         nacks = self.nacks
-        for outcome in outcomes:
+        for outcome, _ in decided:
             nacks[outcome] += 1
 
     def extended(self, outcomes: Sequence[ExtendOutcome]) -> None:

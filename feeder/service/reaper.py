@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from feeder.core import machine
+from feeder.service.observer import IGNORED, Observer
 from feeder.store.base import Change, Store, StoreUnavailable
 
 log = logging.getLogger("feedwork.feeder.reaper")
@@ -47,12 +48,14 @@ class Reaper:
         clock: Callable[[], float],
         step_budget: float | None = STEP_BUDGET,
         timer: Callable[[], float] = time.thread_time,
+        observer: Observer = IGNORED,
     ) -> None:
         """`step_budget` None makes every step MAX_BATCH tasks. `timer` measures a step's
         cost: by default this thread's CPU time, so a commit's fsync in the writer thread
         (sync=full), which the loop does not wait for, does not shrink the steps."""
         self._store = store
         self._clock = clock
+        self._observer = observer
         self._step_budget = step_budget
         self._timer = timer
         self._poke = asyncio.Event()
@@ -79,6 +82,9 @@ class Reaper:
                 changes.append(Change(task, decision.task, decision.events))
         if changes:
             await self._store.apply(changes)
+            self._observer.advanced(
+                [(c.before, c.after, c.events) for c in changes if c.after is not None]
+            )
         if due and self._step_budget is not None:
             cost = (self._timer() - started) / len(due)
             fits = MAX_BATCH if cost <= 0 else int(self._step_budget / cost)

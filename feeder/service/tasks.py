@@ -165,7 +165,7 @@ class TaskService:
         self._clock = clock
         self._rng = rng or random.Random()
         self._waiters = Waiters()
-        self._reaper = Reaper(store=store, clock=clock)
+        self._reaper = Reaper(store=store, clock=clock, observer=observer)
         self._janitor = Janitor(store=store, clock=clock, retention=retention)
         self._tokens: TokenCodec | None = None
         self._key_file = None if token_secret_file is None else TokenKeyFile(token_secret_file)
@@ -595,7 +595,7 @@ class TaskService:
         decided = await self._decide_all(
             [i.lease_token for i in items], decide, NackOutcome.INVALID_TOKEN, NackOutcome.NOT_FOUND
         )
-        self._observer.nacked([outcome for outcome, _, _ in decided])
+        self._observer.nacked([(outcome, task) for outcome, _, task in decided])
         results = []
         for outcome, task_id, task in decided:
             retry_at = None
