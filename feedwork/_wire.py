@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from feedwork import tracing
 from feedwork.errors import FeedworkError
 from feedwork.types import (
     AttemptInfo,
@@ -78,16 +79,24 @@ def prepare_specs(specs: Iterable[TaskSpec]) -> tuple[list[pb.TaskSpec], set[int
     was generated here.
 
     The keys are fixed before the first try, so a Submit retried after a lost reply
-    finds the tasks of the earlier try instead of creating them again.
+    finds the tasks of the earlier try instead of creating them again. While an
+    OpenTelemetry span is active, each task's headers carry its context too (headers the
+    caller set win).
     """
     messages: list[pb.TaskSpec] = []
     generated: set[int] = set()
+    # The producer's trace context, the same for every task of the call (feedwork.tracing).
+    traced = tracing.current_headers()
     for index, spec in enumerate(specs):
         key = spec.idempotency_key
         if not key:
             key = new_idempotency_key()
             generated.add(index)
-        messages.append(task_spec_to_pb(spec, idempotency_key=key))
+        message = task_spec_to_pb(spec, idempotency_key=key)
+        for name, value in traced.items():
+            if name not in message.headers:
+                message.headers[name] = value
+        messages.append(message)
     return messages, generated
 
 
