@@ -171,7 +171,7 @@ class Jobs:
                 continue
             job.settled.set_result(None)
             if self._metrics is not None:
-                self._metrics.durations["released"].observe(now - job.started)
+                self._metrics.ended("released", now - job.started)
             job.task.cancel("shutdown")
             self._release(job.task, error="released: worker shutting down")
             if job.work is not None:
@@ -210,7 +210,7 @@ class Jobs:
             # A handler that ends after its lease was taken away is "abandoned", whatever
             # it returned (a result after LEASE_LOST is still acked: see the acks' outcomes).
             kind = outcome.kind if job.lost is None else "abandoned"
-            self._metrics.durations[kind].observe(self._clock() - job.started)
+            self._metrics.ended(kind, self._clock() - job.started)
         task = job.task
         if isinstance(outcome, Succeeded) and job.lost in (None, pb.EXTEND_OUTCOME_LEASE_LOST):
             result = outcome.result

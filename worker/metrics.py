@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import Metric
 from feedwork.metrics import Collector, Histogram
 from feedwork.v1 import feeder_pb2 as pb
 
-# How a task's attempt ended, as the handler duration histogram's `outcome` label says.
+# How a task's attempt ended: the `outcome` label of feedwork_worker_tasks_total.
 OUTCOMES = (
     "succeeded",  # the handler returned a result (acked)
     "failed",  # it raised (any exception but Retry and Fail), or returned a wrong type
@@ -53,8 +53,8 @@ class WorkerMetrics:
         self.queue = queue
         self.concurrency = concurrency
         self.received = 0  # tasks leased to this worker
-        # By outcome (OUTCOMES): from a task's arrival to its outcome.
-        self.durations: dict[str, Histogram] = {outcome: Histogram() for outcome in OUTCOMES}
+        self.tasks: dict[str, int] = dict.fromkeys(OUTCOMES, 0)  # by outcome
+        self.handler_time = Histogram()  # from a task's arrival to its outcome, any outcome
         # By the feeder's outcome (an AckOutcome, NackOutcome, ExtendOutcome value, or ERROR).
         self.acks: dict[int, int] = {}
         self.nacks: dict[int, int] = {}
@@ -67,6 +67,11 @@ class WorkerMetrics:
         ProcessCollector(namespace="feedwork_worker", registry=self.registry)
         self.registry.register(Collector(self._collect))
 
+    def ended(self, outcome: str, seconds: float) -> None:
+        """A task's attempt ended with `outcome` (OUTCOMES) after `seconds`."""
+        self.tasks[outcome] += 1
+        self.handler_time.observe(seconds)
+
     # -- scraping (in the endpoint's thread) ------------------------------------------
 
     def _collect(self) -> Iterator[Metric]:
@@ -78,19 +83,26 @@ class WorkerMetrics:
         )
         received.add_metric(queue, self.received)
         yield received
-        durations = HistogramMetricFamily(
-            "feedwork_worker_handler_duration_seconds",
-            "From a task's arrival to its outcome: succeeded, failed, retry, fail, timeout, "
-            "abandoned (lease lost or task cancelled), released (shutdown)",
+        tasks = CounterMetricFamily(
+            "feedwork_worker_tasks",
+            "Tasks whose attempt ended here, by outcome: succeeded, failed, retry, fail, "
+            "timeout, abandoned (lease lost or task cancelled), released (shutdown)",
             labels=["queue", "outcome"],
         )
-        for outcome, histogram in self.durations.items():
-            buckets, total = histogram.snapshot()
-            durations.add_metric([self.queue, outcome], buckets, total)
-        yield durations
+        for outcome, count in list(self.tasks.items()):
+            tasks.add_metric([self.queue, outcome], count)
+        yield tasks
+        handler_time = HistogramMetricFamily(
+            "feedwork_worker_handler_seconds",
+            "From a task's arrival to its outcome (whichever), in seconds",
+            labels=["queue"],
+        )
+        buckets, total = self.handler_time.snapshot()
+        handler_time.add_metric(queue, buckets, total)
+        yield handler_time
         for name, documentation, value in (
             (
-                "feedwork_worker_tasks_in_flight",
+                "feedwork_worker_in_flight",
                 "Tasks whose handlers are running now (a handler past its time limit included)",
                 self.running(),
             ),
@@ -129,7 +141,7 @@ class WorkerMetrics:
             "EXTEND_OUTCOME_",
         )
         reconnects = CounterMetricFamily(
-            "feedwork_worker_stream_reconnects",
+            "feedwork_worker_reconnects",
             "Consume streams opened after the first (a stream broke, or opening one failed)",
         )
         reconnects.add_metric([], self.reconnects)

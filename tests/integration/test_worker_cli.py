@@ -300,7 +300,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def succeeded(port: int) -> float:
     key = (("outcome", "succeeded"), ("queue", QUEUE))
     try:
-        return scrape(port).get(("feedwork_worker_handler_duration_seconds_count", key), 0.0)
+        return scrape(port).get(("feedwork_worker_tasks_total", key), 0.0)
     except OSError:  # not listening yet
         return -1.0
 
