@@ -1,9 +1,10 @@
 """The worker's Prometheus metrics (`metrics_listen=` / `--metrics-listen HOST:PORT`, path
 /metrics), documented in docs/OBSERVABILITY.md ("Worker metrics").
 
-Per worker process: tasks received, how long handlers ran by outcome, tasks in flight and
-the slots, ack, nack and extend outcomes as the feeder answered them, Consume stream
-reconnects and failed calls, the transport in use, and the process's CPU and memory. The
+Per worker process: tasks received, tasks by outcome and how long their handlers ran,
+tasks in flight and the slots, ack, nack and extend outcomes as the feeder answered them,
+Consume stream reconnects and failed calls, the transport in use, and the process's CPU
+and memory. The
 names start with `feedwork_worker_`, so a Prometheus that scrapes feeders and workers
 never mixes the two.
 
