@@ -187,7 +187,10 @@ def _start_worker(
     name = f"w{index + 1:02d}"
     args = ["--target", target, "--queue", queue, "--handler", HANDLER, "--worker-id", name]
     args += ["--ack-ledger", str(run_dir / f"acks-{name}.jsonl")]
-    return children.start_module(name, "worker", args, group="workers", env={WORKER_ID_ENV: name})
+    # FEEDWORK_METRICS_LISTEN, if set, is for the feeder: the workers (which read it too)
+    # would all ask for its port, and all but one fail. An empty value is "unset".
+    env = {WORKER_ID_ENV: name, "FEEDWORK_METRICS_LISTEN": ""}
+    return children.start_module(name, "worker", args, group="workers", env=env)
 
 
 def _receipts(run_dir: Path) -> list[AckReceipt]:

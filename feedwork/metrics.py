@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import socket
 import ssl
 import threading
 from bisect import bisect_left
@@ -150,6 +152,23 @@ class _Server(ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):([0-9]{1,5})")
+
+
+def parse_listen(value: str) -> str:
+    """HOST:PORT for `MetricsEndpoint`, with an IPv6 host in brackets ([::1]:9100); port 0
+    picks a free one. Raises ValueError saying what is wrong."""
+    text = value.strip()
+    match = _LISTEN.fullmatch(text)
+    if not match or int(match[2]) > 65535:
+        raise ValueError(f"invalid address {value!r} (want HOST:PORT, e.g. 127.0.0.1:9100)")
+    return text
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("metrics: " + format, *args)
@@ -168,6 +187,7 @@ class MetricsEndpoint:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         host, _, port = listen.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
         app = make_wsgi_app(registry)
 
         def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -185,10 +205,10 @@ class MetricsEndpoint:
             return app(environ, start_response)
 
         self._httpd = make_server(
-            host.strip("[]") or "127.0.0.1",
+            host,
             int(port),
             guarded,
-            server_class=_Server,
+            server_class=_Server6 if ":" in host else _Server,  # an IPv6 address
             handler_class=_QuietHandler,
         )
         if tls is not None:

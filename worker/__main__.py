@@ -11,6 +11,7 @@ from feedwork.credentials import CredentialsError
 from feedwork.errors import FeedworkError
 from worker.config import WorkerConfig, load_handler, parse_config
 from worker.handlers import Handler
+from worker.metrics import MetricsListenError
 from worker.runner import Worker
 from worker.supervisor import configure_logging, finish, run_processes
 
@@ -49,6 +50,9 @@ def _run_one(config: WorkerConfig, handler: Handler) -> int:
     try:
         worker.run(handle_signals=True)
     except FeedworkError:  # the feeder refused to lease; the worker logged why
+        return finish(worker, 1)
+    except MetricsListenError as exc:  # e.g. the port is taken
+        log.error("%s", exc)
         return finish(worker, 1)
     except Exception:
         log.exception("worker failed")

@@ -20,6 +20,7 @@ from typing import Any
 from feedwork import credentials
 from feedwork.channel import TargetError, check_target
 from feedwork.durations import parse_duration
+from feedwork.metrics import parse_listen
 from worker.handlers import Handler
 
 ENV_PREFIX = "FEEDWORK_"
@@ -45,6 +46,9 @@ class WorkerConfig:
     ack_flush_interval: float = 0.005
     transport: str = "stream"
     ack_ledger: str | None = None
+    # Prometheus metrics at http://HOST:PORT/metrics; with --processes N, process i (1 to
+    # N) serves on PORT+i-1 (see `metrics_listen_of`).
+    metrics_listen: str | None = None
     log_level: str = "INFO"
     # TLS and the API key (feedwork.credentials): flags over FEEDWORK_* variables.
     security: credentials.ClientSecurity = field(default_factory=credentials.ClientSecurity)
@@ -64,8 +68,17 @@ class WorkerConfig:
             "ack_flush_interval": self.ack_flush_interval,
             "transport": self.transport,
             "ack_ledger": self.ack_ledger,
+            "metrics_listen": self.metrics_listen,
             **dataclasses.asdict(self.security),
         }
+
+    def metrics_listen_of(self, index: int) -> str | None:
+        """Where worker process `index` (1 to `processes`) serves its metrics: PORT+index-1,
+        so that each of N processes has its own port (port 0: each picks a free one)."""
+        if self.metrics_listen is None:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return f"{host}:{int(port) + index - 1}" if int(port) else self.metrics_listen
 
 
 def default_worker_id() -> str:
@@ -104,6 +117,14 @@ def parse_config(
     for name in ("queue", "handler"):
         if not getattr(args, name):
             parser.error(f"--{name} is required (or set {_env_name(name)})")
+    if args.metrics_listen is not None and args.processes > 1:
+        port = int(args.metrics_listen.rpartition(":")[2])
+        if port and port + args.processes - 1 > 65535:
+            parser.error(
+                f"--metrics-listen {args.metrics_listen} with --processes {args.processes}:"
+                f" the processes serve on ports {port} to {port + args.processes - 1},"
+                " past 65535"
+            )
     values = vars(args)
     security = credentials.from_args(args, environ)
     for name in credentials.OPTION_NAMES:
@@ -132,6 +153,13 @@ def _target(text: str) -> str:
     try:
         return check_target(text)
     except TargetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _listen(text: str) -> str:
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -262,6 +290,15 @@ _OPTIONS = (
         None,
         "append a JSON line per ack the feeder answered (task, attempt, outcome, result) "
         "to this file: completions as the worker saw them, for audits",
+    ),
+    _Option(
+        "metrics-listen",
+        _listen,
+        None,
+        "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9100 (port 0: "
+        "any free port, logged); with --processes N, process i serves on PORT+i-1. Counts "
+        "and the queue name only, with no authentication: keep it on loopback or a trusted "
+        "network (default: off)",
     ),
     _Option("log-level", str.upper, "INFO", "logging level", LOG_LEVELS),
 )

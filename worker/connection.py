@@ -14,14 +14,22 @@ from collections.abc import Callable
 import tenacity
 
 from feedwork.retry import status_code
+from worker.metrics import WorkerMetrics
 
 log = logging.getLogger("feedwork.worker")
 
 
 class ConnectionMonitor:
-    def __init__(self, *, target: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        target: str,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self._target = target
         self._clock = clock
+        self._metrics = metrics
         self._connected_once = False
         self._down_since: float | None = None
         self._failures = 0
@@ -61,6 +69,9 @@ class ConnectionMonitor:
     def failed(self, exc: BaseException, *, call: str) -> None:
         """A call failed in a way worth retrying; it will be retried."""
         self._failures += 1
+        if self._metrics is not None:
+            failures = self._metrics.failures
+            failures[call] = failures.get(call, 0) + 1
         if self._down_since is not None:
             log.debug("%s failed again: %s", call, _summary(exc))
             return

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from worker.task import Fail, Retry, Task
 
@@ -23,9 +23,13 @@ Handler: TypeAlias = Callable[[Task], Any]
 MAX_ERROR_CHARS = 4096
 
 
+# `kind`: how the handler ended, as the worker's metrics say it (worker.metrics.OUTCOMES).
+
+
 @dataclass(frozen=True, slots=True)
 class Succeeded:
     result: bytes
+    kind: ClassVar[str] = "succeeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,8 @@ class Failed:
     error: str
     retry_after: float | None = None
     terminal: bool = False
+    # "failed" (an exception), "retry" (Retry), "fail" (Fail), "timeout" (the time limit).
+    kind: str = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,7 @@ class Abandoned:
     """The worker cancelled the handler (lease lost, shutdown): there is nothing to report."""
 
     reason: str
+    kind: ClassVar[str] = "abandoned"
 
 
 Outcome: TypeAlias = Succeeded | Failed | Abandoned
@@ -101,7 +108,7 @@ class Invoker:
         if not done:
             task.cancel("timed out")
             error = f"TimeoutError: task exceeded its time limit of {self._task_timeout:g} s"
-            return Invocation(Failed(error), straggler=running)
+            return Invocation(Failed(error, kind="timeout"), straggler=running)
         return Invocation(outcome_of(task, running))
 
     async def _invoke_inline(self, task: Task) -> Invocation:
@@ -183,10 +190,10 @@ def outcome_of(task: Task, finished: asyncio.Future[Any]) -> Outcome:
 def failure(task: Task, exc: BaseException) -> Failed:
     if isinstance(exc, Retry):
         log.info("task %s (attempt %d) asked for a retry: %s", task.id, task.attempt, exc)
-        return Failed(describe(exc), retry_after=exc.after)
+        return Failed(describe(exc), retry_after=exc.after, kind="retry")
     if isinstance(exc, Fail):
         log.info("task %s (attempt %d) failed for good: %s", task.id, task.attempt, exc)
-        return Failed(describe(exc), terminal=True)
+        return Failed(describe(exc), terminal=True, kind="fail")
     log.warning("task %s (attempt %d) failed", task.id, task.attempt, exc_info=exc)
     return Failed(describe(exc))
 

@@ -27,6 +27,7 @@ import grpc
 from feedwork.retry import is_transient
 from feedwork.v1 import feeder_pb2 as pb
 from worker.connection import ConnectionMonitor
+from worker.metrics import WorkerMetrics
 
 log = logging.getLogger("feedwork.worker")
 
@@ -61,6 +62,7 @@ class Heartbeater:
         lease_duration: float | None,
         clock: Callable[[], float] = time.monotonic,
         call_timeout: float = 5.0,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._stub = stub
         self._monitor = monitor
@@ -68,6 +70,7 @@ class Heartbeater:
         self._lease_duration = lease_duration
         self._clock = clock
         self._call_timeout = call_timeout
+        self._metrics = metrics
         self._leases: dict[str, _Lease] = {}
         self._changed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -157,7 +160,10 @@ class Heartbeater:
                 log.error("Extend of %d leases refused by the feeder: %s", len(items), exc)
             return False
         self._monitor.succeeded()
+        extends = self._metrics.extends if self._metrics is not None else None
         for lease, result in zip(leases, reply.results, strict=False):
+            if extends is not None:
+                extends[result.outcome] = extends.get(result.outcome, 0) + 1
             self._apply(lease, result.outcome, now)
         return True
 

@@ -35,6 +35,7 @@ from worker.acker import Acker
 from worker.handlers import Failed, Invocation, Invoker, Outcome, Succeeded, describe
 from worker.heartbeater import Heartbeater
 from worker.leaser import Slots
+from worker.metrics import ERROR, WorkerMetrics
 from worker.receipts import AckLedger
 from worker.task import Task
 
@@ -75,6 +76,8 @@ class _Job:
     work: asyncio.Task[None] | None = None
     # The Extend outcome that took the lease away, if one did.
     lost: int | None = None
+    # When the task arrived (the clock's time), for the handler duration metric.
+    started: float = 0.0
 
 
 class Jobs:
@@ -93,6 +96,7 @@ class Jobs:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         ack_ledger: AckLedger | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._invoker = invoker
         self._acker = acker
@@ -104,9 +108,15 @@ class Jobs:
         self._clock = clock
         self._wall_clock = wall_clock
         self._ack_ledger = ack_ledger
+        self._metrics = metrics
         self._jobs: dict[str, _Job] = {}
         # Set when the worker stops leasing: tasks that still arrive are given back.
         self.stopping = False
+
+    @property
+    def running(self) -> int:
+        """Tasks whose handlers are running (one past its time limit included)."""
+        return len(self._jobs)
 
     def unsettled(self) -> list[asyncio.Future[None]]:
         # list() first: other threads (tests, embedding apps) may ask while the loop changes it.
@@ -114,6 +124,10 @@ class Jobs:
 
     def on_leased(self, messages: list[Any], sent_at: float) -> None:
         """Starts the handler for each newly leased task (the leaser reserved the slots)."""
+        now = 0.0
+        if self._metrics is not None:
+            self._metrics.received += len(messages)
+            now = self._clock()
         for message in messages:
             task = self._task_from(message)
             self._counters.leased += 1
@@ -125,7 +139,7 @@ class Jobs:
                 self._release(task, error="released unstarted: worker shutting down")
                 self._slots.release()
                 continue
-            job = _Job(task=task, settled=asyncio.get_running_loop().create_future())
+            job = _Job(task=task, settled=asyncio.get_running_loop().create_future(), started=now)
             self._jobs[task.lease_token] = job
             job.work = asyncio.create_task(self._work(job))
 
@@ -151,10 +165,13 @@ class Jobs:
 
     def release_unsettled(self) -> None:
         """Gives back every task whose handler has not finished, and stops those handlers."""
+        now = self._clock()
         for job in list(self._jobs.values()):
             if job.settled.done():
                 continue
             job.settled.set_result(None)
+            if self._metrics is not None:
+                self._metrics.ended("released", now - job.started)
             job.task.cancel("shutdown")
             self._release(job.task, error="released: worker shutting down")
             if job.work is not None:
@@ -189,6 +206,11 @@ class Jobs:
         if job.settled.done():
             return  # released at shutdown: whatever the handler did is no longer ours
         job.settled.set_result(None)
+        if self._metrics is not None:
+            # A handler that ends after its lease was taken away is "abandoned", whatever
+            # it returned (a result after LEASE_LOST is still acked: see the acks' outcomes).
+            kind = outcome.kind if job.lost is None else "abandoned"
+            self._metrics.ended(kind, self._clock() - job.started)
         task = job.task
         if isinstance(outcome, Succeeded) and job.lost in (None, pb.EXTEND_OUTCOME_LEASE_LOST):
             result = outcome.result
@@ -219,6 +241,10 @@ class Jobs:
         if future.cancelled():
             return  # undelivered at exit; the worker logs those
         exc = future.exception()
+        metrics = self._metrics
+        if metrics is not None:
+            key = ERROR if exc is not None else future.result()
+            metrics.acks[key] = metrics.acks.get(key, 0) + 1
         if exc is not None:
             # The feeder refused this ack for good (e.g. a result over its size limit):
             # fail the attempt rather than leave the task to wait for its lease to expire.
@@ -240,9 +266,16 @@ class Jobs:
 
     def _on_nacked(self, task: Task, future: asyncio.Future[int]) -> None:
         self._heartbeater.forget(task.lease_token)
-        if future.cancelled() or future.exception() is not None:
-            return  # logged by the acker, or undelivered at exit
+        if future.cancelled():
+            return  # undelivered at exit; the worker logs those
+        metrics = self._metrics
+        if future.exception() is not None:
+            if metrics is not None:
+                metrics.nacks[ERROR] = metrics.nacks.get(ERROR, 0) + 1
+            return  # logged by the acker
         outcome = future.result()
+        if metrics is not None:
+            metrics.nacks[outcome] = metrics.nacks.get(outcome, 0) + 1
         if outcome == pb.NACK_OUTCOME_DEAD:
             self._counters.dead += 1
             log.warning("task %s is dead after attempt %d", task.id, task.attempt)

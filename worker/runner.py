@@ -23,6 +23,7 @@ import grpc
 
 from feedwork.channel import aio_channel, check_target, names_one_address, resolve_target
 from feedwork.credentials import ClientSecurity, SecurityOptions
+from feedwork.metrics import MetricsEndpoint, parse_listen
 from feedwork.v1 import feeder_pb2_grpc
 from worker.acker import MAX_BATCH_SIZE, Acker
 from worker.config import default_worker_id
@@ -31,6 +32,7 @@ from worker.handlers import Handler, Invoker
 from worker.heartbeater import Heartbeater
 from worker.jobs import MAX_LEASE, MIN_LEASE, Jobs, WorkerCounters
 from worker.leaser import Leaser, Slots
+from worker.metrics import MetricsListenError, WorkerMetrics
 from worker.receipts import AckLedger
 from worker.stream import ConsumeStream, StreamUnsupported
 
@@ -60,6 +62,7 @@ class _Parts:
     leaser: Leaser
     stream: ConsumeStream | None
     jobs: Jobs
+    metrics: WorkerMetrics | None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     stop_now: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -74,6 +77,11 @@ class Worker:
 
     `run()` blocks until the worker is stopped by SIGTERM/SIGINT or `stop()`; `run_async()`
     does the same inside a running event loop. `counters` tells what it has done.
+
+    `metrics_listen="127.0.0.1:9100"` serves Prometheus metrics at /metrics on that
+    address while the worker runs (port 0: any free one, then see `metrics_port`); they
+    are counts and the queue's name, served without authentication or TLS, so keep them
+    on loopback or a network you trust. See docs/OBSERVABILITY.md.
     """
 
     def __init__(
@@ -93,6 +101,7 @@ class Worker:
         flush_timeout: float = 10.0,
         transport: str = "stream",
         ack_ledger: str | None = None,
+        metrics_listen: str | None = None,
         **security: Unpack[SecurityOptions],
     ) -> None:
         """`ack_ledger`: a file to append a JSON line to for every ack the feeder answers
@@ -109,6 +118,11 @@ class Worker:
             raise ValueError("transport must be 'stream' or 'unary'")
         if not 1 <= ack_batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"ack_batch_size must be between 1 and {MAX_BATCH_SIZE}")
+        if metrics_listen is not None:
+            try:
+                metrics_listen = parse_listen(metrics_listen)
+            except ValueError as exc:
+                raise ValueError(f"metrics_listen: {exc}") from None
         self.target = check_target(target)
         # TLS and the API key (keyword arguments, else FEEDWORK_* variables); files are
         # read again at each reconnect, so a replaced key file is picked up.
@@ -130,7 +144,12 @@ class Worker:
         # Lease/Ack/Nack calls, on a feeder without Consume).
         self.transport = transport
         self.ack_ledger = ack_ledger
+        # Prometheus metrics at http://HOST:PORT/metrics while running (None: off).
+        self.metrics_listen = metrics_listen
         self.counters = WorkerCounters()
+        # The current run's metrics (with metrics_listen), and where they are served.
+        self.metrics: WorkerMetrics | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
         self._parts: _Parts | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._early_stop: bool | None = None  # stop() called before the loop ran
@@ -149,11 +168,14 @@ class Worker:
         self.counters = WorkerCounters()
         # Names in a list are looked up once, here, off the loop (it may be an app's).
         resolved = await asyncio.to_thread(resolve_target, self.target)
-        ledger = AckLedger(self.ack_ledger, worker_id=self.worker_id) if self.ack_ledger else None
+        metrics = self.metrics = self._serve_metrics()
+        ledger = None
         try:
+            if self.ack_ledger:
+                ledger = AckLedger(self.ack_ledger, worker_id=self.worker_id)
             async with aio_channel(resolved, security=self.security) as channel:
                 stub = feeder_pb2_grpc.FeederStub(channel)  # type: ignore[no-untyped-call]
-                parts = self._parts = self._build(stub, ledger)
+                parts = self._parts = self._build(stub, ledger, metrics)
                 if self._early_stop is not None:
                     self._request_stop(now=self._early_stop)
                     self._early_stop = None
@@ -162,6 +184,9 @@ class Worker:
         finally:
             if ledger is not None:
                 ledger.close()
+            endpoint, self._metrics_endpoint = self._metrics_endpoint, None
+            if endpoint is not None:  # shutdown() waits up to half a second: off the loop
+                await asyncio.to_thread(endpoint.close)
 
     def stop(self, *, now: bool = False) -> None:
         """Asks the worker to stop; safe from any thread and idempotent. Leasing stops at
@@ -174,6 +199,29 @@ class Worker:
             loop.call_soon_threadsafe(self._request_stop, now)
 
     @property
+    def metrics_port(self) -> int | None:
+        """The port the metrics are served on while the worker runs (with port 0 in
+        `metrics_listen`, the one picked), else None."""
+        endpoint = self._metrics_endpoint
+        return endpoint.port if endpoint is not None else None
+
+    def _serve_metrics(self) -> WorkerMetrics | None:
+        if self.metrics_listen is None:
+            return None
+        metrics = WorkerMetrics(queue=self.queue, concurrency=self.concurrency)
+        metrics.transport = self.transport
+        try:
+            endpoint = MetricsEndpoint(self.metrics_listen, metrics.registry)
+        except OSError as exc:
+            raise MetricsListenError(
+                f"cannot serve metrics on {self.metrics_listen}: {exc}"
+            ) from exc
+        self._metrics_endpoint = endpoint
+        host = self.metrics_listen.rsplit(":", 1)[0]
+        log.info("metrics at http://%s:%d/metrics", host, endpoint.port)
+        return metrics
+
+    @property
     def in_flight(self) -> int:
         """Tasks whose handlers are running and whose outcome is not decided yet."""
         return len(self._parts.jobs.unsettled()) if self._parts is not None else 0
@@ -183,8 +231,10 @@ class Worker:
         """Sync handler calls still running (after `run` returns: ones that overran)."""
         return self._parts.invoker.threads_running if self._parts is not None else 0
 
-    def _build(self, stub: Any, ack_ledger: AckLedger | None) -> _Parts:
-        monitor = ConnectionMonitor(target=self.target)
+    def _build(
+        self, stub: Any, ack_ledger: AckLedger | None, metrics: WorkerMetrics | None
+    ) -> _Parts:
+        monitor = ConnectionMonitor(target=self.target, metrics=metrics)
         slots = Slots(self.concurrency)
         invoker = Invoker(
             handler=self.handler, concurrency=self.concurrency, task_timeout=self.task_timeout
@@ -200,6 +250,7 @@ class Worker:
                 lease_duration=self.lease_duration,
                 on_leased=lambda tasks, sent_at: jobs.on_leased(tasks, sent_at),
                 on_cancelled=lambda task_ids: jobs.on_cancelled(task_ids),
+                metrics=metrics,
             )
         acker = Acker(
             stub=stub,
@@ -213,6 +264,7 @@ class Worker:
             monitor=monitor,
             on_lost=lambda token, outcome: jobs.on_lost(token, outcome),
             lease_duration=self.lease_duration,
+            metrics=metrics,
         )
         jobs = Jobs(
             invoker=invoker,
@@ -223,7 +275,10 @@ class Worker:
             lease_duration=self.lease_duration,
             task_timeout=self.task_timeout,
             ack_ledger=ack_ledger,
+            metrics=metrics,
         )
+        if metrics is not None:
+            metrics.running = lambda: jobs.running
         leaser = Leaser(
             stub=stub,
             monitor=monitor,
@@ -242,6 +297,7 @@ class Worker:
             leaser=leaser,
             stream=stream,
             jobs=jobs,
+            metrics=metrics,
         )
 
     async def _serve(self, parts: _Parts, channel: grpc.aio.Channel) -> None:
@@ -342,6 +398,8 @@ async def _lease(parts: _Parts, channel: grpc.aio.Channel, *, settle: bool) -> N
             return
         except StreamUnsupported:
             log.warning("the feeder does not offer Consume streams; leasing with Lease calls")
+            if parts.metrics is not None:
+                parts.metrics.transport = "unary"
     await parts.leaser.run()
 
 

@@ -35,6 +35,7 @@ from feedwork.retry import status_code
 from feedwork.v1 import feeder_pb2 as pb
 from worker.connection import ConnectionMonitor
 from worker.leaser import BACKOFF_INITIAL, Slots, reconnecting, retryable
+from worker.metrics import WorkerMetrics
 
 log = logging.getLogger("feedwork.worker")
 
@@ -83,6 +84,7 @@ class ConsumeStream:
         on_cancelled: Callable[[list[str]], None] = lambda task_ids: None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._stub = stub
         self._monitor = monitor
@@ -94,6 +96,8 @@ class ConsumeStream:
         self._on_cancelled = on_cancelled
         self._clock = clock
         self._wall_clock = wall_clock
+        self._metrics = metrics
+        self._sessions = 0  # streams opened (tried) so far
         self._call: Any = None  # the open call, once its first message is sent
         self._write_lock = asyncio.Lock()
         self._report_ids = itertools.count(1)
@@ -160,6 +164,9 @@ class ConsumeStream:
         that never worked raises, and is retried with growing backoff."""
         opened = self._clock()
         self._heard = self._accepted = False
+        self._sessions += 1
+        if self._metrics is not None and self._sessions > 1:
+            self._metrics.reconnects += 1
         try:
             await self._session()
         except grpc.RpcError as exc:

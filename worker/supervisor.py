@@ -10,6 +10,10 @@ Ctrl-C in a terminal reaches the whole process group and the parent already forw
 otherwise every child would see two signals and skip its grace period. A child that exits
 on its own (crash, fatal error) takes the others down with it, so that a process manager
 sees one failed service rather than a silently shrunken one.
+
+Metrics (`--metrics-listen HOST:PORT`): each child serves its own, on PORT for the first,
+PORT+1 for the second, and so on (with port 0, each on a free port it logs). One child
+that cannot listen (the port is taken) exits, and takes the others down as above.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from worker.config import WorkerConfig, load_handler
+from worker.metrics import MetricsListenError
 from worker.runner import Worker
 
 log = logging.getLogger("feedwork.worker")
@@ -141,11 +146,15 @@ def child_main(config: WorkerConfig, index: int) -> None:
     options = config.worker_options()
     if config.worker_id:
         options["worker_id"] = f"{config.worker_id}-{index}"
+    options["metrics_listen"] = config.metrics_listen_of(index)
     worker = Worker(handler=load_handler(config.handler), **options)
     _watch_parent(worker)
     code = 0
     try:
         asyncio.run(_run_child(worker))
+    except MetricsListenError as exc:
+        log.error("%s", exc)
+        code = 1
     except Exception:
         log.exception("worker process failed")
         code = 1

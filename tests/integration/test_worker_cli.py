@@ -1,19 +1,23 @@
 """`python -m worker` as a real process against a real `python -m feeder` process:
-options and environment variables, `--processes`, and what signals do."""
+options and environment variables, `--processes`, `--metrics-listen`, and what signals do."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc
@@ -118,7 +122,7 @@ def test_help_documents_every_option_with_its_variable() -> None:
     help_text = " ".join(result.stdout.split())
     for option in (
         "target", "queue", "handler", "concurrency", "processes", "lease-duration",
-        "task-timeout", "grace", "worker-id", "log-level",
+        "task-timeout", "grace", "worker-id", "log-level", "metrics-listen",
     ):  # fmt: skip
         assert f"--{option}" in help_text
         assert "FEEDWORK_" + option.upper().replace("-", "_") in help_text
@@ -256,3 +260,147 @@ def test_a_handler_in_the_current_directory_loads_from_either_command(
     finally:
         worker.kill()
     assert "No module named" not in worker_log(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# --metrics-listen
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports free on 127.0.0.1 (free when checked)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if port + count - 1 > 65535:
+                continue
+            others = [socket.socket() for _ in range(count - 1)]
+            try:
+                for offset, other in enumerate(others, 1):
+                    other.bind(("127.0.0.1", port + offset))
+            except OSError:
+                continue
+            finally:
+                for other in others:
+                    other.close()
+            return port
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def succeeded(port: int) -> float:
+    key = (("outcome", "succeeded"), ("queue", QUEUE))
+    try:
+        return scrape(port).get(("feedwork_worker_tasks_total", key), 0.0)
+    except OSError:  # not listening yet
+        return -1.0
+
+
+def test_metrics_listen_serves_the_workers_metrics_until_it_stops(
+    tmp_path: Path, feeder_target: str, stub: feeder_pb2_grpc.FeederStub, handlers: str
+) -> None:
+    port = free_ports(1)
+    task_ids = submit(stub, 5)
+    worker = start_worker(
+        tmp_path, "--target", feeder_target, "--queue", QUEUE, "--wait", "1",
+        "--handler", f"{handlers}:report_pid", "--metrics-listen", f"127.0.0.1:{port}",
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: all(t.state == pb.TASK_STATE_COMPLETED for t in states(stub, task_ids)))
+        _wait_for(lambda: succeeded(port) == 5)
+        samples = scrape(port)
+        assert samples[("feedwork_worker_received_tasks_total", (("queue", QUEUE),))] == 5
+        assert samples[("feedwork_worker_transport_info", (("transport", "stream"),))] == 1
+        assert samples[("feedwork_worker_process_resident_memory_bytes", ())] > 0
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+    assert f"metrics at http://127.0.0.1:{port}/metrics" in worker_log(tmp_path)
+    with pytest.raises(urllib.error.URLError):  # gone with the worker
+        scrape(port)
+
+
+def test_each_of_several_processes_serves_on_its_own_port(
+    tmp_path: Path, feeder_target: str, stub: feeder_pb2_grpc.FeederStub, handlers: str
+) -> None:
+    port = free_ports(2)
+    task_ids = submit(stub, 20)
+    # From the environment this time: FEEDWORK_METRICS_LISTEN.
+    worker = start_worker(
+        tmp_path, "--target", feeder_target, "--queue", QUEUE, "--wait", "1",
+        "--processes", "2", "--handler", f"{handlers}:report_pid",
+        FEEDWORK_METRICS_LISTEN=f"127.0.0.1:{port}",
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: all(t.state == pb.TASK_STATE_COMPLETED for t in states(stub, task_ids)))
+        # Process 1 on PORT, process 2 on PORT+1: each counts its own tasks.
+        _wait_for(lambda: succeeded(port) + succeeded(port + 1) == 20)
+        pids = {task.result for task in states(stub, task_ids)}
+        assert len(pids) == 2 and succeeded(port) > 0 and succeeded(port + 1) > 0
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+    log = worker_log(tmp_path)
+    assert f"metrics at http://127.0.0.1:{port}/metrics" in log
+    assert f"metrics at http://127.0.0.1:{port + 1}/metrics" in log
+
+
+def test_bad_metrics_addresses_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--queue", "q", "--handler", "m:f"]
+    for bad in ("9100", "localhost", "127.0.0.1:70000", "[::1]"):
+        with pytest.raises(SystemExit) as refused:
+            parse_config([*base, "--metrics-listen", bad], {})
+        assert refused.value.code == 2
+        err = capsys.readouterr().err
+        assert "--metrics-listen" in err and "want HOST:PORT" in err, err
+    with pytest.raises(SystemExit):
+        parse_config(base, {"FEEDWORK_METRICS_LISTEN": "nowhere"})
+    assert "FEEDWORK_METRICS_LISTEN='nowhere'" in capsys.readouterr().err
+    # N processes serve on PORT to PORT+N-1: those must be ports.
+    with pytest.raises(SystemExit):
+        parse_config([*base, "--processes", "3", "--metrics-listen", "127.0.0.1:65534"], {})
+    assert "ports 65534 to 65536, past 65535" in capsys.readouterr().err
+    config = parse_config([*base, "--processes", "3", "--metrics-listen", "[::1]:9100"], {})
+    assert [config.metrics_listen_of(i) for i in (1, 2, 3)] == [
+        "[::1]:9100", "[::1]:9101", "[::1]:9102",
+    ]  # fmt: skip
+    any_port = parse_config([*base, "--processes", "3", "--metrics-listen", "0.0.0.0:0"], {})
+    assert any_port.metrics_listen_of(3) == "0.0.0.0:0"
+    assert parse_config(base, {}).metrics_listen is None  # off by default
+
+
+def test_a_bad_address_or_a_taken_port_stops_the_command(tmp_path: Path) -> None:
+    usage = subprocess.run(
+        [sys.executable, "-m", "worker", "--queue", "q", "--handler", "m:f",
+         "--metrics-listen", "localhost"],
+        capture_output=True, text=True, env=_env(tmp_path), timeout=60,
+    )  # fmt: skip
+    assert usage.returncode == 2
+    assert "argument --metrics-listen: invalid address 'localhost'" in usage.stderr
+    (tmp_path / "noop.py").write_text("def handle(task):\n    return None\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = start_worker(
+            tmp_path, "--target", "127.0.0.1:1", "--queue", "q", "--handler", "noop:handle",
+            "--metrics-listen", f"127.0.0.1:{port}",
+        )  # fmt: skip
+        try:
+            assert worker.wait(30) == 1
+        finally:
+            worker.kill()
+    log = worker_log(tmp_path)
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in log
+    assert "Traceback" not in log
