@@ -34,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from feeder.core.policy import QueuePolicy
 from feedwork.durations import parse_duration
+from feedwork.listen import parse_listen
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -142,14 +143,6 @@ def parse_positive(value: object) -> int:
     if count < 1:
         raise ValueError(f"invalid number {value!r} (want 1 or more)")
     return count
-
-
-def parse_listen(value: object) -> str:
-    """HOST:PORT, with an IPv6 host in brackets ([::]:50051); port 0 picks a free one."""
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):([0-9]{1,5})", str(value).strip())
-    if not isinstance(value, str) or not match or int(match[2]) > 65535:
-        raise ValueError(f"invalid address {value!r} (want HOST:PORT, e.g. 127.0.0.1:50051)")
-    return value.strip()
 
 
 def parse_sync(value: object) -> str:

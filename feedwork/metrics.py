@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import socket
 import ssl
 import threading
@@ -154,19 +153,6 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
-
-
-_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):([0-9]{1,5})")
-
-
-def parse_listen(value: str) -> str:
-    """HOST:PORT for `MetricsEndpoint`, with an IPv6 host in brackets ([::1]:9100); port 0
-    picks a free one. Raises ValueError saying what is wrong."""
-    text = value.strip()
-    match = _LISTEN.fullmatch(text)
-    if not match or int(match[2]) > 65535:
-        raise ValueError(f"invalid address {value!r} (want HOST:PORT, e.g. 127.0.0.1:9100)")
-    return text
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -20,7 +20,7 @@ from typing import Any
 from feedwork import credentials
 from feedwork.channel import TargetError, check_target
 from feedwork.durations import parse_duration
-from feedwork.metrics import parse_listen
+from feedwork.listen import parse_listen
 from worker.handlers import Handler
 
 ENV_PREFIX = "FEEDWORK_"

@@ -23,7 +23,8 @@ import grpc
 
 from feedwork.channel import aio_channel, check_target, names_one_address, resolve_target
 from feedwork.credentials import ClientSecurity, SecurityOptions
-from feedwork.metrics import MetricsEndpoint, parse_listen
+from feedwork.listen import parse_listen
+from feedwork.metrics import MetricsEndpoint
 from feedwork.v1 import feeder_pb2_grpc
 from worker.acker import MAX_BATCH_SIZE, Acker
 from worker.config import default_worker_id

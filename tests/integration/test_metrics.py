@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
+import re
 import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from feeder.config import Settings
@@ -22,8 +25,10 @@ from feeder.server.app import FeederServer, StartupError
 from feedwork import devcerts
 from feedwork.v1 import feeder_pb2 as pb
 from tests.conftest import ALL_STORES, FeederFactory, RunningFeeder
+from worker import Worker
 
 pytestmark = pytest.mark.timeout(90)
+ROOT = Path(__file__).resolve().parents[2]
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -221,3 +226,67 @@ async def test_unknown_paths_are_not_found(feeder: RunningFeeder) -> None:
         await asyncio.to_thread(fetch, f"http://127.0.0.1:{endpoint.port}/admin")
     assert missing.value.code == 404
     missing.value.close()
+
+
+def exported(text: str) -> set[str]:
+    """Every series name a scrape's families can have (zero samples included): a counter's
+    NAME_total, a histogram's NAME_bucket, _count and _sum, a gauge's NAME."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names |= {f"{family.name}_{part}" for part in ("bucket", "count", "sum")}
+        else:
+            names.add(family.name)
+    return names
+
+
+def used_by_the_examples() -> dict[str, str]:
+    """The feedwork_* names each expression of the dashboard and the alert rules uses,
+    with where it is used."""
+    folder = ROOT / "docs" / "observability"
+    expressions: list[tuple[str, str]] = []
+    dashboard = json.loads((folder / "grafana-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expressions.append((f"dashboard panel {panel['title']!r}", target["expr"]))
+    rules = yaml.safe_load((folder / "alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            expressions.append((f"alert {rule['alert']}", rule["expr"]))
+    used: dict[str, str] = {}
+    for where, expression in expressions:
+        for name in re.findall(r"\bfeedwork_[a-z_]+\b", expression):
+            used.setdefault(name, where)
+    return used
+
+
+async def test_the_dashboard_and_the_alerts_use_only_exported_metrics(
+    feeder: RunningFeeder,
+) -> None:
+    await work(feeder, "m", 3)
+    worker = Worker(
+        target=feeder.target,
+        queue="m",
+        handler=lambda task: b"",
+        metrics_listen="127.0.0.1:0",
+        wait=1.0,
+    )
+    run = asyncio.create_task(worker.run_async())
+    try:
+        for _ in range(200):
+            if worker.metrics_port is not None or run.done():
+                break
+            await asyncio.sleep(0.02)
+        assert worker.metrics_port is not None, run
+        url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+        worker_text = (await asyncio.to_thread(fetch, url)).decode()
+    finally:
+        worker.stop()
+        await asyncio.wait_for(run, 30)
+    names = exported(await asyncio.to_thread(scrape_text, feeder.server)) | exported(worker_text)
+    used = used_by_the_examples()
+    assert len(used) >= 15
+    missing = {name: where for name, where in used.items() if name not in names}
+    assert not missing, f"used but not exported: {missing}"

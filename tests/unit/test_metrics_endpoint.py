@@ -8,7 +8,8 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from feedwork.metrics import MetricsEndpoint, parse_listen
+from feedwork.listen import parse_listen
+from feedwork.metrics import MetricsEndpoint
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:0", "localhost:9100", "[::1]:0", "0.0.0.0:65535"])
