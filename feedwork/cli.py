@@ -18,6 +18,7 @@ import importlib
 import json
 import math
 import os
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from feedwork.client import DEFAULT_TARGET, FeederClient
 from feedwork.durations import SYNTAX as DURATION_SYNTAX
 from feedwork.durations import parse_duration
 from feedwork.errors import FailedPrecondition, FeedworkError, InvalidArgument, NotFound
+from feedwork.listen import parse_listen
 from feedwork.taskfile import TaskFileError, read_specs
 from feedwork.types import CancelOutcome, QueueStats, TaskSpec, TaskState
 
@@ -139,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cancel(commands, client)
     _add_demo(commands)
     _add_dev_certs(commands)
+    _add_dashboard(commands, client)
     return parser
 
 
@@ -598,6 +601,57 @@ def _delegate(name: str, argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------------------------
 # helpers
+
+
+def _add_dashboard(commands: Any, client: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "dashboard",
+        parents=[client],
+        help="serve the web dashboard: queues, tasks, dead letters (docs/OBSERVABILITY.md)",
+        description="Serve the web dashboard in front of the feeders of --target until "
+        "interrupted. When the feeder asks for API keys, each user logs in with theirs "
+        "(or --api-key makes the dashboard act with one key for everyone who reaches it).",
+    )
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=os.environ.get("FEEDWORK_DASHBOARD_LISTEN", "127.0.0.1:8080"),
+        metavar="HOST:PORT",
+        help="address to serve on (default: $FEEDWORK_DASHBOARD_LISTEN or %(default)s)",
+    )
+    parser.add_argument("--https-cert", metavar="PEM", help="serve https with this certificate")
+    parser.add_argument("--https-key", metavar="PEM", help="... and its private key")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve in clear text on a non-loopback address (refused otherwise)",
+    )
+    parser.set_defaults(run=_dashboard)
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from feedwork.dashboard import Dashboard, DashboardError
+
+    if bool(args.https_cert) != bool(args.https_key):
+        raise Refusal("--https-cert and --https-key go together", EXIT_USAGE)
+    try:
+        dashboard = Dashboard(
+            target=args.target,
+            listen=args.listen,
+            security=credentials.from_args(args),
+            tls_cert=args.https_cert,
+            tls_key=args.https_key,
+            insecure=args.insecure,
+            timeout=args.timeout,
+        )
+    except (DashboardError, OSError, ssl.SSLError) as exc:
+        raise Refusal(str(exc), EXIT_FAILURE) from exc
+    print(f"feedwork dashboard at {dashboard.url} (feeders: {args.target})", flush=True)
+    try:
+        dashboard.serve_forever()
+    finally:
+        dashboard.close()
+    return EXIT_OK
 
 
 def _client(args: argparse.Namespace) -> FeederClient:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the local services the tests use, when they are installed but not running, and
 # installs docker-compose (for `make compose-check`), libfaketime and strace (two fault
-# tests) when they are missing and apt-get can.
+# tests), and chromium with chromedriver (the dashboard's browser tests) when they are
+# missing and apt-get can.
 # Safe to run again: a running service is left alone. A missing tool is not an error
 # (the tests that need the service skip), only a warning.
 set -uo pipefail
@@ -83,4 +84,7 @@ ensure_package faketime 'compgen -G "/usr/lib/*/faketime/libfaketime.so.1"' \
     "the clock-step fault test will fail"
 # tests/faults/test_fsync_before_reply.py counts a feeder's fsyncs with strace.
 ensure_package strace 'command -v strace' "the fsync-ordering fault test will fail"
+# tests/browser/ drives the dashboard in Debian's headless chromium through chromedriver.
+ensure_package chromium 'command -v chromium' "the dashboard's browser tests will fail"
+ensure_package chromium-driver 'command -v chromedriver' "the dashboard's browser tests will fail"
 exit 0
