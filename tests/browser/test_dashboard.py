@@ -117,7 +117,8 @@ def load(browser: Browser, url: str, what: str, *, status: int = 200) -> None:
     expected = []
     if status != 200:
         expected = [
-            f"SEVERE: {url} - Failed to load resource: the server responded with a status of {status} (Not Found)"
+            f"SEVERE: {url} - Failed to load resource: "
+            f"the server responded with a status of {status} (Not Found)"
         ]
     assert browser.console_errors() == expected, what
 
@@ -207,7 +208,8 @@ def test_behind_keys_each_user_logs_in_and_acts_with_their_key(
 ) -> None:
     auth = tmp_path / "auth.txt"
     auth.write_text(
-        f"ops sha256:{_digest(ADMIN_KEY)} admin\nbilling sha256:{_digest(PRODUCER_KEY)} producer:mail\n"
+        f"ops sha256:{_digest(ADMIN_KEY)} admin\n"
+        f"billing sha256:{_digest(PRODUCER_KEY)} producer:mail\n"
     )
     feeder = FeederProc(tmp_path, args=["--auth-file", str(auth)])
     feeder.start()
