@@ -59,4 +59,5 @@ def configure(level: str, log_format: str = "text", *, text: str | None = None) 
         handler.setFormatter(
             logging.Formatter(text or "%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Like basicConfig always: nothing changes where the root logger has handlers already.
+    logging.basicConfig(level=level, handlers=[handler])

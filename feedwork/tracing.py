@@ -40,12 +40,12 @@ def current_headers() -> dict[str, str]:
     return carrier
 
 
-def fail(span: Any, error: BaseException) -> None:
-    """Records a failed attempt on its span (the worker turns exceptions into nacks, so
-    they do not leave the span's block)."""
+def failed(span: Any, error: str) -> None:
+    """Marks a failed attempt's span (the worker turns a handler's exception into a nack
+    with this error text, so the exception never leaves the span's block)."""
     if span is not None and trace is not None:
-        span.record_exception(error)
-        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.set_status(trace.Status(trace.StatusCode.ERROR, error.split("\n", 1)[0]))
+        span.add_event("exception", {"exception.message": error})
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker failed, 2 for a handler that cannot be loaded, a --target whose feeder names
     do not resolve, or TLS or key options that cannot work (130: second signal)."""
     config = parse_config(argv)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     try:
         # Loaded here even with --processes, so a typo fails once, before any child starts.
         handler = load_handler(config.handler)

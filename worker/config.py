@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedwork import credentials
+from feedwork import credentials, logs
 from feedwork.channel import TargetError, check_target
 from feedwork.durations import parse_duration
 from feedwork.listen import parse_listen
@@ -50,6 +50,7 @@ class WorkerConfig:
     # N) serves on PORT+i-1 (see `metrics_listen_of`).
     metrics_listen: str | None = None
     log_level: str = "INFO"
+    log_format: str = "text"
     # TLS and the API key (feedwork.credentials): flags over FEEDWORK_* variables.
     security: credentials.ClientSecurity = field(default_factory=credentials.ClientSecurity)
 
@@ -301,4 +302,12 @@ _OPTIONS = (
         "network (default: off)",
     ),
     _Option("log-level", str.upper, "INFO", "logging level", LOG_LEVELS),
+    _Option(
+        "log-format",
+        str.lower,
+        "text",
+        "text, or json: one JSON object a line, with task_id, queue and attempt on lines "
+        "about a task",
+        logs.FORMATS,
+    ),
 )

@@ -5,15 +5,19 @@ loop, both under the per-task time limit, and turning whatever happens into an `
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import logging
 import threading
+import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
-from worker.task import Fail, Retry, Task
+from feedwork import tracing
+from worker.task import Fail, Retry, Task, task_fields
 
 log = logging.getLogger("feedwork.worker")
 
@@ -95,7 +99,11 @@ class Invoker:
             task._on_cancel = running.cancel
         else:
             loop = asyncio.get_running_loop()
-            running = loop.run_in_executor(self._executor, self._call_sync, task)
+            if tracing.available():  # the attempt's span stays current in the thread
+                call = functools.partial(contextvars.copy_context().run, self._call_sync, task)
+                running = loop.run_in_executor(self._executor, call)
+            else:
+                running = loop.run_in_executor(self._executor, self._call_sync, task)
         # A straggler that nobody awaits must not log "exception was never retrieved".
         running.add_done_callback(_retrieve)
         if self._task_timeout is None:
@@ -188,14 +196,34 @@ def outcome_of(task: Task, finished: asyncio.Future[Any]) -> Outcome:
 
 
 def failure(task: Task, exc: BaseException) -> Failed:
+    fields = task_fields(task)
     if isinstance(exc, Retry):
-        log.info("task %s (attempt %d) asked for a retry: %s", task.id, task.attempt, exc)
+        log.info(
+            "task %s (attempt %d) asked for a retry: %s", task.id, task.attempt, exc, extra=fields
+        )
         return Failed(describe(exc), retry_after=exc.after, kind="retry")
     if isinstance(exc, Fail):
-        log.info("task %s (attempt %d) failed for good: %s", task.id, task.attempt, exc)
+        log.info(
+            "task %s (attempt %d) failed for good: %s", task.id, task.attempt, exc, extra=fields
+        )
         return Failed(describe(exc), terminal=True, kind="fail")
-    log.warning("task %s (attempt %d) failed", task.id, task.attempt, exc_info=exc)
-    return Failed(describe(exc))
+    log.warning("task %s (attempt %d) failed", task.id, task.attempt, exc_info=exc, extra=fields)
+    # The traceback goes with the error the feeder records (bounded): GetTask shows it.
+    return Failed(describe_with_traceback(exc))
+
+
+def describe_with_traceback(exc: BaseException) -> str:
+    """ "ExcType: message", then the traceback, cut to MAX_ERROR_CHARS by leaving out
+    frames from the start of the traceback (the ones nearest the failure are kept)."""
+    head = describe(exc)
+    trace = "".join(traceback.format_exception(exc)).rstrip("\n")
+    room = MAX_ERROR_CHARS - len(head) - 1
+    if room <= 0:
+        return head[:MAX_ERROR_CHARS]
+    if len(trace) > room:
+        marker = "...\n"
+        trace = marker + trace[len(trace) - (room - len(marker)) :]
+    return f"{head}\n{trace}"
 
 
 def describe(exc: BaseException) -> str:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from feedwork import tracing
 from feedwork.v1 import feeder_pb2 as pb
 from worker.acker import Acker
 from worker.handlers import Failed, Invocation, Invoker, Outcome, Succeeded, describe
@@ -37,7 +38,7 @@ from worker.heartbeater import Heartbeater
 from worker.leaser import Slots
 from worker.metrics import ERROR, WorkerMetrics
 from worker.receipts import AckLedger
-from worker.task import Task
+from worker.task import Task, task_fields
 
 log = logging.getLogger("feedwork.worker")
 
@@ -152,7 +153,10 @@ class Jobs:
             return
         self._counters.lease_lost += 1
         job.lost = outcome
-        log.warning("task %s: %s; telling its handler to stop", job.task.id, reason)
+        log.warning(
+            "task %s: %s; telling its handler to stop",
+            job.task.id, reason, extra=task_fields(job.task),
+        )  # fmt: skip
         job.task.cancel(reason)
 
     def on_cancelled(self, task_ids: list[str]) -> None:
@@ -184,12 +188,22 @@ class Jobs:
                 job.work.cancel()
 
     async def _work(self, job: _Job) -> None:
+        task = job.task
         try:
-            try:
-                invocation = await self._invoker.invoke(job.task)
-            except Exception as exc:  # a bug of ours, not the handler's: fail the attempt
-                log.exception("task %s: could not run the handler", job.task.id)
-                invocation = Invocation(Failed(describe(exc)))
+            # A span per attempt, linked to the producer's (feedwork.tracing): nothing
+            # without OpenTelemetry.
+            with tracing.task_span(
+                task_id=task.id, queue=task.queue, attempt=task.attempt, headers=task.headers
+            ) as span:
+                try:
+                    invocation = await self._invoker.invoke(task)
+                except Exception as exc:  # a bug of ours, not the handler's: fail the attempt
+                    log.exception(
+                        "task %s: could not run the handler", task.id, extra=task_fields(task)
+                    )
+                    invocation = Invocation(Failed(describe(exc)))
+                if isinstance(invocation.outcome, Failed):
+                    tracing.failed(span, invocation.outcome.error)
             self._settle(job, invocation.outcome)
             if invocation.straggler is not None:
                 log.warning(

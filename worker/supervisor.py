@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+from feedwork import logs
 from worker.config import WorkerConfig, load_handler
 from worker.metrics import MetricsListenError
 from worker.runner import Worker
@@ -41,10 +42,9 @@ log = logging.getLogger("feedwork.worker")
 PARENT_CHECK_INTERVAL = 1.0
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
+def configure_logging(level: str, log_format: str = "text") -> None:
+    logs.configure(
+        level, log_format, text="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
     )
 
 
@@ -142,7 +142,7 @@ class _Forwarder:
 def child_main(config: WorkerConfig, index: int) -> None:
     """Entry point of one spawned worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     options = config.worker_options()
     if config.worker_id:
         options["worker_id"] = f"{config.worker_id}-{index}"

@@ -81,3 +81,8 @@ class Retry(Exception):
 
 class Fail(Exception):
     """Raise to fail the task for good: it goes dead at once, whatever attempts are left."""
+
+
+def task_fields(task: Task) -> dict[str, object]:
+    """The fields of a log line about `task` (`extra=`): JSON logs show them."""
+    return {"task_id": task.id, "queue": task.queue, "attempt": task.attempt}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -100,3 +101,31 @@ def test_the_feeder_logs_json_lines(tmp_path: Path) -> None:
     ]
     assert lines and all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     assert any(f"cannot listen on {listen}" in line["message"] for line in lines), lines
+
+
+async def test_the_worker_logs_json_lines_with_the_task_and_its_traceback(
+    feeder: RunningFeeder, tmp_path: Path
+) -> None:
+    spec = pb.TaskSpec(queue="jl", payload=b'{"fail": true}', max_attempts=1)
+    (submitted,) = (await feeder.stub.Submit(pb.SubmitRequest(tasks=[spec]))).results
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FEEDWORK_FAULTS_LEDGER": str(tmp_path / "l")}
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "--target", feeder.target, "--queue", "jl",
+        "--handler", "tests.faults.handlers:ledger", "--log-format", "json", "--wait", "1",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        request = pb.GetTaskRequest(task_id=submitted.task_id)
+        for _ in range(200):
+            if (await feeder.stub.GetTask(request)).task.state == pb.TASK_STATE_DEAD:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        worker.terminate()
+        _, stderr = await asyncio.wait_for(worker.communicate(), 30)
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    assert lines and all("time" in line and "level" in line for line in lines)
+    (failed,) = [line for line in lines if line.get("task_id") == submitted.task_id]
+    assert failed["level"] == "WARNING" and failed["queue"] == "jl" and failed["attempt"] == 1
+    assert failed["message"] == f"task {submitted.task_id} (attempt 1) failed"
+    assert failed["exception"].endswith("RuntimeError: asked to fail")

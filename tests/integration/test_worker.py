@@ -138,7 +138,11 @@ async def test_success_is_acked_and_failure_nacked(feeder: Any, handler: Any) ->
     assert sorted(task.result for task in completed) == [b"resized:a", b"resized:b", b"resized:c"]
     assert all(task.attempts == 1 for task in completed)
     assert dead.history[-1].outcome == pb.ATTEMPT_OUTCOME_FAILED
-    assert dead.history[-1].error == "ValueError: cannot resize 'bad'"
+    # The exception first, then its traceback down to the handler's raise.
+    error = dead.history[-1].error
+    assert error.startswith("ValueError: cannot resize 'bad'\nTraceback (most recent call last):")
+    assert 'raise ValueError("cannot resize' in error
+    assert error.endswith("ValueError: cannot resize 'bad'")
     assert (worker.counters.failed, worker.counters.dead) == (1, 1)
 
 

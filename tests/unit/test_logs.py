@@ -38,3 +38,24 @@ def test_a_json_line_has_the_task_fields_and_the_traceback() -> None:
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="text or json"):
         logs.configure("INFO", "xml")
+
+
+def test_a_stored_traceback_is_bounded_and_keeps_the_frames_nearest_the_failure() -> None:
+    from worker.handlers import MAX_ERROR_CHARS, describe_with_traceback
+
+    # Two functions in turn: Python folds a run of identical frames, not these.
+    def ping(n: int) -> None:
+        if n == 0:
+            raise ValueError("at the bottom")
+        pong(n - 1)
+
+    def pong(n: int) -> None:
+        ping(n - 1)
+
+    try:
+        ping(200)
+    except ValueError as exc:
+        text = describe_with_traceback(exc)
+    assert len(text) <= MAX_ERROR_CHARS
+    assert text.startswith("ValueError: at the bottom\n...\n")
+    assert text.endswith('raise ValueError("at the bottom")\nValueError: at the bottom')
