@@ -40,12 +40,12 @@ from feeder.service.turns import in_slices, next_turn
 from feeder.service.waiters import Waiters
 from feeder.store.base import (
     Change,
-    DeadPage,
     QueueCounts,
     Store,
     StoreHooks,
     StoreUnavailable,
     Submitted,
+    TaskPage,
 )
 
 log = logging.getLogger("feedwork.feeder")
@@ -766,7 +766,7 @@ class TaskService:
                 return decision.outcome, decision.task.state
         raise StoreUnavailable("too many concurrent changes to this task; retry")
 
-    async def list_dead(self, queue: str, *, page_size: int, after_id: int | None) -> DeadPage:
+    async def list_dead(self, queue: str, *, page_size: int, after_id: int | None) -> TaskPage:
         return await self._store.list_dead(queue, after_id=after_id, limit=page_size)
 
     async def _dead_selection(

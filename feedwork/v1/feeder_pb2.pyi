@@ -528,7 +528,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class Totals(_message.Message):
-    __slots__ = ("submitted", "completed", "expired", "redelivered", "duplicate_acks", "dead_lettered", "adopted", "failed", "cancelled")
+    __slots__ = ("submitted", "completed", "expired", "redelivered", "duplicate_acks", "dead_lettered", "adopted", "failed", "cancelled", "purged")
     SUBMITTED_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
@@ -538,6 +538,7 @@ class Totals(_message.Message):
     ADOPTED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    PURGED_FIELD_NUMBER: _ClassVar[int]
     submitted: int
     completed: int
     expired: int
@@ -547,7 +548,8 @@ class Totals(_message.Message):
     adopted: int
     failed: int
     cancelled: int
-    def __init__(self, submitted: _Optional[int] = ..., completed: _Optional[int] = ..., expired: _Optional[int] = ..., redelivered: _Optional[int] = ..., duplicate_acks: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., adopted: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ...) -> None: ...
+    purged: int
+    def __init__(self, submitted: _Optional[int] = ..., completed: _Optional[int] = ..., expired: _Optional[int] = ..., redelivered: _Optional[int] = ..., duplicate_acks: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., adopted: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., purged: _Optional[int] = ...) -> None: ...
 
 class QueueStats(_message.Message):
     __slots__ = ("queue", "scheduled", "ready", "leased", "completed", "dead", "cancelled", "oldest_ready_age", "totals")
