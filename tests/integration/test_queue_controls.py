@@ -280,6 +280,19 @@ async def test_a_pause_through_one_postgres_feeder_holds_on_another(
         streamed += await read_tasks(stream, 2 - len(streamed), within=10)
     print(f"woken on the other feeder {(time.monotonic() - began) * 1000:.0f} ms after")
     assert sorted([polled.task_id, *(t.task_id for t in streamed)]) == sorted(ids)
+    # Leases are the database's, seen through either feeder; consumers are b's own.
+    for feeder in (a, b):
+        workers = await feeder.stub.ListWorkers(pb.ListWorkersRequest(queue="q"))
+        assert [(h.worker_id, h.leases) for h in workers.lease_holders] == [
+            ("poller", 1),
+            ("w1", 2),
+        ]
+    assert (await a.stub.ListWorkers(pb.ListWorkersRequest())).consumers == []
+    mine = (await b.stub.ListWorkers(pb.ListWorkersRequest())).consumers
+    assert [(c.kind, c.worker_id, c.leases) for c in mine] == [
+        (pb.CONSUMER_KIND_STREAM, "w1", 2),
+        (pb.CONSUMER_KIND_LEASE, "poller", 1),
+    ]
     stream.cancel()
 
 
