@@ -162,6 +162,8 @@ async def _run(args: argparse.Namespace) -> int:
         for (queue, state), count in states:
             print(f"  {queue}: {count} {state.name.lower()}")
         print(f"  {report.keys} idempotency keys, totals of {len(report.totals)} counters")
+        if report.paused:
+            print(f"  paused queues: {', '.join(sorted(report.paused))}")
         print(f"  next task id {report.next_id}; token secret", end=" ")
         print("carried over" if report.secret_carried else "not carried over (--new-secret)")
         print("verified: every count matches the source")

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -21,15 +22,20 @@ from feedwork.types import (
     AttemptOutcome,
     CancelOutcome,
     CancelResult,
-    DeadPage,
+    ConsumerInfo,
+    ConsumerKind,
+    LeaseHolder,
+    QueueInfo,
     QueueStats,
     Seconds,
     Stats,
     SubmitResult,
     TaskInfo,
+    TaskPage,
     TaskSpec,
     TaskState,
     Totals,
+    Workers,
 )
 from feedwork.v1 import feeder_pb2 as pb
 
@@ -215,10 +221,73 @@ def cancel_result(response: pb.CancelTaskResponse) -> CancelResult:
     return CancelResult(outcome=CancelOutcome(name), state=task_state(response.state))
 
 
-def dead_page(response: pb.ListDeadTasksResponse) -> DeadPage:
-    return DeadPage(
+def task_page(response: pb.ListDeadTasksResponse | pb.ListTasksResponse) -> TaskPage:
+    return TaskPage(
         tasks=tuple(task_info(task) for task in response.tasks),
         next_page_token=response.next_page_token,
+    )
+
+
+def list_tasks_request(
+    queue: str,
+    states: Iterable[TaskState | str] | None,
+    *,
+    newest_first: bool,
+    include_payloads: bool,
+    page_size: int,
+    page_token: str,
+) -> pb.ListTasksRequest:
+    """ListTasks of `queue` in `states` (names such as "READY", any case; None: all)."""
+    return pb.ListTasksRequest(
+        queue=queue,
+        # Enum values by their wire names; TaskState() refuses a name that is no state.
+        states=[f"TASK_STATE_{TaskState(str(s).upper())}" for s in states or ()],
+        page_size=page_size,
+        page_token=page_token,
+        newest_first=newest_first,
+        include_payloads=include_payloads,
+    )
+
+
+def queue_infos(response: pb.ListQueuesResponse) -> list[QueueInfo]:
+    return [
+        QueueInfo(
+            queue=info.queue,
+            paused=info.paused,
+            paused_at=_timestamp(info, "paused_at"),
+            stats=_queue_stats(info.stats),
+        )
+        for info in response.queues
+    ]
+
+
+def workers(response: pb.ListWorkersResponse) -> Workers:
+    return Workers(
+        lease_holders=tuple(
+            LeaseHolder(
+                queue=h.queue,
+                worker_id=h.worker_id,
+                caller=h.caller,
+                leases=h.leases,
+                oldest_leased_at=_timestamp(h, "oldest_leased_at"),
+                newest_leased_at=_timestamp(h, "newest_leased_at"),
+            )
+            for h in response.lease_holders
+        ),
+        consumers=tuple(
+            ConsumerInfo(
+                kind=ConsumerKind(pb.ConsumerKind.Name(c.kind).removeprefix("CONSUMER_KIND_")),
+                worker_id=c.worker_id,
+                caller=c.caller,
+                queues=tuple(c.queues),
+                since=_timestamp(c, "since"),
+                leases=c.leases,
+                peer=c.peer,
+            )
+            for c in response.consumers
+        ),
+        feeder=response.feeder,
+        truncated=response.truncated,
     )
 
 
@@ -269,6 +338,7 @@ def _totals(totals: pb.Totals) -> Totals:
         adopted=totals.adopted,
         failed=totals.failed,
         cancelled=totals.cancelled,
+        purged=totals.purged,
     )
 
 
@@ -305,7 +375,8 @@ def timestamp_to_pb(value: datetime) -> timestamp_pb2.Timestamp:
     return message
 
 
-def _timestamp(message: pb.Task | pb.Attempt, name: str) -> datetime | None:
+def _timestamp(message: Any, name: str) -> datetime | None:
+    """A Timestamp field of `message` as an aware datetime (None when unset)."""
     if not message.HasField(name):
         return None
     value: timestamp_pb2.Timestamp = getattr(message, name)

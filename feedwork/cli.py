@@ -1,11 +1,14 @@
-"""The `feedwork` command: run a feeder or workers, submit and inspect tasks, run the demo.
+"""The `feedwork` command: run a feeder or workers, submit and inspect tasks, run the demo
+(the commands about whole queues, `queues`, `tasks`, `workers`, `queue`, are in
+feedwork.cli_queues).
 
 Exit codes (the README has the same table; `EXIT_CODES` below is what --help shows):
 0 ok; 1 failure (the feeder could not be reached or failed, `status --wait` ended other
 than COMPLETED); 2 usage error (a bad option, target or task file, or a request the feeder
 refused as INVALID_ARGUMENT); 3 not found (no such task, no such dead task, no such
-queue); 4 refused by the task's state (`cancel` of a COMPLETED task); 130 interrupted;
-141 standard output closed early (`| head`): output stops, without a message.
+queue); 4 refused by the task's or the queue's state (`cancel` of a COMPLETED task,
+`queue delete` of a queue that holds tasks); 130 interrupted; 141 standard output closed
+early (`| head`): output stops, without a message.
 
 Everything printed that comes from a task or the feeder goes through
 `feedwork.render.visible`, so it cannot send control sequences to the terminal.
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import os
 import ssl
@@ -27,29 +29,38 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from feedwork import __version__, credentials, filesubmit, render
+from feedwork import __version__, cli_queues, credentials, filesubmit, render
 from feedwork.channel import TargetError, check_target
-from feedwork.client import DEFAULT_TARGET, FeederClient
+from feedwork.cli_support import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    Refusal,
+    UsageError,
+    check_queue,
+    client_of,
+    print_json,
+    stdout_console,
+    unknown_queue,
+)
+from feedwork.client import DEFAULT_TARGET
 from feedwork.durations import SYNTAX as DURATION_SYNTAX
 from feedwork.durations import parse_duration
 from feedwork.errors import FailedPrecondition, FeedworkError, InvalidArgument, NotFound
 from feedwork.listen import parse_listen
 from feedwork.taskfile import TaskFileError, read_specs
-from feedwork.types import CancelOutcome, QueueStats, TaskSpec, TaskState
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_REFUSED = 4
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a program killed by it
+from feedwork.types import CancelOutcome, TaskSpec, TaskState
 
 EXIT_CODES = (
     "exit codes: 0 ok; 1 failure (feeder unreachable or failing; status --wait ended other "
     "than COMPLETED); 2 usage error (bad option, target or task file; a request the feeder "
     "refused as invalid); 3 not found (task, dead task or queue); 4 refused by the task's "
-    "state (cancel of a COMPLETED task); 130 interrupted; 141 output closed early (| head)"
+    "state (cancel of a COMPLETED task) or the queue's (delete of a queue that holds "
+    "tasks); 130 interrupted; 141 output closed early (| head)"
 )
 
 # Subcommands handed whole to another program's `main(argv)`.
@@ -59,18 +70,6 @@ _DELEGATES = {
     "db": ("feeder.dbtool", "database status, migrations, SQLite-to-PostgreSQL copy, token keys"),
     "keys": ("feeder.keytool", "make API keys and check access lists"),
 }
-
-
-class UsageError(Exception):
-    """Bad input that argparse could not catch; exits with code 2."""
-
-
-class Refusal(Exception):
-    """The command was understood and could not be done; exits with `code`."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats(commands, client)
     _add_dead(commands, client)
     _add_cancel(commands, client)
+    cli_queues.add_commands(commands, client)
     _add_demo(commands)
     _add_dev_certs(commands)
     _add_dashboard(commands, client)
@@ -243,10 +243,10 @@ def _submit(args: argparse.Namespace) -> int:
         lease_duration=args.lease_duration,
         idempotency_key=args.idempotency_key,
     )
-    with _client(args) as client:
+    with client_of(args) as client:
         result = client.submit_many([spec])[0]
     if args.json:
-        _print_json(render.submit_json(result))
+        print_json(render.submit_json(result))
     else:
         print(result.task_id)
     return EXIT_OK
@@ -278,7 +278,7 @@ def _send_file(args: argparse.Namespace, source: filesubmit.TaskFile, *, total: 
         console=Console(stderr=True),
     )
     submitted = deduplicated = 0
-    with _client(args) as client, progress:
+    with client_of(args) as client, progress:
         bar = progress.add_task("submit", total=total)
         line_keys = not args.fresh_keys
         specs = read_specs(source.lines(), default_queue=args.queue, line_keys=line_keys)
@@ -300,7 +300,7 @@ def _send_file(args: argparse.Namespace, source: filesubmit.TaskFile, *, total: 
             for result in results:
                 deduplicated += result.deduplicated
                 if args.json:
-                    _print_json(render.submit_json(result))
+                    print_json(render.submit_json(result))
                 elif not result.deduplicated:
                     print(result.task_id)
             submitted += len(batch)
@@ -365,15 +365,15 @@ def _add_status(commands: Any, client: argparse.ArgumentParser) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with client_of(args) as client:
         if args.wait is None:
             task = client.get(args.task_id)
         else:
             task = client.wait(args.task_id, timeout=None if args.wait == math.inf else args.wait)
     if args.json:
-        _print_json(render.task_json(task))
+        print_json(render.task_json(task))
     else:
-        console = _stdout_console()
+        console = stdout_console()
         for table in render.task_tables(task):
             if table is not None:
                 console.print(table)
@@ -392,13 +392,13 @@ def _add_stats(commands: Any, client: argparse.ArgumentParser) -> None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with client_of(args) as client:
         stats = client.stats(args.queue)
-    unknown = [name for name in dict.fromkeys(args.queue) if _unknown(stats.queue(name))]
+    unknown = [name for name in dict.fromkeys(args.queue) if unknown_queue(stats.queue(name))]
     if args.json:
-        _print_json(render.stats_json(stats))
+        print_json(render.stats_json(stats))
     else:
-        console = _stdout_console()
+        console = stdout_console()
         for table in render.stats_tables(stats):
             console.print(table)
     if unknown:
@@ -409,20 +409,6 @@ def _stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _unknown(queue: QueueStats) -> bool:
-    """True for the stats the feeder gives of a queue it does not know: all zero, totals
-    included (a queue that ever had a task has submitted > 0)."""
-    return queue == QueueStats(queue=queue.queue)
-
-
-def _check_queue(client: FeederClient, queue: str) -> None:
-    """Raises a not-found `Refusal` for a queue the feeder does not know (a typo)."""
-    if _unknown(client.stats([queue]).queue(queue)):
-        raise Refusal(
-            f"no queue {queue!r} on the feeder (no task was ever submitted to it)", EXIT_NOT_FOUND
-        )
-
-
 def _add_cancel(commands: Any, client: argparse.ArgumentParser) -> None:
     parser = commands.add_parser("cancel", parents=[client], help="cancel a task")
     parser.add_argument("task_id", metavar="TASK_ID")
@@ -431,10 +417,10 @@ def _add_cancel(commands: Any, client: argparse.ArgumentParser) -> None:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with client_of(args) as client:
         result = client.cancel(args.task_id)
     if args.json:
-        _print_json(render.cancel_json(args.task_id, result))
+        print_json(render.cancel_json(args.task_id, result))
     else:
         print(f"{render.visible(args.task_id)}: {result.outcome} (now {result.state})")
     if result.outcome == CancelOutcome.ALREADY_COMPLETED:
@@ -474,7 +460,7 @@ def _add_dead(commands: Any, client: argparse.ArgumentParser) -> None:
 
 
 def _dead_list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with client_of(args) as client:
         page = client.dead_list(
             args.queue,
             page_size=args.page_size,
@@ -482,10 +468,10 @@ def _dead_list(args: argparse.Namespace) -> int:
             include_payloads=args.payloads,
         )
         if not page.tasks and not args.page_token:
-            _check_queue(client, args.queue)
+            check_queue(client, args.queue)
     if args.json:
         tasks = [render.task_json(task) for task in page.tasks]
-        _print_json({"tasks": tasks, "next_page_token": page.next_page_token})
+        print_json({"tasks": tasks, "next_page_token": page.next_page_token})
         return EXIT_OK
     for task in page.tasks:
         last_error = task.history[-1].error if task.history else ""
@@ -499,12 +485,12 @@ def _dead_change(args: argparse.Namespace) -> int:
     if args.action == "purge" and not args.yes:
         raise UsageError("purge deletes tasks for good: add --yes")
     verb = "purged" if args.action == "purge" else "redrove"
-    with _client(args) as client:
+    with client_of(args) as client:
         change = client.dead_redrive if args.action == "redrive" else client.dead_purge
         count = change(args.queue, task_ids=args.task_id, limit=args.limit)
         print(f"{verb} {count} dead tasks")
         if not count:
-            _check_queue(client, args.queue)
+            check_queue(client, args.queue)
     missing = len(set(args.task_id)) - count
     if args.task_id and missing > 0:
         # The feeder says how many it changed, not which; any other is not a dead task of
@@ -654,15 +640,6 @@ def _dashboard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _client(args: argparse.Namespace) -> FeederClient:
-    return FeederClient(
-        args.target,
-        timeout=args.timeout,
-        max_retry_delay=args.retry_for,
-        **{name: getattr(args, name) for name in credentials.OPTION_NAMES},
-    )
-
-
 def _target_option(text: str) -> str:
     """argparse type of --target: checked before anything connects (exit 2 if bad)."""
     try:
@@ -677,20 +654,6 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-class _Console(Console):
-    def on_broken_pipe(self) -> None:
-        raise BrokenPipeError  # to `main`, which ends quietly (Rich would exit 1)
-
-
-def _stdout_console() -> Console:
-    """Rich output for stdout; wide when it is a file or pipe, where nothing wraps it."""
-    return _Console(width=None if sys.stdout.isatty() else 160)
-
-
-def _print_json(record: dict[str, Any]) -> None:
-    print(json.dumps(record, separators=(",", ":")))
 
 
 def _complain(message: object) -> None:

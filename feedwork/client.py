@@ -33,11 +33,15 @@ from feedwork.retry import async_retrying, sync_retrying
 from feedwork.types import (
     CancelResult,
     DeadPage,
+    QueueInfo,
     Seconds,
     Stats,
     SubmitResult,
     TaskInfo,
+    TaskPage,
     TaskSpec,
+    TaskState,
+    Workers,
 )
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc as pb_grpc
@@ -238,7 +242,7 @@ class FeederClient:
             page_token=page_token,
             include_payloads=include_payloads,
         )
-        return _wire.dead_page(self._call(self._stub.ListDeadTasks, request))
+        return _wire.task_page(self._call(self._stub.ListDeadTasks, request))
 
     def dead_redrive(
         self, queue: str, *, task_ids: Iterable[str] | None = None, limit: int = 0
@@ -255,6 +259,73 @@ class FeederClient:
         selector = _wire.dead_selector(queue, task_ids, limit)
         request = pb.PurgeDeadTasksRequest(selector=selector)
         return int(self._call(self._stub.PurgeDeadTasks, request).purged)
+
+    # -- queues -------------------------------------------------------------------------
+
+    def list_queues(self, *, page_size: int = 0) -> list[QueueInfo]:
+        """Every queue the feeder's database knows, in name order (read a page at a time):
+        whether it is paused, and its counts and totals."""
+        found: list[QueueInfo] = []
+        token = ""
+        while True:
+            request = pb.ListQueuesRequest(page_size=page_size, page_token=token)
+            page = self._call(self._stub.ListQueues, request)
+            found += _wire.queue_infos(page)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    def list_tasks(
+        self,
+        queue: str,
+        *,
+        states: Iterable[TaskState | str] | None = None,
+        newest_first: bool = False,
+        include_payloads: bool = False,
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> TaskPage:
+        """One page of the tasks of `queue` in `states` (None: every state), oldest first
+        or `newest_first`; payloads and results only with `include_payloads` (a page may
+        then end early to fit the message limit)."""
+        request = _wire.list_tasks_request(
+            queue,
+            states,
+            newest_first=newest_first,
+            include_payloads=include_payloads,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return _wire.task_page(self._call(self._stub.ListTasks, request))
+
+    def list_workers(self, queue: str | None = None, *, limit: int = 0) -> Workers:
+        """Who holds leases (from the database: every feeder's) and this feeder's streams
+        and Lease callers, of `queue` or of every queue."""
+        request = pb.ListWorkersRequest(queue=queue or "", limit=limit)
+        return _wire.workers(self._call(self._stub.ListWorkers, request))
+
+    def pause_queue(self, queue: str) -> bool:
+        """Pauses `queue`: it takes submits and hands out no task until resumed, on every
+        feeder of the database. False if it was paused already."""
+        request = pb.PauseQueueRequest(queue=queue)
+        return bool(self._call(self._stub.PauseQueue, request).changed)
+
+    def resume_queue(self, queue: str) -> bool:
+        """Ends the pause of `queue`. False if it was not paused."""
+        request = pb.ResumeQueueRequest(queue=queue)
+        return bool(self._call(self._stub.ResumeQueue, request).changed)
+
+    def purge_queue(self, queue: str, *, confirm: str) -> int:
+        """Deletes the READY and SCHEDULED tasks of `queue` for good; `confirm` must be
+        the queue's name again (else `InvalidArgument`). Returns how many went."""
+        request = pb.PurgeQueueRequest(queue=queue, confirm=confirm)
+        return int(self._call(self._stub.PurgeQueue, request).purged)
+
+    def delete_queue(self, queue: str) -> None:
+        """Forgets `queue` (totals, pause) if it holds no task; `FailedPrecondition` if it
+        does, `NotFound` if the feeder does not know it (a retry after a lost reply may
+        answer that too)."""
+        self._call(self._stub.DeleteQueue, pb.DeleteQueueRequest(queue=queue))
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -403,7 +474,7 @@ class AsyncFeederClient:
             page_token=page_token,
             include_payloads=include_payloads,
         )
-        return _wire.dead_page(await self._call(self._stub.ListDeadTasks, request))
+        return _wire.task_page(await self._call(self._stub.ListDeadTasks, request))
 
     async def dead_redrive(
         self, queue: str, *, task_ids: Iterable[str] | None = None, limit: int = 0
@@ -420,6 +491,63 @@ class AsyncFeederClient:
         selector = _wire.dead_selector(queue, task_ids, limit)
         request = pb.PurgeDeadTasksRequest(selector=selector)
         return int((await self._call(self._stub.PurgeDeadTasks, request)).purged)
+
+    async def list_queues(self, *, page_size: int = 0) -> list[QueueInfo]:
+        """Every queue, in name order (see `FeederClient.list_queues`)."""
+        found: list[QueueInfo] = []
+        token = ""
+        while True:
+            request = pb.ListQueuesRequest(page_size=page_size, page_token=token)
+            page = await self._call(self._stub.ListQueues, request)
+            found += _wire.queue_infos(page)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    async def list_tasks(
+        self,
+        queue: str,
+        *,
+        states: Iterable[TaskState | str] | None = None,
+        newest_first: bool = False,
+        include_payloads: bool = False,
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> TaskPage:
+        """One page of the tasks of `queue` (see `FeederClient.list_tasks`)."""
+        request = _wire.list_tasks_request(
+            queue,
+            states,
+            newest_first=newest_first,
+            include_payloads=include_payloads,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return _wire.task_page(await self._call(self._stub.ListTasks, request))
+
+    async def list_workers(self, queue: str | None = None, *, limit: int = 0) -> Workers:
+        """Who works on the queues (see `FeederClient.list_workers`)."""
+        request = pb.ListWorkersRequest(queue=queue or "", limit=limit)
+        return _wire.workers(await self._call(self._stub.ListWorkers, request))
+
+    async def pause_queue(self, queue: str) -> bool:
+        """Pauses `queue`; False if it was paused already."""
+        request = pb.PauseQueueRequest(queue=queue)
+        return bool((await self._call(self._stub.PauseQueue, request)).changed)
+
+    async def resume_queue(self, queue: str) -> bool:
+        """Ends the pause of `queue`; False if it was not paused."""
+        request = pb.ResumeQueueRequest(queue=queue)
+        return bool((await self._call(self._stub.ResumeQueue, request)).changed)
+
+    async def purge_queue(self, queue: str, *, confirm: str) -> int:
+        """Deletes the READY and SCHEDULED tasks of `queue` (see `FeederClient`)."""
+        request = pb.PurgeQueueRequest(queue=queue, confirm=confirm)
+        return int((await self._call(self._stub.PurgeQueue, request)).purged)
+
+    async def delete_queue(self, queue: str) -> None:
+        """Forgets `queue` if it holds no task (see `FeederClient.delete_queue`)."""
+        await self._call(self._stub.DeleteQueue, pb.DeleteQueueRequest(queue=queue))
 
     async def _call(self, rpc: Callable[..., Awaitable[_T]], request: Any) -> _T:
         async def once() -> _T:

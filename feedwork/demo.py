@@ -293,6 +293,6 @@ def _count(minimum: int) -> Any:
 
 
 def _usage(message: str) -> Exception:
-    from feedwork.cli import UsageError
+    from feedwork.cli_support import UsageError
 
     return UsageError(message)

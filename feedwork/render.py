@@ -19,11 +19,15 @@ from rich.text import Text
 
 from feedwork.types import (
     CancelResult,
+    ConsumerKind,
+    QueueInfo,
     QueueStats,
     Stats,
     SubmitResult,
     TaskInfo,
+    TaskPage,
     Totals,
+    Workers,
 )
 
 # Columns of the stats tables: (field, title).
@@ -44,6 +48,7 @@ _TOTAL_COLUMNS = (
     ("adopted", "adopted"),
     ("failed", "failed"),
     ("dead_lettered", "dead-lettered"),
+    ("purged", "purged"),
 )
 
 
@@ -204,7 +209,142 @@ def _totals_json(totals: Totals) -> dict[str, int]:
         "adopted": totals.adopted,
         "failed": totals.failed,
         "cancelled": totals.cancelled,
+        "purged": totals.purged,
     }
+
+
+# -- queues, task listings, workers -----------------------------------------------------------
+
+
+def queues_json(queues: list[QueueInfo]) -> dict[str, Any]:
+    return {
+        "queues": [
+            {"paused": q.paused, "paused_at": _time(q.paused_at), **_queue_json(q.stats)}
+            for q in queues
+        ]
+    }
+
+
+def queues_table(queues: list[QueueInfo]) -> Table:
+    """One row per queue: running or paused (since when), its tasks by state now."""
+    table = Table(title="queues", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("queue")
+    table.add_column("state")
+    for _, title in _COUNT_COLUMNS:
+        table.add_column(title, justify="right")
+    table.add_column("oldest ready", justify="right")
+    for q in queues:
+        state = f"paused since {_short_time(q.paused_at)}" if q.paused else "running"
+        table.add_row(
+            _cell(q.queue),
+            Text(state, style="bold yellow" if q.paused else ""),
+            *(str(getattr(q.stats, name)) for name, _ in _COUNT_COLUMNS),
+            f"{q.stats.oldest_ready_age.total_seconds():.1f}s",
+        )
+    return table
+
+
+def tasks_table(page: TaskPage, *, payloads: bool = False) -> Table:
+    """One row per task: id, state, priority, attempts, when made, the last attempt's
+    worker and error (and the payload, shortened, when asked for)."""
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("task", "state", "priority", "attempts", "created", "worker", "last error"):
+        table.add_column(column, justify="right" if column in ("priority", "attempts") else "left")
+    if payloads:
+        table.add_column("payload")
+    for task in page.tasks:
+        last = task.history[-1] if task.history else None
+        row: list[Text | str] = [
+            _cell(task.task_id),
+            task.state,
+            str(task.priority),
+            f"{task.attempts}/{task.max_attempts}",
+            _short_time(task.created_at),
+            _cell(last.worker_id if last else ""),
+            _cell(_shortened(last.error if last else "")),
+        ]
+        if payloads:
+            row.append(_cell(_shortened(task.payload.decode(errors="replace"))))
+        table.add_row(*row)
+    return table
+
+
+def workers_json(workers: Workers) -> dict[str, Any]:
+    return {
+        "feeder": workers.feeder,
+        "lease_holders": [
+            {
+                "queue": h.queue,
+                "worker_id": h.worker_id,
+                "caller": h.caller,
+                "leases": h.leases,
+                "oldest_leased_at": _time(h.oldest_leased_at),
+                "newest_leased_at": _time(h.newest_leased_at),
+            }
+            for h in workers.lease_holders
+        ],
+        "consumers": [
+            {
+                "kind": c.kind,
+                "worker_id": c.worker_id,
+                "caller": c.caller,
+                "queues": list(c.queues),
+                "since": _time(c.since),
+                "leases": c.leases,
+                "peer": c.peer,
+            }
+            for c in workers.consumers
+        ],
+        "truncated": workers.truncated,
+    }
+
+
+def workers_tables(workers: Workers) -> tuple[Table, Table]:
+    """The leases the database holds, by worker (every feeder's), and the streams and
+    Lease callers of the feeder that answered. A caller column only with auth."""
+    callers = any(h.caller for h in workers.lease_holders) or any(
+        c.caller for c in workers.consumers
+    )
+    leases = Table(title="leases held (every feeder's)", title_justify="left", box=box.SIMPLE_HEAD)
+    consumers = Table(
+        title=f"consumers of feeder {visible(workers.feeder)}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("queue", "worker", "caller", "leases", "oldest lease", "newest lease"):
+        if column != "caller" or callers:
+            leases.add_column(column, justify="right" if column == "leases" else "left")
+    for column in ("kind", "worker", "caller", "queues", "since", "leases", "peer"):
+        if column != "caller" or callers:
+            consumers.add_column(column, justify="right" if column == "leases" else "left")
+    for h in workers.lease_holders:
+        leases.add_row(
+            _cell(h.queue),
+            _cell(h.worker_id),
+            *((_cell(h.caller),) if callers else ()),
+            str(h.leases),
+            _short_time(h.oldest_leased_at),
+            _short_time(h.newest_leased_at),
+        )
+    for c in workers.consumers:
+        consumers.add_row(
+            "stream" if c.kind == ConsumerKind.STREAM else "lease calls",
+            _cell(c.worker_id),
+            *((_cell(c.caller),) if callers else ()),
+            _cell(", ".join(c.queues)),
+            _short_time(c.since),
+            str(c.leases),
+            _cell(c.peer),
+        )
+    return leases, consumers
+
+
+def _short_time(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _shortened(text: str, most: int = 60) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def _bytes(name: str, value: bytes) -> dict[str, str]:

@@ -152,6 +152,8 @@ class Totals:
     adopted: int = 0
     failed: int = 0
     cancelled: int = 0
+    # Deleted by a queue purge (`purge_queue`) before they were leased.
+    purged: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +187,70 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadPage:
-    """One page of dead tasks; `next_page_token` is empty on the last page."""
+class TaskPage:
+    """One page of tasks (`list_tasks`, `dead_list`); `next_page_token` is empty on the
+    last page."""
 
     tasks: tuple[TaskInfo, ...]
     next_page_token: str
+
+
+DeadPage = TaskPage
+"""A page of dead tasks (`dead_list`): a `TaskPage`."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """A queue as `list_queues` shows it: whether it is paused (it takes submits and hands
+    out no task until resumed), since when, and its counts and totals."""
+
+    queue: str
+    paused: bool
+    paused_at: datetime | None
+    stats: QueueStats
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseHolder:
+    """The current leases of one worker on one queue, as the feeder's database holds them
+    (with several feeders on one database: every feeder's)."""
+
+    queue: str
+    worker_id: str
+    caller: str
+    leases: int
+    oldest_leased_at: datetime | None
+    newest_leased_at: datetime | None
+
+
+class ConsumerKind(enum.StrEnum):
+    """A Consume stream, or the Lease calls of one worker_id (`feedwork.v1.ConsumerKind`)."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    STREAM = "STREAM"
+    LEASE = "LEASE"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerInfo:
+    """One consumer of the feeder that answered `list_workers`: an open stream (leases or
+    not), or a Lease caller holding leases from it."""
+
+    kind: ConsumerKind
+    worker_id: str
+    caller: str
+    queues: tuple[str, ...]
+    since: datetime | None
+    leases: int
+    peer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Workers:
+    """Who works on the queues (`list_workers`): `lease_holders` from the database,
+    `consumers` of the one `feeder` that answered; `truncated` when a list was cut."""
+
+    lease_holders: tuple[LeaseHolder, ...]
+    consumers: tuple[ConsumerInfo, ...]
+    feeder: str
+    truncated: bool = False

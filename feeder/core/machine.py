@@ -51,6 +51,7 @@ class Event(enum.Enum):
     DEAD_LETTERED = "dead_lettered"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PURGED = "purged"
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +334,21 @@ def redrive(task: Task, *, now: float) -> Decision[bool]:
         version=task.version + 1,
     )
     return Decision(True, ready)
+
+
+# What a queue purge deletes: tasks waiting to be leased, never one a worker holds, nor a
+# final or dead one (dead tasks have their own purge, PurgeDeadTasks).
+_PURGEABLE = frozenset({State.READY, State.SCHEDULED})
+_PURGED = (Event.PURGED,)
+
+
+def purge(task: Task, *, before: float) -> Decision[bool]:
+    """Whether a queue purge deletes `task` (outcome True, counted as PURGED): READY or
+    SCHEDULED, and submitted before the purge began (`before`), so that a purge ends even
+    while producers keep submitting. The caller deletes the record; nothing else changes."""
+    if task.state in _PURGEABLE and task.created_at <= before:
+        return Decision(True, None, _PURGED)
+    return Decision(False)
 
 
 def _end_current(

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import sqlite3
 import ssl
 from collections.abc import Callable
@@ -223,6 +224,7 @@ class FeederServer:
             raise StartupError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server, self.port = server, port
+        self._servicer.name = f"{socket.gethostname()}:{port}"
         if self.metrics is not None and self.settings.metrics_listen:
             self.metrics.bind(self.service, asyncio.get_running_loop())
             try:

@@ -84,6 +84,16 @@ RULES: dict[str, Rule] = {
     "RedriveDeadTasks": Rule(Role.ADMIN, lambda r: _named_or_all(r.selector.queue), audited=True),
     "PurgeDeadTasks": Rule(Role.ADMIN, lambda r: _named_or_all(r.selector.queue), audited=True),
     "GetStats": Rule(Role.ADMIN, lambda r: list(r.queues) or [None]),
+    # Queue controls and listings: an operator's. A listing shows other callers' names and
+    # (asked to) payloads, so neither a producer nor a worker may list; a worker learns of
+    # a pause only as a Lease that returns nothing, a producer not at all.
+    "ListQueues": Rule(Role.ADMIN, lambda r: [None]),
+    "ListTasks": Rule(Role.ADMIN, lambda r: [r.queue], audited=True),
+    "ListWorkers": Rule(Role.ADMIN, lambda r: _named_or_all(r.queue)),
+    "PauseQueue": Rule(Role.ADMIN, lambda r: [r.queue], audited=True),
+    "ResumeQueue": Rule(Role.ADMIN, lambda r: [r.queue], audited=True),
+    "PurgeQueue": Rule(Role.ADMIN, lambda r: [r.queue], audited=True),
+    "DeleteQueue": Rule(Role.ADMIN, lambda r: [r.queue], audited=True),
 }
 REFLECTION = Rule(None)
 
@@ -406,6 +416,14 @@ def _outcome(response: Any) -> str:
         return f"redriven {response.redriven}"
     if isinstance(response, pb.PurgeDeadTasksResponse):
         return f"purged {response.purged}"
-    if isinstance(response, pb.ListDeadTasksResponse):
+    if isinstance(response, pb.ListDeadTasksResponse | pb.ListTasksResponse):
         return f"listed {len(response.tasks)}"
+    if isinstance(response, pb.PauseQueueResponse):
+        return "paused" if response.changed else "paused already"
+    if isinstance(response, pb.ResumeQueueResponse):
+        return "resumed" if response.changed else "not paused"
+    if isinstance(response, pb.PurgeQueueResponse):
+        return f"purged {response.purged}"
+    if isinstance(response, pb.DeleteQueueResponse):
+        return "deleted"
     return ""

@@ -39,6 +39,7 @@ import grpc
 
 from feeder.server import convert, validate
 from feeder.server.validate import Limits, ValidationError
+from feeder.service.consumers import Consumer
 from feeder.service.tasks import TaskService
 from feedwork.v1 import feeder_pb2 as pb
 
@@ -127,8 +128,9 @@ class ConsumeStream:
         self._outbox_answers: deque[pb.ConsumeResponse] = deque()
         self._writer: asyncio.Task[None] | None = None
         # Who holds the leases sent down this stream (the cap on unacked leases), and where
-        # the cancellation of one of them is heard: it goes down in the next message.
-        self._consumer = service.stream_consumer(self._cancelled)
+        # the cancellation of one of them is heard: it goes down in the next message. Made
+        # when the first message says who the stream is.
+        self._consumer: Consumer | None = None
         # Reports taken and not answered yet (see MAX_UNANSWERED_REPORTS).
         self.unanswered = 0
         self._answers_drained = asyncio.Event()
@@ -144,6 +146,14 @@ class ConsumeStream:
         # Tells the caller its stream is accepted (before any task is ready): one that
         # breaks later was working, and is reopened without the backoff growing.
         await self._context.send_initial_metadata(ACCEPTED)
+        # Closed in the `finally` below, whatever happens from here.
+        self._consumer = self._service.stream_consumer(
+            self._cancelled,
+            queue=start.queue,
+            worker_id=start.worker_id,
+            caller=self._caller,
+            peer=_peer(self._context),
+        )
         leasing = asyncio.create_task(self._lease_loop(start), name="feedwork-consume-lease")
         reading = asyncio.create_task(self._read_loop(requests), name="feedwork-consume-read")
         try:
@@ -171,7 +181,8 @@ class ConsumeStream:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            self._service.close_consumer(self._consumer)
+            if self._consumer is not None:
+                self._service.close_consumer(self._consumer)
             await self._stop_writing()
 
     async def _stop_writing(self) -> None:
@@ -221,6 +232,8 @@ class ConsumeStream:
 
     async def _lease_loop(self, start: ConsumeStart) -> None:
         service = self._service
+        consumer = self._consumer
+        assert consumer is not None
         while not service.draining:
             if self._credits <= 0:
                 self._credited.clear()
@@ -233,7 +246,7 @@ class ConsumeStream:
                 wait=LEASE_WAIT,
                 worker_id=start.worker_id,
                 caller=self._caller,
-                consumer=self._consumer,
+                consumer=consumer,
                 max_unacked=start.max_unacked,
             )
             if grants:
@@ -331,6 +344,13 @@ def _parsed(request: Any) -> pb.ConsumeRequest:
     if isinstance(request, pb.ConsumeRequest):
         return request
     raise ValidationError("request", "is not a valid feedwork.v1.ConsumeRequest message")
+
+
+def _peer(context: grpc.aio.ServicerContext) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # a call already gone
+        return ""
 
 
 def _report_error(code: grpc.StatusCode) -> pb.ReportError:

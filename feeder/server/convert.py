@@ -16,8 +16,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from feeder.core.machine import Event
 from feeder.core.model import Attempt, State, Task
+from feeder.service.consumers import ConsumerView
 from feeder.service.tasks import AckResult, ExtendResult, LeaseGrant, NackResult
-from feeder.store.base import QueueCounts, Submitted
+from feeder.store.base import LeaseHolder, QueueCounts, Submitted
 from feedwork.v1 import feeder_pb2 as pb
 
 _NANOS = 1_000_000_000
@@ -197,3 +198,37 @@ def add_queue_stats(
     for counts in queues:
         overall.update(counts.totals)
         append(queue_stats_pb(counts, now=now))
+
+
+def queue_info_pb(counts: QueueCounts, *, now: float) -> pb.QueueInfo:
+    message = pb.QueueInfo(
+        queue=counts.queue,
+        paused=counts.paused_at is not None,
+        stats=queue_stats_pb(counts, now=now),
+    )
+    if counts.paused_at is not None:
+        _set_timestamp(message.paused_at, counts.paused_at)
+    return message
+
+
+def lease_holder_pb(holder: LeaseHolder) -> pb.LeaseHolder:
+    return pb.LeaseHolder(
+        queue=holder.queue,
+        worker_id=holder.worker_id,
+        caller=holder.caller,
+        leases=holder.leases,
+        oldest_leased_at=timestamp_pb(holder.oldest_leased_at),
+        newest_leased_at=timestamp_pb(holder.newest_leased_at),
+    )
+
+
+def consumer_pb(consumer: ConsumerView) -> pb.ConsumerInfo:
+    return pb.ConsumerInfo(
+        kind=pb.CONSUMER_KIND_STREAM if consumer.stream else pb.CONSUMER_KIND_LEASE,
+        worker_id=consumer.worker_id,
+        caller=consumer.caller,
+        queues=consumer.queues,
+        since=timestamp_pb(consumer.since),
+        leases=consumer.leases,
+        peer=consumer.peer,
+    )

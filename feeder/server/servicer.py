@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,12 +27,14 @@ from feeder.server.admission import Admission, Overloaded
 from feeder.server.consume import ConsumeStream, StreamClosed
 from feeder.server.identity import current_caller
 from feeder.server.validate import Limits, ValidationError
+from feeder.service.queues import QueueNotEmpty, QueueNotFound
 from feeder.service.tasks import TaskService
 from feeder.service.turns import SLICE, in_slices, next_turn
 from feeder.store.base import (
     QueueCounts,
     QueueFull,
     StoreUnavailable,
+    TaskPage,
     TooManyPending,
     TooManyQueues,
 )
@@ -41,9 +44,10 @@ from feedwork.v1 import feeder_pb2_grpc
 log = logging.getLogger("feedwork.feeder.rpc")
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
-# Whole tasks (payload, result, history) converted per loop turn in ListDeadTasks: up to
-# ~20 us each with payloads of 8 KiB (a page's bytes are bounded by the reply limit).
-DEAD_TASKS_PER_TURN = 128
+# Whole tasks (payload, result, history) converted per loop turn in ListDeadTasks and
+# ListTasks: up to ~20 us each with payloads of 8 KiB (a page's bytes are bounded by the
+# reply limit).
+TASKS_PER_TURN = 128
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -81,8 +85,10 @@ def status_of(exc: BaseException, *, method: str = "Consume") -> tuple[grpc.Stat
     """The status a domain error is answered with (the one place errors are mapped)."""
     if isinstance(exc, ValidationError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, NotFound):
+    if isinstance(exc, NotFound | QueueNotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, QueueNotEmpty):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, QueueFull | TooManyQueues | TooManyPending):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, StreamClosed | Overloaded):
@@ -201,6 +207,8 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
         self.streams: set[ConsumeStream] = set()
         # Records each unary call's status and latency (set by the server with metrics on).
         self.metrics: RpcRecorder | None = None
+        # What ListWorkers calls this feeder (the server adds its port once it listens).
+        self.name = socket.gethostname()
 
     @_rpc
     async def Submit(
@@ -321,20 +329,27 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
             listing.queue, page_size=listing.page_size, after_id=listing.after_id
         )
         reply = pb.ListDeadTasksResponse()
+        reply.next_page_token = await self._add_tasks(
+            reply.tasks, page, payloads=listing.include_payloads
+        )
+        return reply
+
+    async def _add_tasks(self, field: Any, page: TaskPage, *, payloads: bool) -> str:
+        """Appends the page's tasks to a reply's `tasks` while the reply stays under the
+        message limit; returns the token of the page after the last task added."""
         size, next_after_id = 0, page.next_after_id
         for position, task in enumerate(page.tasks):
-            if position and not position % DEAD_TASKS_PER_TURN:
+            if position and not position % TASKS_PER_TURN:
                 await next_turn()
-            message = convert.task_pb(task, payloads=listing.include_payloads)
+            message = convert.task_pb(task, payloads=payloads)
             # The task's bytes plus its field tag and length (at most 6 bytes).
             cost = message.ByteSize() + 6
-            if reply.tasks and size + cost > self._limits.max_reply_bytes:
-                next_after_id = int(reply.tasks[-1].task_id)  # the rest on the next page
+            if field and size + cost > self._limits.max_reply_bytes:
+                next_after_id = int(field[-1].task_id)  # the rest on the next page
                 break
-            reply.tasks.append(message)
+            field.append(message)
             size += cost
-        reply.next_page_token = validate.page_token(next_after_id)
-        return reply
+        return validate.page_token(next_after_id)
 
     @_rpc
     async def RedriveDeadTasks(
@@ -369,6 +384,75 @@ class FeederServicer(feeder_pb2_grpc.FeederServicer):
         if len(counts) > listing.page_size:
             reply.next_page_token = counts[listing.page_size - 1].queue
         return reply
+
+    @_rpc
+    async def ListQueues(
+        self, request: pb.ListQueuesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListQueuesResponse:
+        listing = validate.queue_page(request)
+        # One more than the page: whether there is a next page.
+        counts = await self._service.stats(None, after=listing.after, limit=listing.page_size + 1)
+        reply, now = pb.ListQueuesResponse(), self._clock()
+        async for part in in_slices(counts[: listing.page_size]):
+            reply.queues.extend(convert.queue_info_pb(c, now=now) for c in part)
+        if len(counts) > listing.page_size:
+            reply.next_page_token = counts[listing.page_size - 1].queue
+        return reply
+
+    @_rpc
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTasksResponse:
+        listing = validate.task_listing(request)
+        page = await self._service.queues.list_tasks(listing)
+        reply = pb.ListTasksResponse()
+        reply.next_page_token = await self._add_tasks(reply.tasks, page, payloads=listing.payloads)
+        return reply
+
+    @_rpc
+    async def ListWorkers(
+        self, request: pb.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWorkersResponse:
+        queue, limit = validate.workers_query(request)
+        # One more than the limit: whether the list was cut.
+        holders = await self._service.queues.lease_holders(queue, limit=limit + 1)
+        consumers = self._service.consumers(queue)
+        reply = pb.ListWorkersResponse(
+            feeder=self.name, truncated=len(holders) > limit or len(consumers) > limit
+        )
+        async for part in in_slices(holders[:limit]):
+            reply.lease_holders.extend(map(convert.lease_holder_pb, part))
+        async for view in in_slices(consumers[:limit]):
+            reply.consumers.extend(map(convert.consumer_pb, view))
+        return reply
+
+    @_rpc
+    async def PauseQueue(
+        self, request: pb.PauseQueueRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PauseQueueResponse:
+        queue = validate.queue_name(request.queue, "queue")
+        return pb.PauseQueueResponse(changed=await self._service.queues.pause(queue))
+
+    @_rpc
+    async def ResumeQueue(
+        self, request: pb.ResumeQueueRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResumeQueueResponse:
+        queue = validate.queue_name(request.queue, "queue")
+        return pb.ResumeQueueResponse(changed=await self._service.queues.resume(queue))
+
+    @_rpc
+    async def PurgeQueue(
+        self, request: pb.PurgeQueueRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PurgeQueueResponse:
+        queue = validate.purge_confirmation(request)
+        return pb.PurgeQueueResponse(purged=await self._service.queues.purge(queue))
+
+    @_rpc
+    async def DeleteQueue(
+        self, request: pb.DeleteQueueRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteQueueResponse:
+        await self._service.queues.delete(validate.queue_name(request.queue, "queue"))
+        return pb.DeleteQueueResponse()
 
     async def _stats_reply(self, counts: list[QueueCounts]) -> pb.GetStatsResponse:
         # A page of 10,000 queues takes ~80 ms to convert: a slice per loop turn.

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from feeder.core.model import EMPTY_HEADERS, TaskSpec
+from feeder.core.model import EMPTY_HEADERS, State, TaskSpec
 from feeder.core.quoting import quoted
+from feeder.service.queues import TaskListing
 from feeder.service.tasks import AckItem, ExtendItem, NackItem
 from feedwork.v1 import feeder_pb2 as pb
 
@@ -48,6 +49,7 @@ MAX_RETRY_AFTER = 365 * DAY
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 DEFAULT_STATS_PAGE, MAX_STATS_PAGE = 1000, 10_000
 DEFAULT_SELECTOR_LIMIT, MAX_SELECTOR_LIMIT = 1000, 100_000
+DEFAULT_WORKERS_LIMIT, MAX_WORKERS_LIMIT = 1000, 10_000
 # Task ids are SQLite INTEGERs (signed 64-bit); a larger number cannot name a task.
 MAX_TASK_ID = 2**63 - 1
 # protobuf's Timestamp range ends at 9999-12-31T23:59:59Z.
@@ -296,24 +298,94 @@ def stats_listing(request: pb.GetStatsRequest) -> StatsListing:
             "queues", f"must hold at most {MAX_BATCH} names (got {len(request.queues)})"
         )
     names = [queue_name(q, f"queues[{i}]") for i, q in enumerate(request.queues)]
+    page_size, after = _queue_page(request.page_size, request.page_token, "GetStats")
+    return StatsListing(
+        # A queue named twice is reported, and summed into the totals, once.
+        queues=list(dict.fromkeys(names)) or None,
+        page_size=page_size,
+        after=after,
+    )
+
+
+def queue_page(request: pb.ListQueuesRequest) -> StatsListing:
+    """A page of every queue, as GetStats pages them (a ListQueues)."""
+    page_size, after = _queue_page(request.page_size, request.page_token, "ListQueues")
+    return StatsListing(queues=None, page_size=page_size, after=after)
+
+
+def _queue_page(page_size: int, page_token: str, method: str) -> tuple[int, str | None]:
+    """A page of queues in name order: (its size, the name it starts after)."""
     _int_range(
-        request.page_size,
+        page_size,
         "page_size",
         0,
         MAX_STATS_PAGE,
         rule=f"must be 1 to {MAX_STATS_PAGE} (0 means {DEFAULT_STATS_PAGE})",
     )
-    after = None
-    if request.page_token:
-        if not QUEUE_NAME.fullmatch(request.page_token):
-            raise ValidationError("page_token", "is not a token from GetStats")
-        after = request.page_token
-    return StatsListing(
-        # A queue named twice is reported, and summed into the totals, once.
-        queues=list(dict.fromkeys(names)) or None,
-        page_size=request.page_size or DEFAULT_STATS_PAGE,
-        after=after,
+    if page_token and not QUEUE_NAME.fullmatch(page_token):
+        raise ValidationError("page_token", f"is not a token from {method}")
+    return page_size or DEFAULT_STATS_PAGE, page_token or None
+
+
+_STATES = {int(state): state for state in State}
+
+
+def task_listing(request: pb.ListTasksRequest) -> TaskListing:
+    queue = queue_name(request.queue, "queue")
+    states: set[State] = set()
+    for i, value in enumerate(request.states):
+        state = _STATES.get(value)
+        if state is None:
+            raise ValidationError(
+                f"states[{i}]",
+                f"must be a task state (TASK_STATE_SCHEDULED to TASK_STATE_CANCELLED), got {value}",
+            )
+        states.add(state)
+    _int_range(
+        request.page_size,
+        "page_size",
+        0,
+        MAX_PAGE_SIZE,
+        rule=f"must be 1 to {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})",
     )
+    after_id = None
+    if request.page_token:
+        after_id = _decimal_id(request.page_token)
+        if after_id is None:
+            raise ValidationError("page_token", "is not a token from ListTasks")
+    return TaskListing(
+        queue=queue,
+        states=frozenset(states) or None,
+        page_size=request.page_size or DEFAULT_PAGE_SIZE,
+        after_id=after_id,
+        newest_first=request.newest_first,
+        payloads=request.include_payloads,
+    )
+
+
+def workers_query(request: pb.ListWorkersRequest) -> tuple[str | None, int]:
+    """(the queue, None for every queue; the most of each list)."""
+    queue = queue_name(request.queue, "queue") if request.queue else None
+    _int_range(
+        request.limit,
+        "limit",
+        0,
+        MAX_WORKERS_LIMIT,
+        rule=f"must be 1 to {MAX_WORKERS_LIMIT} (0 means {DEFAULT_WORKERS_LIMIT})",
+    )
+    return queue, request.limit or DEFAULT_WORKERS_LIMIT
+
+
+def purge_confirmation(request: pb.PurgeQueueRequest) -> str:
+    """The queue a PurgeQueue names twice."""
+    queue = queue_name(request.queue, "queue")
+    if request.confirm != queue:
+        raise ValidationError(
+            "confirm",
+            f"must repeat the queue's name, {quoted(queue)}, to confirm that its waiting tasks"
+            f" are to be deleted (got {quoted(request.confirm)})",
+        )
+    return queue
 
 
 # -- fields -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from feeder.core.model import State, Task
 
@@ -28,12 +29,42 @@ CAP_RECHECK = 1.0
 
 
 class Consumer:
-    """The leases one consumer holds (task id -> attempt) and its waiting room."""
+    """The leases one consumer holds (task id -> attempt) and its waiting room, and who it
+    is (for `Consumers.listing`)."""
 
-    __slots__ = ("checked_at", "freed", "held", "name", "on_cancelled", "reserved")
+    __slots__ = (
+        "caller",
+        "checked_at",
+        "freed",
+        "held",
+        "name",
+        "on_cancelled",
+        "peer",
+        "queues",
+        "reserved",
+        "since",
+        "worker_id",
+    )
 
-    def __init__(self, name: str, on_cancelled: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        on_cancelled: Callable[[int], None] | None = None,
+        *,
+        worker_id: str = "",
+        caller: str = "",
+        queue: str | None = None,
+        peer: str = "",
+        since: float = 0.0,
+    ) -> None:
         self.name = name
+        self.worker_id = worker_id
+        self.caller = caller
+        # The queues it leases from: a stream's one; those of a Lease caller's calls.
+        self.queues: set[str] = set() if queue is None else {queue}
+        self.peer = peer
+        # When the stream opened, or the Lease caller first called since it held nothing.
+        self.since = since
         self.held: dict[int, int] = {}
         # Tasks a claim in progress may lease for this consumer.
         self.reserved = 0
@@ -46,26 +77,73 @@ class Consumer:
     def room(self, cap: int) -> int:
         return cap - len(self.held) - self.reserved
 
+    @property
+    def is_stream(self) -> bool:
+        return not self.name.startswith("lease:")
+
     def __repr__(self) -> str:
         return f"Consumer({self.name!r}, held={len(self.held)})"
 
 
+@dataclass(frozen=True, slots=True)
+class ConsumerView:
+    """One consumer of this feeder as an operator sees it (ListWorkers)."""
+
+    stream: bool  # a Consume stream; else the Lease calls of one worker_id (and caller)
+    worker_id: str
+    caller: str
+    queues: tuple[str, ...]
+    peer: str
+    since: float
+    # Leases it holds, as far as this feeder knows (see the module docstring).
+    leases: int
+
+
 class Consumers:
-    """Every consumer of this feeder with leases, and who holds each task's lease."""
+    """Every consumer of this feeder with leases, and who holds each task's lease; and
+    every open stream, leases or not."""
 
     def __init__(self) -> None:
         self._callers: dict[str, Consumer] = {}
         self._holders: dict[int, Consumer] = {}
+        self._streams: set[Consumer] = set()
 
-    def lease_caller(self, worker_id: str, caller: str = "") -> Consumer:
+    def open_stream(self, consumer: Consumer) -> Consumer:
+        """Registers a stream's consumer until it is `close`d."""
+        self._streams.add(consumer)
+        return consumer
+
+    def lease_caller(self, worker_id: str, caller: str = "", *, since: float = 0.0) -> Consumer:
         """The consumer of Lease calls made under `worker_id` by `caller` (the identity
         the feeder authenticated, "" without auth): with auth, one caller cannot use up
-        another's cap by claiming its worker_id. (An access list name has no spaces.)"""
+        another's cap by claiming its worker_id. (An access list name has no spaces.)
+        `since`: when it is made, now."""
         name = f"{caller} {worker_id}" if caller else worker_id
         consumer = self._callers.get(name)
         if consumer is None:
-            consumer = self._callers[name] = Consumer(f"lease:{name}")
+            consumer = self._callers[name] = Consumer(
+                f"lease:{name}", worker_id=worker_id, caller=caller, since=since
+            )
         return consumer
+
+    def listing(self, queue: str | None = None) -> list[ConsumerView]:
+        """The open streams and the Lease callers holding (or taking) leases, of `queue`
+        (None: of every queue): streams first, each kind by worker id, caller, since."""
+        found = [
+            ConsumerView(
+                consumer.is_stream,
+                consumer.worker_id,
+                consumer.caller,
+                tuple(sorted(consumer.queues)),
+                consumer.peer,
+                consumer.since,
+                len(consumer.held),
+            )
+            for consumer in (*self._streams, *self._callers.values())
+            if queue is None or queue in consumer.queues
+        ]
+        found.sort(key=lambda c: (not c.stream, c.worker_id, c.caller, c.since))
+        return found
 
     def granted(self, consumer: Consumer, tasks: Iterable[Task]) -> None:
         holders = self._holders
@@ -93,6 +171,7 @@ class Consumers:
     def close(self, consumer: Consumer) -> None:
         """A stream ended: its leases run on to their deadlines, but nobody is left to cap
         or to tell of cancellations."""
+        self._streams.discard(consumer)
         for task_id in consumer.held:
             if self._holders.get(task_id) is consumer:
                 del self._holders[task_id]

@@ -31,21 +31,22 @@ from feeder.core.policy import QueuePolicy
 from feeder.core.records import fast_init
 from feeder.core.tokens import KeyRing, LeaseRef, TokenCodec, TokenError
 from feeder.service.clock import SteadyClock
-from feeder.service.consumers import CAP_RECHECK, Consumer, Consumers
+from feeder.service.consumers import CAP_RECHECK, Consumer, Consumers, ConsumerView
 from feeder.service.janitor import Janitor
 from feeder.service.observer import IGNORED, Observer
+from feeder.service.queues import QueueControls
 from feeder.service.reaper import Reaper
 from feeder.service.token_keys import KEY_FILE_CHECK, TokenKeyFile
 from feeder.service.turns import in_slices, next_turn
 from feeder.service.waiters import Waiters
 from feeder.store.base import (
     Change,
-    DeadPage,
     QueueCounts,
     Store,
     StoreHooks,
     StoreUnavailable,
     Submitted,
+    TaskPage,
 )
 
 log = logging.getLogger("feedwork.feeder")
@@ -174,6 +175,8 @@ class TaskService:
         self._draining = False
         self._leading = False
         self._consumers = Consumers()
+        # Pause, resume, purge, delete and listings: an operator's controls of queues.
+        self.queues = QueueControls(store=store, clock=clock, max_reply_bytes=max_reply_bytes)
         self._rechecks: set[asyncio.Future[None]] = set()
         self._rechecked_at = 0.0
         self.max_unacked = max_unacked
@@ -342,10 +345,34 @@ class TaskService:
 
     # -- lease --------------------------------------------------------------------------
 
-    def stream_consumer(self, on_cancelled: Callable[[int], None]) -> Consumer:
-        """A consumer for one Consume stream; `on_cancelled(task_id)` hears at once of the
-        cancellation of a task it holds. `close_consumer` it when the stream ends."""
-        return Consumer("stream", on_cancelled)
+    def stream_consumer(
+        self,
+        on_cancelled: Callable[[int], None],
+        *,
+        queue: str | None = None,
+        worker_id: str = "",
+        caller: str = "",
+        peer: str = "",
+    ) -> Consumer:
+        """A consumer for one Consume stream (of `queue`, opened by `worker_id` of
+        `caller` from `peer`: what `consumers` shows of it); `on_cancelled(task_id)` hears
+        at once of the cancellation of a task it holds. `close_consumer` it when the
+        stream ends."""
+        consumer = Consumer(
+            "stream",
+            on_cancelled,
+            worker_id=worker_id,
+            caller=caller,
+            queue=queue,
+            peer=peer,
+            since=self._clock(),
+        )
+        return self._consumers.open_stream(consumer)
+
+    def consumers(self, queue: str | None = None) -> list[ConsumerView]:
+        """This feeder's open streams and Lease callers (of `queue`, None: every queue),
+        with the leases each holds as far as this feeder knows."""
+        return self._consumers.listing(queue)
 
     def close_consumer(self, consumer: Consumer) -> None:
         self._consumers.close(consumer)
@@ -371,7 +398,8 @@ class TaskService:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + wait
         if consumer is None:
-            consumer = self._consumers.lease_caller(worker_id, caller)
+            consumer = self._consumers.lease_caller(worker_id, caller, since=self._clock())
+        consumer.queues.add(queue)
         cap = self.max_unacked if not max_unacked else min(max_unacked, self.max_unacked)
         room = await self._room(consumer, cap, give_up_at)
         if room <= 0:
@@ -766,7 +794,7 @@ class TaskService:
                 return decision.outcome, decision.task.state
         raise StoreUnavailable("too many concurrent changes to this task; retry")
 
-    async def list_dead(self, queue: str, *, page_size: int, after_id: int | None) -> DeadPage:
+    async def list_dead(self, queue: str, *, page_size: int, after_id: int | None) -> TaskPage:
         return await self._store.list_dead(queue, after_id=after_id, limit=page_size)
 
     async def _dead_selection(

@@ -3,26 +3,28 @@ conformance suite in `tests/storage/`."""
 
 from feeder.store.base import (
     Change,
-    DeadPage,
+    LeaseHolder,
     QueueCounts,
     QueueFull,
     Store,
     StoreHooks,
     StoreUnavailable,
     Submitted,
+    TaskPage,
     TooManyPending,
     TooManyQueues,
 )
 
 __all__ = [
     "Change",
-    "DeadPage",
+    "LeaseHolder",
     "QueueCounts",
     "QueueFull",
     "Store",
     "StoreHooks",
     "StoreUnavailable",
     "Submitted",
+    "TaskPage",
     "TooManyPending",
     "TooManyQueues",
 ]

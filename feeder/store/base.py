@@ -102,7 +102,10 @@ class Submitted:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadPage:
+class TaskPage:
+    """A page of a listing: its tasks, and the id the next page starts after (in the
+    listing's order), None on the last page."""
+
     tasks: list[Task]
     next_after_id: int | None
 
@@ -113,6 +116,41 @@ class QueueCounts:
     by_state: dict[State, int] = field(default_factory=dict)
     oldest_ready_at: float | None = None
     totals: dict[Event, int] = field(default_factory=dict)
+    # When the queue was paused (see `Store.pause`); None while it is not.
+    paused_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseHolder:
+    """The current leases of one worker on one queue, as the stored tasks tell (on a
+    database several feeders share: whichever feeder granted them)."""
+
+    queue: str
+    worker_id: str
+    # Who the feeder authenticated for the leases ("" without auth).
+    caller: str
+    leases: int
+    oldest_leased_at: float
+    newest_leased_at: float
+
+
+def listed_size(task: Task) -> int:
+    """A bound on the bytes `task` takes in a listing's reply, with its payload and result."""
+    return wire_size(task) + len(task.result or b"")
+
+
+def fitting(tasks: Sequence[Task], max_bytes: int | None, used: int = 0) -> tuple[int, int]:
+    """How many of `tasks`, from the first, fit in `max_bytes` after `used` bytes of the page
+    taken already (the first task of a page always fits: a page is never empty for its
+    size), and the bytes used then. `max_bytes` None: every one fits."""
+    if max_bytes is None:
+        return len(tasks), used
+    for position, task in enumerate(tasks):
+        size = listed_size(task)
+        if used and used + size > max_bytes:
+            return position, used
+        used += size
+    return len(tasks), used
 
 
 # Builds the record of a new task from its spec and the id the store assigned.
@@ -317,8 +355,51 @@ class Store(Protocol):
         wakes then finds nothing due and asks again."""
         ...
 
-    async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
+    async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> TaskPage:
         """Dead tasks of a queue in id order, starting after `after_id`."""
+        ...
+
+    async def list_tasks(
+        self,
+        queue: str,
+        states: frozenset[State] | None,
+        *,
+        after_id: int | None,
+        limit: int,
+        newest_first: bool = False,
+        payloads: bool = True,
+        max_bytes: int | None = None,
+    ) -> TaskPage:
+        """Up to `limit` tasks of `queue` in `states` (None: any), in id order (creation
+        order), oldest first or `newest_first`, starting after `after_id` in that order.
+        `payloads=False`: records may come without payload and result (empty). With
+        payloads, the page ends before a task that would take `listed_size` of its tasks
+        past `max_bytes` (the first task is always taken), so that whoever holds the page
+        holds a bounded amount; its `next_after_id` then continues there. A listing reads
+        what is stored: tasks that change state while it pages may be met twice or not
+        at all, as with any paged listing."""
+        ...
+
+    async def lease_holders(self, queue: str | None, *, limit: int) -> list[LeaseHolder]:
+        """The LEASED tasks of `queue` (None: of every queue) grouped by queue, worker id and
+        caller of their current attempt: how many each holds, and when the oldest and
+        newest of them were granted; at most `limit` groups, in (queue, worker_id, caller)
+        order. On a shared database: every feeder's leases."""
+        ...
+
+    async def pause(self, queue: str, *, at: float) -> bool:
+        """Pauses `queue`: from the moment this returns, no claim on this store, nor on any
+        other feeder's store on the database, leases a task of it (a claim already under
+        way may finish with what it took); submits, acks, nacks, extends and expiries go
+        on. Stored: it holds across restarts until `resume`, and the janitor's
+        `forget_empty_queues` keeps a paused queue. Returns False if it was paused
+        already (its `at` is kept)."""
+        ...
+
+    async def resume(self, queue: str) -> bool:
+        """Ends the pause of `queue`; its ready tasks are announced through
+        `StoreHooks.ready` (here, and to the other feeders of a shared database), so that
+        waiting leasers wake. Returns False if it was not paused."""
         ...
 
     async def purge_finished(self, *, finished_before: float, limit: int) -> int:
@@ -326,10 +407,14 @@ class Store(Protocol):
         time (their idempotency keys go with them). Returns how many were deleted."""
         ...
 
-    async def forget_empty_queues(self, limit: int) -> int:
+    async def forget_empty_queues(self, limit: int, *, only: Sequence[str] | None = None) -> int:
         """Forgets up to `limit` queues that hold no task in any state (pending, final or
         dead): they leave the `queue_counts` listing, no longer count against
         `max_queues`, and their running totals are dropped. Returns how many were forgotten.
+
+        A paused queue is kept (its pause is an operator's setting), unless it is named in
+        `only`: then only the queues named there are looked at, paused or not, and a
+        paused one is forgotten with its pause (an operator deleting a queue).
 
         Safe against submits racing it, here or on other feeders: a queue that a submit is
         adding tasks to is either forgotten before those tasks are stored (the submit then
@@ -344,7 +429,8 @@ class Store(Protocol):
         after: str | None = None,
         limit: int | None = None,
     ) -> list[QueueCounts]:
-        """Counts by state, oldest ready time and running totals, per queue, as every feeder
-        on the database left them: of `queues`, or (None) of every queue the database
-        knows, in name order, those named after `after`, at most `limit` of them."""
+        """Counts by state, oldest ready time, running totals and when it was paused, per
+        queue, as every feeder on the database left them: of `queues`, or (None) of every
+        queue the database knows (a paused queue is known, tasks or not), in name order,
+        those named after `after`, at most `limit` of them."""
         ...

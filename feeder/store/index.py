@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from feeder.core.machine import Event
@@ -106,6 +106,10 @@ class TaskIndex:
         self.payload_bytes = 0
         # Pending records held (scheduled, ready, leased), of every queue.
         self.pending_total = 0
+        # Ids of the LEASED tasks, of every queue (who holds leases: `lease_holders`).
+        self.leased: set[int] = set()
+        # Paused queues, with when each was paused (see `pause`).
+        self.paused: dict[str, float] = {}
         # Every queue name, sorted. Rebuilt when a queue appears (the sizes of `counts` and
         # `totals` grow: see `_sorted_names`) or is forgotten (`forget_empty` drops it).
         self._names: list[str] | None = None
@@ -124,6 +128,8 @@ class TaskIndex:
                 self.pending_total -= 1
             if before.state is State.READY:
                 self._ready[before.queue].remove(before)
+            elif before.state is State.LEASED:
+                self.leased.discard(before.id)
             if after is None:
                 self.tasks.pop(before.id, None)
                 if before.idempotency_key is not None:
@@ -139,8 +145,10 @@ class TaskIndex:
         self.tasks[after.id] = after
         if after.state is State.READY:
             self._ready[after.queue].add(after)
-        elif after.state is State.LEASED and after.lease_deadline is not None:
-            heapq.heappush(self._timers, (after.lease_deadline, after.id, after.version))
+        elif after.state is State.LEASED:
+            self.leased.add(after.id)
+            if after.lease_deadline is not None:
+                heapq.heappush(self._timers, (after.lease_deadline, after.id, after.version))
         elif after.state is State.SCHEDULED and after.not_before is not None:
             heapq.heappush(self._timers, (after.not_before, after.id, after.version))
 
@@ -230,20 +238,42 @@ class TaskIndex:
         return found
 
     def knows(self, queue: str) -> bool:
-        """Whether `queue` has (or had) tasks here, and has not been forgotten since."""
-        return queue in self.counts or queue in self.totals
+        """Whether `queue` has (or had) tasks here, and has not been forgotten since, or is
+        paused."""
+        return queue in self.counts or queue in self.totals or queue in self.paused
+
+    def pause(self, queue: str, at: float) -> bool:
+        """Pauses `queue` (False: it was paused already, since its own time)."""
+        if queue in self.paused:
+            return False
+        self.paused[queue] = at
+        self._names = None  # a paused queue is listed, tasks or not
+        return True
+
+    def resume(self, queue: str) -> bool:
+        if self.paused.pop(queue, None) is None:
+            return False
+        self._names = None
+        return True
 
     def queue_count(self) -> int:
         return len(self._sorted_names())
 
-    def forget_empty(self, limit: int, busy: Callable[[str], bool]) -> list[str]:
+    def forget_empty(
+        self, limit: int, busy: Callable[[str], bool], only: Sequence[str] | None = None
+    ) -> list[str]:
         """Forgets up to `limit` queues that hold no task in any state (final tasks evicted
         from `tasks` are still counted, so they keep their queue) and that `busy(queue)`
-        does not claim: their counts, totals and ready FIFOs go. Returns them."""
+        does not claim: their counts, totals and ready FIFOs go. Returns them. Paused
+        queues are kept, unless named in `only`: then only those are looked at, and a
+        paused one is forgotten with its pause (see `Store.forget_empty_queues`)."""
         forgotten: list[str] = []
-        for queue in self._sorted_names():
+        names = self._sorted_names() if only is None else sorted(set(only))
+        for queue in names:
             if len(forgotten) >= limit:
                 break
+            if not self.knows(queue) or (only is None and queue in self.paused):
+                continue
             counts = self.counts.get(queue)
             if (counts is None or not any(counts.values())) and not busy(queue):
                 forgotten.append(queue)
@@ -251,6 +281,7 @@ class TaskIndex:
             self.counts.pop(queue, None)
             self.totals.pop(queue, None)
             self._ready.pop(queue, None)
+            self.paused.pop(queue, None)
         if forgotten:
             # The only place keys leave `counts` and `totals`: the size stamp cannot tell a
             # queue forgotten and another made since, so the list is rebuilt outright.
@@ -261,10 +292,10 @@ class TaskIndex:
         """Every queue known, sorted (cached; not to be changed by the caller)."""
         # Keys are added to either dict anywhere (as defaultdicts), but removed only by
         # `forget_empty`, which drops the list: between two removals the sizes only grow,
-        # so they say when a queue appeared.
+        # so they say when a queue appeared. (A pause or resume drops the list too.)
         stamp = (len(self.counts), len(self.totals))
         if self._names is None or self._names_stamp != stamp:
-            self._names = sorted(self.counts.keys() | self.totals.keys())
+            self._names = sorted(self.counts.keys() | self.totals.keys() | self.paused.keys())
             self._names_stamp = stamp
         return self._names
 

@@ -14,17 +14,19 @@ from feeder.core.machine import Event
 from feeder.core.model import State, Task, TaskSpec
 from feeder.store.base import (
     Change,
-    DeadPage,
     LeaseDecider,
+    LeaseHolder,
     QueueCounts,
     QueueFull,
     StoreHooks,
     StoreUnavailable,
     Submitted,
     TaskFactory,
+    TaskPage,
     TooManyPending,
     TooManyQueues,
     changes_news,
+    fitting,
     report_news,
     wire_size,
 )
@@ -34,6 +36,8 @@ EventCounts = Mapping[tuple[str, Event], int]
 # Tasks a claim takes, decides and applies per loop turn (5-10 us each): a Lease of 1000
 # holds the loop for a few ms at a time, not 10-20 ms at once.
 CLAIM_SLICE = 256
+# Records a listing looks at per loop turn (well under a millisecond's worth).
+LIST_SCAN_SLICE = 4096
 # New task records a submit makes per loop turn (their ids, depth and keys are reserved
 # before the first): the batch is still stored, and shown, all at once.
 CREATE_SLICE = 256
@@ -129,7 +133,12 @@ class IndexedStore:
 
     async def _persist_forgotten(self, queues: Sequence[str]) -> None:
         """Makes the forgetting of queues durable (it is already visible in the index):
-        their totals go, in order with the writes before and after it."""
+        their totals and pauses go, in order with the writes before and after it."""
+        return None
+
+    async def _persist_paused(self, queue: str, at: float | None) -> None:
+        """Makes a pause (`at`: when) or a resume (None) durable; it is already in effect
+        in the index."""
         return None
 
     # -- writes -------------------------------------------------------------------------
@@ -282,12 +291,16 @@ class IndexedStore:
     ) -> list[Task]:
         # CLAIM_SLICE tasks at a time, each slice taken, decided and applied in one loop
         # turn (nothing is ever out of the ready FIFOs without being leased across a turn).
+        # A paused queue hands out nothing, from the slice after the pause on.
         leased: list[Task] = []
         offloaded = self._offloaded
+        paused = self._index.paused
         taken, size, full = 0, 0, False
-        while taken < limit and not full:
+        while taken < limit and not full and queue not in paused:
             if taken:
                 await asyncio.sleep(0)  # other calls are served between two slices
+                if queue in paused:
+                    break
             want = min(CLAIM_SLICE, limit - taken)
             chunk = self._index.pop_ready(queue, want)
             if max_bytes is not None:
@@ -434,13 +447,79 @@ class IndexedStore:
     async def next_due(self) -> float | None:
         return self._index.next_due()
 
-    async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
+    async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> TaskPage:
         final = self._index.final
         assert final is not None  # see final_lookup
         dead = final.dead_after(queue, after_id, limit + 1)
         page = [self._index.tasks[i] for i in dead[:limit]]
         more = len(dead) > limit
-        return DeadPage(page, page[-1].id if more and page else None)
+        return TaskPage(page, page[-1].id if more and page else None)
+
+    async def list_tasks(
+        self,
+        queue: str,
+        states: frozenset[State] | None,
+        *,
+        after_id: int | None,
+        limit: int,
+        newest_first: bool = False,
+        payloads: bool = True,
+        max_bytes: int | None = None,
+    ) -> TaskPage:
+        # Every record is held (final_lookup): a look at each, LIST_SCAN_SLICE per loop
+        # turn. An operator's listing, on the store for tests and benchmarks.
+        assert self._index.final is not None  # see final_lookup; SQLite reads its disk
+        records = list(self._index.tasks.values())
+        found: list[Task] = []
+        for start in range(0, len(records), LIST_SCAN_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            found += [
+                t
+                for t in records[start : start + LIST_SCAN_SLICE]
+                if t.queue == queue
+                and (states is None or t.state in states)
+                and (after_id is None or (t.id < after_id if newest_first else t.id > after_id))
+            ]
+        found.sort(key=_task_id, reverse=newest_first)
+        count, _ = fitting(found[:limit], max_bytes if payloads else None)
+        page = found[:count]
+        more = len(found) > count
+        return TaskPage(page, page[-1].id if more and page else None)
+
+    async def lease_holders(self, queue: str | None, *, limit: int) -> list[LeaseHolder]:
+        index = self._index
+        groups: dict[tuple[str, str, str], list[float]] = {}
+        for task_id in index.leased:
+            task = index.tasks[task_id]
+            if queue is not None and task.queue != queue:
+                continue
+            current = task.current_attempt()
+            worker, caller, leased_at = (
+                ("", "", task.ready_at)
+                if current is None
+                else (current.worker_id, current.caller, current.leased_at)
+            )
+            groups.setdefault((task.queue, worker, caller), []).append(leased_at)
+        return [
+            LeaseHolder(name, worker, caller, len(times), min(times), max(times))
+            for (name, worker, caller), times in sorted(groups.items())[:limit]
+        ]
+
+    async def pause(self, queue: str, *, at: float) -> bool:
+        if not self._index.pause(queue, at):
+            return False
+        await self._persist_paused(queue, at)
+        return True
+
+    async def resume(self, queue: str) -> bool:
+        if not self._index.resume(queue):
+            return False
+        await self._persist_paused(queue, None)
+        ready = self._index.counts.get(queue, Counter())[State.READY]
+        if ready:
+            self._hooks.ready(queue, ready)
+        return True
 
     async def purge_finished(self, *, finished_before: float, limit: int) -> int:
         final = self._index.final
@@ -448,12 +527,14 @@ class IndexedStore:
         old = final.finished(finished_before, limit, self._index.tasks)
         return sum(await self.apply([Change(t, None) for t in old]))
 
-    async def forget_empty_queues(self, limit: int) -> int:
+    async def forget_empty_queues(self, limit: int, *, only: Sequence[str] | None = None) -> int:
         # A queue with a submit in flight (between its depth check and its tasks joining
         # the index) is not empty: its tasks are on their way. Its entry in `_inflight`
         # goes with the queue, else every name ever submitted to would stay there.
         inflight = self._inflight
-        forgotten = self._index.forget_empty(limit, busy=lambda queue: inflight[queue] > 0)
+        forgotten = self._index.forget_empty(
+            limit, busy=lambda queue: inflight[queue] > 0, only=only
+        )
         for queue in forgotten:
             inflight.pop(queue, None)
         if forgotten:
@@ -477,9 +558,14 @@ class IndexedStore:
                 by_state={s: index.counts.get(name, none)[s] for s in State},
                 oldest_ready_at=index.oldest_ready_at(name),
                 totals=dict(index.totals.get(name, {})),
+                paused_at=index.paused.get(name),
             )
             for name in names
         ]
+
+
+def _task_id(task: Task) -> int:
+    return task.id
 
 
 def _settled(running: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None]], None]:

@@ -40,6 +40,15 @@ def columns_without_payload(empty: str) -> str:
     return ", ".join(f"{empty} AS payload" if c == "payload" else c for c in COLUMN_NAMES)
 
 
+def columns_without_bytes(empty: str) -> str:
+    """COLUMNS with neither payload (`empty` in its place) nor result (NULL), for listings
+    that show neither."""
+    return ", ".join(
+        f"{empty} AS payload" if c == "payload" else "NULL AS result" if c == "result" else c
+        for c in COLUMN_NAMES
+    )
+
+
 def history_json(history: tuple[Attempt, ...]) -> str | None:
     """The attempts as a JSON array of arrays: exactly what `json.dumps(..., separators=(",",
     ":"))` writes, composed by hand because every lease and ack writes the history again,

@@ -21,6 +21,7 @@ balancer stopped sending to) still finds out that the disk has room again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -35,12 +36,13 @@ from typing import Any
 
 from feeder.core.machine import Event
 from feeder.core.model import State, Task
-from feeder.store.base import Change, DeadPage, StoreUnavailable
+from feeder.store.base import Change, StoreUnavailable, TaskPage, fitting
 from feeder.store.index import TaskIndex
 from feeder.store.indexed import EventCounts, IndexedStore
 from feeder.store.rows import (
     COLUMNS,
     NO_LAST_ATTEMPT,
+    columns_without_bytes,
     columns_without_payload,
     expired_text,
     headers_json,
@@ -272,6 +274,24 @@ _ROW_OF = (_update_row, _leased_row, _ended_row)
 
 # COLUMNS with an empty payload in its place (see _load_index).
 _COLUMNS_WITHOUT_PAYLOAD = columns_without_payload("X''")
+# ... and without its result either (a listing without payloads).
+_COLUMNS_WITHOUT_BYTES = columns_without_bytes("X''")
+_DEAD = frozenset({State.DEAD})
+_NO_ID = 2**63 - 1  # above every task id: where a newest-first listing starts
+
+
+@functools.lru_cache(maxsize=64)
+def _listing(states: frozenset[State] | None, *, newest_first: bool, payloads: bool) -> str:
+    """A listing's statement (see SqliteStore.list_tasks): the states as literals, so that
+    a listing of dead tasks reads the tasks_dead index."""
+    where = (
+        ""
+        if states is None
+        else f" AND state IN ({', '.join(str(int(s)) for s in sorted(states))})"
+    )
+    columns = COLUMNS if payloads else _COLUMNS_WITHOUT_BYTES
+    order = "id < ? ORDER BY id DESC" if newest_first else "id > ? ORDER BY id"
+    return f"SELECT {columns} FROM tasks WHERE queue = ?{where} AND {order} LIMIT ?"
 
 
 def _ready_order(t: Task) -> tuple[float, int]:
@@ -294,20 +314,29 @@ class _Batch:
     insert_errors: list[BaseException | None] = field(default_factory=list)
     # A probe write (see PROBE_INTERVAL) rides along.
     probe: bool = False
-    # Queues forgotten (see `SqliteStore._persist_forgotten`): their totals rows go first.
+    # Queues forgotten (see `SqliteStore._persist_forgotten`): their totals and pause rows
+    # go first.
     forgotten: set[str] = field(default_factory=set)
+    # Pauses (when) and resumes (None) since the forgetting, last one per queue wins.
+    paused: dict[str, float | None] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
-            self.rows or self.totals or self.inserts or self.waiters or self.probe or self.forgotten
+            self.rows
+            or self.totals
+            or self.inserts
+            or self.waiters
+            or self.probe
+            or self.forgotten
+            or self.paused
         )
 
     @property
     def changes_index(self) -> bool:
         """Whether the index shows writes of this batch (it must be rebuilt from disk if
-        they fail): changes, their event counts and forgotten queues do; new tasks and
-        probes do not."""
-        return bool(self.rows or self.totals or self.forgotten)
+        they fail): changes, their event counts, forgotten queues and pauses do; new tasks
+        and probes do not."""
+        return bool(self.rows or self.totals or self.forgotten or self.paused)
 
 
 class _InsertFailed(Exception):
@@ -447,6 +476,8 @@ class SqliteStore(IndexedStore):
             counts[queue][State(state)] = count
         for queue, event, value in reader.execute("SELECT queue, event, value FROM totals"):
             self._index.totals[queue][Event(event)] = value
+        for queue, paused_at in reader.execute("SELECT queue, paused_at FROM paused_queues"):
+            self._index.pause(queue, paused_at)
         (max_id,) = reader.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()
         row = reader.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()
         # Never below ids already handed out (stored, deleted, or reserved by a submit).
@@ -501,6 +532,16 @@ class SqliteStore(IndexedStore):
         for key in [key for key in batch.totals if key[0] in forgotten]:
             del batch.totals[key]
         batch.forgotten |= forgotten
+        # Likewise pauses staged before: the forgetting deletes the pause rows.
+        for queue in forgotten:
+            batch.paused.pop(queue, None)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(future)
+        await future
+
+    async def _persist_paused(self, queue: str, at: float | None) -> None:
+        batch = self._stage()
+        batch.paused[queue] = at
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch.waiters.append(future)
         await future
@@ -627,6 +668,7 @@ class SqliteStore(IndexedStore):
         conn.execute("BEGIN IMMEDIATE")
         try:
             _forget_totals(conn, batch)
+            _write_pauses(conn, batch)
             if batch.probe:
                 conn.execute(PROBE, (token_bytes(8),))
             updates: tuple[list[tuple[Any, ...]], ...] = ([], [], [])
@@ -782,39 +824,57 @@ class SqliteStore(IndexedStore):
 
     # -- reads that need the disk ---------------------------------------------------------
 
-    async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
+    async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> TaskPage:
+        return await self.list_tasks(queue, _DEAD, after_id=after_id, limit=limit)
+
+    async def list_tasks(
+        self,
+        queue: str,
+        states: frozenset[State] | None,
+        *,
+        after_id: int | None,
+        limit: int,
+        newest_first: bool = False,
+        payloads: bool = True,
+        max_bytes: int | None = None,
+    ) -> TaskPage:
         await self._barrier()
         assert self._reader is not None
-        # Read READ_SLICE rows per loop turn (a page of 1000 dead tasks with payloads is
+        statement = _listing(states, newest_first=newest_first, payloads=payloads)
+        # Read READ_SLICE rows per loop turn (a page of 1000 tasks with payloads is
         # megabytes to read and convert), and one more than the page: whether there is more.
         tasks: list[Task] = []
-        looked, last_id, more = 0, after_id or 0, False
+        looked, size, full = 0, 0, False
+        last_id = after_id if after_id is not None else (_NO_ID if newest_first else 0)
         while True:
             want = min(READ_SLICE, limit + 1 - looked)
-            rows = self._reader.execute(
-                f"SELECT {COLUMNS} FROM tasks WHERE queue = ? AND state = 5 AND id > ?"
-                " ORDER BY id LIMIT ?",
-                (queue, last_id, want),
-            ).fetchall()
+            rows = self._reader.execute(statement, (queue, last_id, want)).fetchall()
             for row in rows[: limit - looked]:
-                last_id = row[0]
-                # Writes staged since the barrier are visible in the index before they commit.
-                task = self._index.tasks.get(row[0])
-                if task is None:
-                    if self._unsynced(row[0]):
-                        continue  # deleted, not committed yet
-                    task = task_from_row(row)
-                elif row[0] in self._offloaded:
-                    task = task.evolve(payload=bytes(row[2]))  # held without it; never changes
-                if task.state is State.DEAD:
+                task = self._listed(row, payloads)
+                if task is not None and (states is None or task.state in states):
+                    fit, size = fitting([task], max_bytes if payloads else None, size)
+                    if not fit:
+                        full = True
+                        break
                     tasks.append(task)
+                last_id = row[0]
             looked += len(rows)
-            more = looked > limit
+            more = full or looked > limit
             if more or len(rows) < want:
                 break
             await asyncio.sleep(0)
         # The cursor is the last row looked at, even if it was left out.
-        return DeadPage(tasks, last_id if more and limit > 0 else None)
+        return TaskPage(tasks, last_id if more and limit > 0 else None)
+
+    def _listed(self, row: Any, payloads: bool) -> Task | None:
+        """The record of a row a listing read: the index's, which writes staged since the
+        listing's barrier have changed already (None: deleted, not committed yet)."""
+        task = self._index.tasks.get(row[0])
+        if task is None:
+            return None if self._unsynced(row[0]) else task_from_row(row)
+        if payloads and row[0] in self._offloaded:
+            return task.evolve(payload=bytes(row[2]))  # held without it; never changes
+        return task
 
     async def purge_finished(self, *, finished_before: float, limit: int) -> int:
         await self._barrier()
@@ -857,11 +917,26 @@ def _rows_in(
 
 
 def _forget_totals(conn: sqlite3.Connection, batch: _Batch) -> None:
-    """Deletes the totals of the queues the batch forgot, before anything else the batch
-    writes: every total it counts was counted after the forgetting (see
-    SqliteStore._persist_forgotten)."""
+    """Deletes the totals and pauses of the queues the batch forgot, before anything else
+    the batch writes: every total it counts was counted after the forgetting, every pause
+    it stores was made after it (see SqliteStore._persist_forgotten)."""
     if batch.forgotten:
-        conn.executemany("DELETE FROM totals WHERE queue = ?", [(q,) for q in batch.forgotten])
+        queues = [(q,) for q in batch.forgotten]
+        conn.executemany("DELETE FROM totals WHERE queue = ?", queues)
+        conn.executemany("DELETE FROM paused_queues WHERE queue = ?", queues)
+
+
+def _write_pauses(conn: sqlite3.Connection, batch: _Batch) -> None:
+    resumed = [(q,) for q, at in batch.paused.items() if at is None]
+    paused = [(q, at) for q, at in batch.paused.items() if at is not None]
+    if resumed:
+        conn.executemany("DELETE FROM paused_queues WHERE queue = ?", resumed)
+    if paused:
+        conn.executemany(
+            "INSERT INTO paused_queues (queue, paused_at) VALUES (?, ?)"
+            " ON CONFLICT (queue) DO UPDATE SET paused_at = excluded.paused_at",
+            paused,
+        )
 
 
 class GuardFailed(sqlite3.DatabaseError):

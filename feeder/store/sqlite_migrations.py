@@ -66,9 +66,18 @@ def _last_caller(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE tasks ADD COLUMN last_caller TEXT")
 
 
+def _paused_queues(conn: sqlite3.Connection) -> None:
+    """Adds paused_queues: the queues an operator paused (PauseQueue), with when. A paused
+    queue takes submits and hands out nothing until resumed, across restarts."""
+    conn.execute(
+        "CREATE TABLE paused_queues (queue TEXT PRIMARY KEY, paused_at REAL NOT NULL) WITHOUT ROWID"
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "expired_attempts", _expired_attempts),
     Migration(3, "last_caller", _last_caller),
+    Migration(4, "paused_queues", _paused_queues),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -2,11 +2,11 @@
 
 Everything moves, row for row: tasks in every state with their payloads, results, attempt
 history (with the worker and the authenticated caller of each lease) and record of expired
-attempts, idempotency keys, dead letters, the running totals, the next task id and (unless
-told not to) the token secret, so that leases handed out before the move can still be
-acked afterwards. The copy is one PostgreSQL transaction that checks its own work before
-it commits: counts per queue and state, keys and totals must match the source, or nothing
-is written. The target must hold no tasks yet.
+attempts, idempotency keys, dead letters, the running totals, the paused queues, the next
+task id and (unless told not to) the token secret, so that leases handed out before the
+move can still be acked afterwards. The copy is one PostgreSQL transaction that checks its
+own work before it commits: counts per queue and state, keys, totals and pauses must match
+the source, or nothing is written. The target must hold no tasks (nor pauses) yet.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class CopyReport:
     totals: Counter[tuple[str, str]] = field(default_factory=Counter)
     next_id: int = 1
     secret_carried: bool = False
+    paused: dict[str, float] = field(default_factory=dict)
 
 
 async def copy_sqlite_to_postgres(
@@ -80,12 +81,14 @@ async def _copy(src: sqlite3.Connection, target: str, carry_secret: bool) -> Cop
         if await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM feedwork.tasks)"
             " OR EXISTS (SELECT 1 FROM feedwork.counters WHERE value <> 0)"
+            " OR EXISTS (SELECT 1 FROM feedwork.paused_queues)"
         ):
             raise CopyError("the target database already holds tasks; copy into an empty one")
         report = CopyReport()
         async with conn.transaction():
             await _copy_tasks(src, conn, report)
             await _copy_counters(src, conn, report)
+            await _copy_pauses(src, conn, report)
             await _copy_settings(src, conn, report, carry_secret)
             await _verify(conn, report)
         return report
@@ -152,6 +155,19 @@ async def _copy_counters(
         )
 
 
+async def _copy_pauses(
+    src: sqlite3.Connection, conn: asyncpg.Connection, report: CopyReport
+) -> None:
+    report.paused = dict(src.execute("SELECT queue, paused_at FROM paused_queues").fetchall())
+    if report.paused:
+        await conn.copy_records_to_table(
+            "paused_queues",
+            schema_name="feedwork",
+            columns=["queue", "paused_at"],
+            records=list(report.paused.items()),
+        )
+
+
 async def _copy_settings(
     src: sqlite3.Connection, conn: asyncpg.Connection, report: CopyReport, carry_secret: bool
 ) -> None:
@@ -195,3 +211,6 @@ async def _verify(conn: asyncpg.Connection, report: CopyReport) -> None:
     expected |= {(q, f"event:{e}"): v for (q, e), v in report.totals.items() if v}
     if {k: v for k, v in counted.items() if v} != expected:
         raise CopyError("counters differ from the source after the copy")
+    paused = dict(await conn.fetch("SELECT queue, paused_at FROM feedwork.paused_queues"))
+    if paused != report.paused:
+        raise CopyError("paused queues differ from the source after the copy")

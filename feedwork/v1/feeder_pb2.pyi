@@ -78,6 +78,12 @@ class CancelOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANCEL_OUTCOME_CANCELLED: _ClassVar[CancelOutcome]
     CANCEL_OUTCOME_ALREADY_CANCELLED: _ClassVar[CancelOutcome]
     CANCEL_OUTCOME_ALREADY_COMPLETED: _ClassVar[CancelOutcome]
+
+class ConsumerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONSUMER_KIND_UNSPECIFIED: _ClassVar[ConsumerKind]
+    CONSUMER_KIND_STREAM: _ClassVar[ConsumerKind]
+    CONSUMER_KIND_LEASE: _ClassVar[ConsumerKind]
 TASK_STATE_UNSPECIFIED: TaskState
 TASK_STATE_SCHEDULED: TaskState
 TASK_STATE_READY: TaskState
@@ -125,6 +131,9 @@ CANCEL_OUTCOME_UNSPECIFIED: CancelOutcome
 CANCEL_OUTCOME_CANCELLED: CancelOutcome
 CANCEL_OUTCOME_ALREADY_CANCELLED: CancelOutcome
 CANCEL_OUTCOME_ALREADY_COMPLETED: CancelOutcome
+CONSUMER_KIND_UNSPECIFIED: ConsumerKind
+CONSUMER_KIND_STREAM: ConsumerKind
+CONSUMER_KIND_LEASE: ConsumerKind
 
 class TaskSpec(_message.Message):
     __slots__ = ("queue", "payload", "headers", "priority", "not_before", "delay", "max_attempts", "lease_duration", "idempotency_key")
@@ -528,7 +537,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class Totals(_message.Message):
-    __slots__ = ("submitted", "completed", "expired", "redelivered", "duplicate_acks", "dead_lettered", "adopted", "failed", "cancelled")
+    __slots__ = ("submitted", "completed", "expired", "redelivered", "duplicate_acks", "dead_lettered", "adopted", "failed", "cancelled", "purged")
     SUBMITTED_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
@@ -538,6 +547,7 @@ class Totals(_message.Message):
     ADOPTED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    PURGED_FIELD_NUMBER: _ClassVar[int]
     submitted: int
     completed: int
     expired: int
@@ -547,7 +557,8 @@ class Totals(_message.Message):
     adopted: int
     failed: int
     cancelled: int
-    def __init__(self, submitted: _Optional[int] = ..., completed: _Optional[int] = ..., expired: _Optional[int] = ..., redelivered: _Optional[int] = ..., duplicate_acks: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., adopted: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ...) -> None: ...
+    purged: int
+    def __init__(self, submitted: _Optional[int] = ..., completed: _Optional[int] = ..., expired: _Optional[int] = ..., redelivered: _Optional[int] = ..., duplicate_acks: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., adopted: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., purged: _Optional[int] = ...) -> None: ...
 
 class QueueStats(_message.Message):
     __slots__ = ("queue", "scheduled", "ready", "leased", "completed", "dead", "cancelled", "oldest_ready_age", "totals")
@@ -580,3 +591,157 @@ class GetStatsResponse(_message.Message):
     totals: Totals
     next_page_token: str
     def __init__(self, queues: _Optional[_Iterable[_Union[QueueStats, _Mapping]]] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListQueuesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class QueueInfo(_message.Message):
+    __slots__ = ("queue", "paused", "paused_at", "stats")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    paused: bool
+    paused_at: _timestamp_pb2.Timestamp
+    stats: QueueStats
+    def __init__(self, queue: _Optional[str] = ..., paused: _Optional[bool] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stats: _Optional[_Union[QueueStats, _Mapping]] = ...) -> None: ...
+
+class ListQueuesResponse(_message.Message):
+    __slots__ = ("queues", "next_page_token")
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedCompositeFieldContainer[QueueInfo]
+    next_page_token: str
+    def __init__(self, queues: _Optional[_Iterable[_Union[QueueInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListTasksRequest(_message.Message):
+    __slots__ = ("queue", "states", "page_size", "page_token", "newest_first", "include_payloads")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    states: _containers.RepeatedScalarFieldContainer[TaskState]
+    page_size: int
+    page_token: str
+    newest_first: bool
+    include_payloads: bool
+    def __init__(self, queue: _Optional[str] = ..., states: _Optional[_Iterable[_Union[TaskState, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., newest_first: _Optional[bool] = ..., include_payloads: _Optional[bool] = ...) -> None: ...
+
+class ListTasksResponse(_message.Message):
+    __slots__ = ("tasks", "next_page_token")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[Task]
+    next_page_token: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListWorkersRequest(_message.Message):
+    __slots__ = ("queue", "limit")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    limit: int
+    def __init__(self, queue: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class LeaseHolder(_message.Message):
+    __slots__ = ("queue", "worker_id", "caller", "leases", "oldest_leased_at", "newest_leased_at")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_LEASED_AT_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_LEASED_AT_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    worker_id: str
+    caller: str
+    leases: int
+    oldest_leased_at: _timestamp_pb2.Timestamp
+    newest_leased_at: _timestamp_pb2.Timestamp
+    def __init__(self, queue: _Optional[str] = ..., worker_id: _Optional[str] = ..., caller: _Optional[str] = ..., leases: _Optional[int] = ..., oldest_leased_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., newest_leased_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ConsumerInfo(_message.Message):
+    __slots__ = ("kind", "worker_id", "caller", "queues", "since", "leases", "peer")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    kind: ConsumerKind
+    worker_id: str
+    caller: str
+    queues: _containers.RepeatedScalarFieldContainer[str]
+    since: _timestamp_pb2.Timestamp
+    leases: int
+    peer: str
+    def __init__(self, kind: _Optional[_Union[ConsumerKind, str]] = ..., worker_id: _Optional[str] = ..., caller: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., leases: _Optional[int] = ..., peer: _Optional[str] = ...) -> None: ...
+
+class ListWorkersResponse(_message.Message):
+    __slots__ = ("lease_holders", "consumers", "feeder", "truncated")
+    LEASE_HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    CONSUMERS_FIELD_NUMBER: _ClassVar[int]
+    FEEDER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    lease_holders: _containers.RepeatedCompositeFieldContainer[LeaseHolder]
+    consumers: _containers.RepeatedCompositeFieldContainer[ConsumerInfo]
+    feeder: str
+    truncated: bool
+    def __init__(self, lease_holders: _Optional[_Iterable[_Union[LeaseHolder, _Mapping]]] = ..., consumers: _Optional[_Iterable[_Union[ConsumerInfo, _Mapping]]] = ..., feeder: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class PauseQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class PauseQueueResponse(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    def __init__(self, changed: _Optional[bool] = ...) -> None: ...
+
+class ResumeQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class ResumeQueueResponse(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    def __init__(self, changed: _Optional[bool] = ...) -> None: ...
+
+class PurgeQueueRequest(_message.Message):
+    __slots__ = ("queue", "confirm")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    confirm: str
+    def __init__(self, queue: _Optional[str] = ..., confirm: _Optional[str] = ...) -> None: ...
+
+class PurgeQueueResponse(_message.Message):
+    __slots__ = ("purged",)
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    purged: int
+    def __init__(self, purged: _Optional[int] = ...) -> None: ...
+
+class DeleteQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class DeleteQueueResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -95,6 +95,41 @@ class FeederStub:
                 request_serializer=feedwork_dot_v1_dot_feeder__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=feedwork_dot_v1_dot_feeder__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.ListQueues = channel.unary_unary(
+                '/feedwork.v1.Feeder/ListQueues',
+                request_serializer=feedwork_dot_v1_dot_feeder__pb2.ListQueuesRequest.SerializeToString,
+                response_deserializer=feedwork_dot_v1_dot_feeder__pb2.ListQueuesResponse.FromString,
+                _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/feedwork.v1.Feeder/ListTasks',
+                request_serializer=feedwork_dot_v1_dot_feeder__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=feedwork_dot_v1_dot_feeder__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/feedwork.v1.Feeder/ListWorkers',
+                request_serializer=feedwork_dot_v1_dot_feeder__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=feedwork_dot_v1_dot_feeder__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/feedwork.v1.Feeder/PauseQueue',
+                request_serializer=feedwork_dot_v1_dot_feeder__pb2.PauseQueueRequest.SerializeToString,
+                response_deserializer=feedwork_dot_v1_dot_feeder__pb2.PauseQueueResponse.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/feedwork.v1.Feeder/ResumeQueue',
+                request_serializer=feedwork_dot_v1_dot_feeder__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=feedwork_dot_v1_dot_feeder__pb2.ResumeQueueResponse.FromString,
+                _registered_method=True)
+        self.PurgeQueue = channel.unary_unary(
+                '/feedwork.v1.Feeder/PurgeQueue',
+                request_serializer=feedwork_dot_v1_dot_feeder__pb2.PurgeQueueRequest.SerializeToString,
+                response_deserializer=feedwork_dot_v1_dot_feeder__pb2.PurgeQueueResponse.FromString,
+                _registered_method=True)
+        self.DeleteQueue = channel.unary_unary(
+                '/feedwork.v1.Feeder/DeleteQueue',
+                request_serializer=feedwork_dot_v1_dot_feeder__pb2.DeleteQueueRequest.SerializeToString,
+                response_deserializer=feedwork_dot_v1_dot_feeder__pb2.DeleteQueueResponse.FromString,
+                _registered_method=True)
 
 
 class FeederServicer:
@@ -206,6 +241,81 @@ class FeederServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListQueues(self, request, context):
+        """Lists the queues the database knows, a page at a time in name order: each with
+        whether it is paused, and its counts and totals as GetStats gives them. A queue is
+        known from its first submit until it holds no task and is forgotten (or deleted); a
+        paused queue stays known until it is resumed or deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTasks(self, request, context):
+        """Lists the tasks of one queue, in the given states (or all), a page at a time in task
+        id order (the order they were submitted), oldest or newest first; payloads and
+        results only when asked for. NOT_FOUND is never returned: a queue without tasks lists
+        none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkers(self, request, context):
+        """Who works on the queues. `lease_holders` is what the database holds, so what every
+        feeder of it would answer: the current leases grouped by queue, worker_id and caller
+        (on SQLite the one feeder's, on PostgreSQL every feeder's). `consumers` is the
+        answering feeder's own: its open Consume streams (with or without leases) and the
+        Lease callers it has leases or a Lease call for (ask each feeder for its own).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseQueue(self, request, context):
+        """Pauses a queue: it still takes submits, and hands out nothing (Lease returns no task,
+        Consume sends none) until ResumeQueue. Leases out already run on, and may be acked,
+        nacked and extended; expired ones go back to READY and wait. The pause is stored with
+        the queue: every feeder of the database obeys it from its next claim (a claim under
+        way when it is stored may still hand out what it took), and it holds across restarts.
+        NOT_FOUND for a queue the database does not know.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """Ends a queue's pause; leasers waiting on it, on every feeder, get its ready tasks.
+        NOT_FOUND for a queue the database does not know.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeQueue(self, request, context):
+        """Deletes the tasks of a queue that wait to be leased (READY and SCHEDULED), submitted
+        before the call: for good, as if never submitted (their idempotency keys are free
+        again), counted in the queue's Totals.purged. Leased tasks are left to their workers,
+        dead and finished ones to PurgeDeadTasks and retention. The request must name the
+        queue twice (`confirm`). A queue of many tasks is purged a slice at a time: a call cut
+        short (its deadline) leaves the rest, and may be made again. Pausing the queue first
+        keeps workers from taking tasks while it runs. NOT_FOUND for an unknown queue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteQueue(self, request, context):
+        """Forgets a queue that holds no task in any state (pending, dead or finished), with its
+        totals and its pause; FAILED_PRECONDITION, naming what it holds, otherwise. (The
+        feeder also forgets a queue left without tasks by itself, a while later, unless it is
+        paused.) A later submit makes the queue anew, totals from zero, not paused.
+        NOT_FOUND for a queue the database does not know.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeederServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -268,6 +378,41 @@ def add_FeederServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=feedwork_dot_v1_dot_feeder__pb2.GetStatsRequest.FromString,
                     response_serializer=feedwork_dot_v1_dot_feeder__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'ListQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueues,
+                    request_deserializer=feedwork_dot_v1_dot_feeder__pb2.ListQueuesRequest.FromString,
+                    response_serializer=feedwork_dot_v1_dot_feeder__pb2.ListQueuesResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=feedwork_dot_v1_dot_feeder__pb2.ListTasksRequest.FromString,
+                    response_serializer=feedwork_dot_v1_dot_feeder__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=feedwork_dot_v1_dot_feeder__pb2.ListWorkersRequest.FromString,
+                    response_serializer=feedwork_dot_v1_dot_feeder__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=feedwork_dot_v1_dot_feeder__pb2.PauseQueueRequest.FromString,
+                    response_serializer=feedwork_dot_v1_dot_feeder__pb2.PauseQueueResponse.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=feedwork_dot_v1_dot_feeder__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=feedwork_dot_v1_dot_feeder__pb2.ResumeQueueResponse.SerializeToString,
+            ),
+            'PurgeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeQueue,
+                    request_deserializer=feedwork_dot_v1_dot_feeder__pb2.PurgeQueueRequest.FromString,
+                    response_serializer=feedwork_dot_v1_dot_feeder__pb2.PurgeQueueResponse.SerializeToString,
+            ),
+            'DeleteQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteQueue,
+                    request_deserializer=feedwork_dot_v1_dot_feeder__pb2.DeleteQueueRequest.FromString,
+                    response_serializer=feedwork_dot_v1_dot_feeder__pb2.DeleteQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -595,6 +740,195 @@ class Feeder:
             '/feedwork.v1.Feeder/GetStats',
             feedwork_dot_v1_dot_feeder__pb2.GetStatsRequest.SerializeToString,
             feedwork_dot_v1_dot_feeder__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQueues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/feedwork.v1.Feeder/ListQueues',
+            feedwork_dot_v1_dot_feeder__pb2.ListQueuesRequest.SerializeToString,
+            feedwork_dot_v1_dot_feeder__pb2.ListQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/feedwork.v1.Feeder/ListTasks',
+            feedwork_dot_v1_dot_feeder__pb2.ListTasksRequest.SerializeToString,
+            feedwork_dot_v1_dot_feeder__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/feedwork.v1.Feeder/ListWorkers',
+            feedwork_dot_v1_dot_feeder__pb2.ListWorkersRequest.SerializeToString,
+            feedwork_dot_v1_dot_feeder__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/feedwork.v1.Feeder/PauseQueue',
+            feedwork_dot_v1_dot_feeder__pb2.PauseQueueRequest.SerializeToString,
+            feedwork_dot_v1_dot_feeder__pb2.PauseQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/feedwork.v1.Feeder/ResumeQueue',
+            feedwork_dot_v1_dot_feeder__pb2.ResumeQueueRequest.SerializeToString,
+            feedwork_dot_v1_dot_feeder__pb2.ResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/feedwork.v1.Feeder/PurgeQueue',
+            feedwork_dot_v1_dot_feeder__pb2.PurgeQueueRequest.SerializeToString,
+            feedwork_dot_v1_dot_feeder__pb2.PurgeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/feedwork.v1.Feeder/DeleteQueue',
+            feedwork_dot_v1_dot_feeder__pb2.DeleteQueueRequest.SerializeToString,
+            feedwork_dot_v1_dot_feeder__pb2.DeleteQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

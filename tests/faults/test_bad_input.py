@@ -3,7 +3,8 @@
 - A hypothesis-driven fuzz of every RPC with random field values (huge, empty, negative,
   unicode, out of range, wrong/forged/tampered lease tokens, tokens of other tasks, stale
   tokens): every call ends with a documented status (OK, INVALID_ARGUMENT, NOT_FOUND,
-  RESOURCE_EXHAUSTED), never INTERNAL or UNKNOWN.
+  RESOURCE_EXHAUSTED, and FAILED_PRECONDITION for a DeleteQueue of a queue with tasks),
+  never INTERNAL or UNKNOWN.
 - Forged and tampered tokens: every Ack, Nack and Extend item with one is INVALID_TOKEN,
   and the tasks whose real tokens they were made from are untouched (still leased by their
   owner, who can still ack them).
@@ -55,6 +56,7 @@ DOCUMENTED = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
 }
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["Feeder"].methods]
 FUZZ = settings(
@@ -437,6 +439,22 @@ SIMPLE: dict[str, Callable[[Env, Any], Any]] = {
     "GetStats": lambda env, draw: pb.GetStatsRequest(
         queues=[draw(texts) for _ in range(draw(st.sampled_from([0, 1, 3])))]
     ),
+    "ListQueues": lambda env, draw: pb.ListQueuesRequest(
+        page_size=draw(int32s), page_token=draw(texts)
+    ),
+    "ListTasks": lambda env, draw: pb.ListTasksRequest(
+        queue=draw(texts),
+        states=draw(st.lists(st.integers(-3, 9), max_size=3)),
+        page_size=draw(int32s),
+        page_token=draw(texts),
+        newest_first=draw(st.booleans()),
+        include_payloads=draw(st.booleans()),
+    ),
+    "ListWorkers": lambda env, draw: pb.ListWorkersRequest(queue=draw(texts), limit=draw(int32s)),
+    "PauseQueue": lambda env, draw: pb.PauseQueueRequest(queue=draw(texts)),
+    "ResumeQueue": lambda env, draw: pb.ResumeQueueRequest(queue=draw(texts)),
+    "PurgeQueue": lambda env, draw: pb.PurgeQueueRequest(queue=draw(texts), confirm=draw(texts)),
+    "DeleteQueue": lambda env, draw: pb.DeleteQueueRequest(queue=draw(texts)),
 }
 WITH_TOKENS: dict[str, Callable[[Env, Any, list[Token]], Any]] = {
     "Ack": ack_request,
@@ -480,6 +498,19 @@ def named_queues(request: Any, reply: Any) -> list[str]:
         return list(request.queues) or ["(every queue)"]
     if isinstance(request, pb.GetTaskRequest):
         return [reply.task.queue]
+    if isinstance(request, pb.ListQueuesRequest):
+        return ["(every queue)"]
+    if isinstance(request, pb.ListWorkersRequest):
+        return [request.queue or "(every queue)"]
+    if isinstance(
+        request,
+        pb.ListTasksRequest
+        | pb.PauseQueueRequest
+        | pb.ResumeQueueRequest
+        | pb.PurgeQueueRequest
+        | pb.DeleteQueueRequest,
+    ):
+        return [request.queue]
     return []
 
 
@@ -615,9 +646,18 @@ def test_valid_calls_outside_the_scope_are_denied(env: Env) -> None:
         "RedriveDeadTasks": pb.RedriveDeadTasksRequest(selector=private),
         "PurgeDeadTasks": pb.PurgeDeadTasksRequest(selector=private),
         "GetStats": pb.GetStatsRequest(),
+        "ListQueues": pb.ListQueuesRequest(),
+        "ListTasks": pb.ListTasksRequest(queue="private"),
+        "ListWorkers": pb.ListWorkersRequest(),
+        "PauseQueue": pb.PauseQueueRequest(queue="private"),
+        "ResumeQueue": pb.ResumeQueueRequest(queue="private"),
+        "PurgeQueue": pb.PurgeQueueRequest(queue="private", confirm="private"),
+        "DeleteQueue": pb.DeleteQueueRequest(queue="private"),
     }
-    if not env.auth:  # the open feeder would cancel and lease the private task: not those
-        calls = {m: r for m, r in calls.items() if m not in ("CancelTask", "Lease")}
+    if not env.auth:  # the open feeder would cancel, lease, purge the private task (and
+        # refuse to delete its queue): not those
+        left_out = ("CancelTask", "Lease", "PurgeQueue", "DeleteQueue")
+        calls = {m: r for m, r in calls.items() if m not in left_out}
     want = grpc.StatusCode.PERMISSION_DENIED if env.auth else grpc.StatusCode.OK
     for method, request in calls.items():
         try:

@@ -218,6 +218,55 @@ CASES: dict[str, Case] = {
         ADMINS,
         ROOT_ONLY,
     ),
+    # Queue controls and listings: admin on the queue; a listing of every queue needs an
+    # unlimited admin. Producers and workers may not list (other callers' names, payloads).
+    "ListQueues": Case(
+        lambda f, s, m: f.stub.ListQueues(pb.ListQueuesRequest(page_size=1), metadata=m),
+        lambda f, s, m: f.stub.ListQueues(pb.ListQueuesRequest(), metadata=m),
+        ROOT_ONLY,  # every queue, whatever the page
+        ROOT_ONLY,
+    ),
+    "ListTasks": Case(
+        lambda f, s, m: f.stub.ListTasks(pb.ListTasksRequest(queue=QUEUE), metadata=m),
+        lambda f, s, m: f.stub.ListTasks(pb.ListTasksRequest(queue=OTHER), metadata=m),
+        ADMINS,
+        ROOT_AND_STRANGER,
+    ),
+    "ListWorkers": Case(
+        lambda f, s, m: f.stub.ListWorkers(pb.ListWorkersRequest(queue=QUEUE), metadata=m),
+        lambda f, s, m: f.stub.ListWorkers(pb.ListWorkersRequest(), metadata=m),
+        ADMINS,
+        ROOT_ONLY,
+    ),
+    "PauseQueue": Case(
+        lambda f, s, m: f.stub.PauseQueue(pb.PauseQueueRequest(queue=QUEUE), metadata=m),
+        lambda f, s, m: f.stub.PauseQueue(pb.PauseQueueRequest(queue=OTHER), metadata=m),
+        ADMINS,
+        ROOT_AND_STRANGER,
+    ),
+    "ResumeQueue": Case(
+        lambda f, s, m: f.stub.ResumeQueue(pb.ResumeQueueRequest(queue=QUEUE), metadata=m),
+        lambda f, s, m: f.stub.ResumeQueue(pb.ResumeQueueRequest(queue=OTHER), metadata=m),
+        ADMINS,
+        ROOT_AND_STRANGER,
+    ),
+    "PurgeQueue": Case(
+        lambda f, s, m: f.stub.PurgeQueue(
+            pb.PurgeQueueRequest(queue=QUEUE, confirm=QUEUE), metadata=m
+        ),
+        lambda f, s, m: f.stub.PurgeQueue(
+            pb.PurgeQueueRequest(queue=OTHER, confirm=OTHER), metadata=m
+        ),
+        ADMINS,
+        ROOT_AND_STRANGER,
+    ),
+    # (Allowed here means refused as FAILED_PRECONDITION: the queue holds a task.)
+    "DeleteQueue": Case(
+        lambda f, s, m: f.stub.DeleteQueue(pb.DeleteQueueRequest(queue=QUEUE), metadata=m),
+        lambda f, s, m: f.stub.DeleteQueue(pb.DeleteQueueRequest(queue=OTHER), metadata=m),
+        ADMINS,
+        ROOT_AND_STRANGER,
+    ),
 }
 CALLERS = (*KEYS, None, "forged")
 
@@ -432,6 +481,40 @@ async def test_audit_lines_for_destructive_and_denied_calls(
     assert "4111" not in text and "secret" not in text and "fwk_" not in text
     assert all(line["time"].endswith("Z") for line in lines)
     assert os.stat(audit_file).st_mode & 0o777 == 0o600
+
+
+async def test_audit_lines_for_queue_controls(feeder: RunningFeeder, audit_file: Path) -> None:
+    await feeder.stub.Submit(
+        pb.SubmitRequest(tasks=[pb.TaskSpec(queue=QUEUE, payload=b"secret")] * 2),
+        metadata=bearer("producer"),
+    )
+    admin = bearer("admin")
+    await feeder.stub.PauseQueue(pb.PauseQueueRequest(queue=QUEUE), metadata=admin)
+    await feeder.stub.PauseQueue(pb.PauseQueueRequest(queue=QUEUE), metadata=admin)
+    await feeder.stub.ListTasks(
+        pb.ListTasksRequest(queue=QUEUE, include_payloads=True), metadata=admin
+    )
+    with pytest.raises(grpc.aio.AioRpcError):  # no confirmation
+        await feeder.stub.PurgeQueue(pb.PurgeQueueRequest(queue=QUEUE), metadata=admin)
+    await feeder.stub.PurgeQueue(pb.PurgeQueueRequest(queue=QUEUE, confirm=QUEUE), metadata=admin)
+    await feeder.stub.ResumeQueue(pb.ResumeQueueRequest(queue=QUEUE), metadata=admin)
+    await feeder.stub.DeleteQueue(pb.DeleteQueueRequest(queue=QUEUE), metadata=bearer("root"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await feeder.stub.PauseQueue(pb.PauseQueueRequest(queue=QUEUE), metadata=bearer("worker"))
+    lines = audit_lines(audit_file)
+    assert [(line["method"], line["code"], line.get("outcome")) for line in lines] == [
+        ("PauseQueue", "OK", "paused"),
+        ("PauseQueue", "OK", "paused already"),
+        ("ListTasks", "OK", "listed 2"),
+        ("PurgeQueue", "INVALID_ARGUMENT", None),
+        ("PurgeQueue", "OK", "purged 2"),
+        ("ResumeQueue", "OK", "resumed"),
+        ("DeleteQueue", "OK", "deleted"),
+        ("PauseQueue", "PERMISSION_DENIED", None),
+    ]
+    assert all(line["queues"] == [QUEUE] for line in lines[:-1])  # (denied by role first)
+    assert [line["caller"] for line in lines][-2:] == ["root", "worker"]
+    assert "secret" not in json.dumps(lines)
 
 
 async def test_audit_without_auth_names_the_caller_anyone(

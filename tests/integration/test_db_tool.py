@@ -40,6 +40,8 @@ from tests.storage.test_conformance import (
     leased_by_callers,
     leaser,
     long_history,
+    spec,
+    submit_tasks,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -63,12 +65,12 @@ async def test_status_and_migrate(empty_dsn: str, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert "applied 0001_initial" in out and "applied 0002_expired_attempts" in out
     assert "applied 0003_gate_generations" in out and "applied 0004_last_caller" in out
-    assert "up to date" in out
+    assert "applied 0005_paused_queues" in out and "up to date" in out
     assert await db("migrate", "--db", empty_dsn) == dbtool.EXIT_OK
     assert "applied" not in capsys.readouterr().out.replace("up to date", "")
     assert await db("status", "--db", empty_dsn) == dbtool.EXIT_OK
     out = capsys.readouterr().out
-    assert "schema version 4" in out and "up to date" in out
+    assert "schema version 5" in out and "up to date" in out
     assert await db("status", "--db", "./feedwork.db") == dbtool.EXIT_USAGE
 
 
@@ -246,7 +248,7 @@ async def test_schema_2_fills_in_the_expired_attempts_from_each_history(empty_ds
                 history_json(tuple(earlier)),
                 *last,
             )
-        assert [m.version for m in await migrate(conn)] == [2, 3, 4]
+        assert [m.version for m in await migrate(conn)] == [2, 3, 4, 5]
         rows = await conn.fetch("SELECT id, expired_attempts FROM feedwork.tasks ORDER BY id")
     finally:
         await conn.close()
@@ -277,6 +279,30 @@ async def test_copy_carries_which_attempts_expired(tmp_path: Path, empty_dsn: st
         await cluster.close()
     assert copied == task and copied.expired_attempts == ((1, 1),)
     check_long_history(copied)
+
+
+async def test_copy_carries_the_paused_queues(
+    tmp_path: Path, empty_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "paused.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        await submit_tasks(store, [spec("held"), spec("running")])
+        await store.pause("held", at=1_700_000_000.5)
+    finally:
+        await store.close()
+    assert await db("copy", "--from", str(path), "--to", empty_dsn) == dbtool.EXIT_OK
+    assert "paused queues: held" in capsys.readouterr().out
+    cluster = PostgresStore(empty_dsn, pool_size=2, startup_wait=5.0)
+    await cluster.open()
+    try:
+        held, running = await cluster.queue_counts(["held", "running"])
+        assert (held.paused_at, running.paused_at) == (1_700_000_000.5, None)
+        assert await cluster.claim("held", 1, leaser(1_700_000_001.0)) == []
+        assert len(await cluster.claim("running", 1, leaser(1_700_000_001.0))) == 1
+    finally:
+        await cluster.close()
 
 
 async def test_copy_carries_the_caller_of_every_lease(tmp_path: Path, empty_dsn: str) -> None:
@@ -329,7 +355,7 @@ async def test_schema_4_keeps_the_caller_of_each_lease_from_then_on(empty_dsn: s
             "INSERT INTO feedwork.counters (queue, counter, shard, value)"
             " VALUES ('q', 'state:2', 0, 1)"
         )
-        assert [m.version for m in await migrate(conn)] == [4]
+        assert [m.version for m in await migrate(conn)] == [4, 5]
     finally:
         await conn.close()
     store = PostgresStore(empty_dsn, pool_size=2, startup_wait=5.0)
@@ -369,7 +395,7 @@ async def test_feeders_starting_at_once_on_an_empty_database_migrate_it_once(
             secrets = await conn.fetchval("SELECT count(*) FROM feedwork.meta")
         finally:
             await conn.close()
-        assert sorted(row["version"] for row in applied) == [1, 2, 3, 4]
+        assert sorted(row["version"] for row in applied) == [1, 2, 3, 4, 5]
         assert secrets == 1
         # One secret for all: a token issued by one feeder verifies on the others.
         assert len({server.store.token_secret for server in servers}) == 1

@@ -226,6 +226,30 @@ CASES = {
     "stats-queue-bad": ("GetStats", pb.GetStatsRequest(queues=["q", "bad name"]), "queues[1]"),
     "stats-queue-empty": ("GetStats", pb.GetStatsRequest(queues=[""]), "queues[0]"),
     "stats-too-many": ("GetStats", pb.GetStatsRequest(queues=["q"] * 1001), "queues"),
+    # -- queue controls and listings
+    "queues-page-size": ("ListQueues", pb.ListQueuesRequest(page_size=10_001), "page_size"),
+    "queues-token": ("ListQueues", pb.ListQueuesRequest(page_token="a b"), "page_token"),
+    "tasks-queue": ("ListTasks", pb.ListTasksRequest(queue=""), "queue"),
+    "tasks-state-unspecified": (
+        "ListTasks",
+        pb.ListTasksRequest(queue="q", states=[pb.TASK_STATE_READY, 0]),
+        "states[1]",
+    ),
+    "tasks-state-unknown": ("ListTasks", pb.ListTasksRequest(queue="q", states=[7]), "states[0]"),
+    "tasks-page-size": ("ListTasks", pb.ListTasksRequest(queue="q", page_size=-1), "page_size"),
+    "tasks-token": ("ListTasks", pb.ListTasksRequest(queue="q", page_token="x"), "page_token"),
+    "workers-queue": ("ListWorkers", pb.ListWorkersRequest(queue="a b"), "queue"),
+    "workers-limit": ("ListWorkers", pb.ListWorkersRequest(limit=10_001), "limit"),
+    "pause-queue": ("PauseQueue", pb.PauseQueueRequest(queue=""), "queue"),
+    "resume-queue": ("ResumeQueue", pb.ResumeQueueRequest(queue="a/b"), "queue"),
+    "purge-queue": ("PurgeQueue", pb.PurgeQueueRequest(queue="", confirm=""), "queue"),
+    "purge-unconfirmed": ("PurgeQueue", pb.PurgeQueueRequest(queue="q"), "confirm"),
+    "purge-confirmed-wrong": (
+        "PurgeQueue",
+        pb.PurgeQueueRequest(queue="q", confirm="Q"),
+        "confirm",
+    ),
+    "delete-queue": ("DeleteQueue", pb.DeleteQueueRequest(queue="?"), "queue"),
 }
 
 

@@ -454,7 +454,7 @@ def test_max_depth_holds_for_submits_that_saw_the_gate_their_queue_had_before_it
                     asyncio.ensure_future(submit(s, [spec()], max_depth=2)) for s in (a, b) * 3
                 ]
                 await _waiting_on_locks(postgres_dsn, len(submits))
-                gone = await holder.fetch(sql.FORGET_QUEUES, ["q"])
+                gone = await holder.fetch(sql.FORGET_QUEUES, ["q"], False)
                 assert [row[0] for row in gone] == ["q"]
         finally:
             await holder.close()

@@ -946,6 +946,42 @@ def test_redrive_only_touches_dead_tasks(make) -> None:  # type: ignore[no-untyp
 
 
 # ---------------------------------------------------------------------------------------
+# purge (of a queue)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: new_task(), id="ready"),
+        pytest.param(lambda: new_task(not_before=T0 + 60), id="scheduled"),
+        pytest.param(lambda: changed(nack(lease(new_task(), T0), 1, T0)), id="backing-off"),
+    ],
+)
+def test_purge_takes_tasks_waiting_to_be_leased(make) -> None:  # type: ignore[no-untyped-def]
+    task = make()
+    assert machine.purge(task, before=T0 + 1) == Decision(True, None, (Event.PURGED,))
+    # Not one submitted after the purge began.
+    assert machine.purge(task, before=T0 - 1) == Decision(False)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: lease(new_task(), T0), id="leased"),
+        pytest.param(lambda: lease(new_task(), T0, duration=1.0), id="leased-past-deadline"),
+        pytest.param(
+            lambda: changed(machine.ack(lease(new_task(), T0), 1, result=None, now=T0)),
+            id="completed",
+        ),
+        pytest.param(lambda: changed(nack(lease(new_task(), T0), 1, T0, terminal=True)), id="dead"),
+        pytest.param(lambda: changed(machine.cancel(new_task(), now=T0)), id="cancelled"),
+    ],
+)
+def test_purge_leaves_every_other_task(make) -> None:  # type: ignore[no-untyped-def]
+    assert machine.purge(make(), before=T0 + 100) == Decision(False)
+
+
+# ---------------------------------------------------------------------------------------
 # history and versions
 
 

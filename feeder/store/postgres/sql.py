@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 
 from feeder.core.model import State
-from feeder.store.rows import COLUMNS, columns_without_payload
+from feeder.store.rows import COLUMNS, columns_without_bytes, columns_without_payload
 
 T = "feedwork.tasks"
 READY, LEASED, SCHEDULED, DEAD = (
@@ -194,11 +194,14 @@ ID_BLOCK = (
 # them (the volatile function keeps PostgreSQL from pushing the condition down into the
 # ordered subquery); the inner LIMIT only bounds how far it looks ($3 rows) when the head
 # of the queue is marked by others. An uncontended claim reads $2 rows. No row lock: the
-# claim's write is guarded by version like any other (see store._claim).
+# claim's write is guarded by version like any other (see store._claim). A paused queue
+# (one row in paused_queues, read once per statement) gives nothing: the pause holds for
+# every feeder from the claims that start after it committed.
 CLAIM = f"""
 SELECT c.* FROM (
     SELECT {COLUMNS} FROM {T}
     WHERE queue = $1 AND state = {READY}
+        AND NOT EXISTS (SELECT FROM feedwork.paused_queues p WHERE p.queue = $1)
     ORDER BY priority DESC, ready_at, id
     LIMIT $3
 ) AS c
@@ -323,9 +326,27 @@ SELECT least(
     (SELECT min(not_before) FROM {T} WHERE state = {SCHEDULED})
 )
 """
-LIST_DEAD = f"""
-SELECT {COLUMNS} FROM {T} WHERE queue = $1 AND state = {DEAD} AND id > $2
-ORDER BY id LIMIT $3
+_WITHOUT_BYTES = columns_without_bytes("''::bytea")
+
+
+@functools.lru_cache(maxsize=64)
+def list_statement(states: tuple[int, ...] | None, *, newest_first: bool, payloads: bool) -> str:
+    """A page of a queue's tasks in `states` (None: any) in id order, after $2 (before it,
+    newest first), at most $3. The states are literals, so that a listing of dead tasks
+    reads the tasks_dead index (a one-state IN list is planned as an equality)."""
+    where = "" if states is None else f" AND state IN ({', '.join(map(str, states))})"
+    order = "id < $2 ORDER BY id DESC" if newest_first else "id > $2 ORDER BY id"
+    columns = COLUMNS if payloads else _WITHOUT_BYTES
+    return f"SELECT {columns} FROM {T} WHERE queue = $1{where} AND {order} LIMIT $3"
+
+
+# The current leases, by queue, worker and caller of their attempt (the tasks_leased
+# index: as many rows as leases in flight).
+LEASE_HOLDERS = f"""
+SELECT queue, coalesce(last_worker, ''), coalesce(last_caller, ''), count(*),
+       min(last_leased_at), max(last_leased_at)
+FROM {T} WHERE state = {LEASED} AND ($1::text IS NULL OR queue = $1)
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 LIMIT $2
 """
 # Which of these queues the database knows (any counter row: tasks now or before, until
 # the queue is forgotten).
@@ -335,9 +356,31 @@ SELECT DISTINCT queue FROM feedwork.counters WHERE queue = ANY($1::text[])
 # How many queues submits have made and the janitor has not forgotten (one gate row each;
 # a queue copied in by `db copy` counts from its first submit).
 QUEUE_COUNT = "SELECT count(*) FROM feedwork.queue_gates"
-# A page of queue names, in name order (each distinct name, read off the primary key).
+# A page of queue names, in name order (each distinct name, read off the primary keys):
+# the queues with counters, and paused ones (a pause may outlive a queue's counters, when
+# it was stored as the janitor forgot the queue).
 QUEUE_PAGE = """
-SELECT DISTINCT queue FROM feedwork.counters WHERE queue > $1 ORDER BY queue LIMIT $2
+SELECT queue FROM (
+    SELECT DISTINCT queue FROM feedwork.counters WHERE queue > $1
+    UNION
+    SELECT queue FROM feedwork.paused_queues WHERE queue > $1
+) AS q ORDER BY queue LIMIT $2
+"""
+# When each of these queues was paused (those that are); every paused queue with NULL.
+PAUSED = """
+SELECT queue, paused_at FROM feedwork.paused_queues
+WHERE $1::text[] IS NULL OR queue = ANY($1::text[])
+"""
+PAUSE = """
+INSERT INTO feedwork.paused_queues (queue, paused_at) VALUES ($1, $2)
+ON CONFLICT DO NOTHING RETURNING queue
+"""
+# A resume, and the queue's ready tasks to announce (its counters, as its claims left them).
+RESUME = f"""
+WITH resumed AS (DELETE FROM feedwork.paused_queues WHERE queue = $1 RETURNING queue)
+SELECT coalesce((
+    SELECT sum(value) FROM feedwork.counters WHERE queue = $1 AND counter = 'state:{READY}'
+), 0)::bigint FROM resumed
 """
 COUNTS = """
 SELECT queue, counter, sum(value)::bigint FROM feedwork.counters
@@ -411,15 +454,28 @@ _STATE_COUNTERS_ZERO = """NOT EXISTS (
         WHERE c.queue = {queue} AND c.counter LIKE 'state:%'
         GROUP BY c.counter HAVING sum(c.value) <> 0
     )"""
+#
+# Paused queues are kept, unless named in $2 (the queues an operator deletes; NULL: the
+# janitor's pass over every queue): then only those are candidates, paused or not (a pause
+# that outlived its queue's counters too), and a paused one goes with its pause.
 EMPTY_QUEUES = """
 SELECT queue FROM (
-    SELECT queue, counter, sum(value) AS value FROM feedwork.counters GROUP BY queue, counter
-) AS c
-GROUP BY queue
-HAVING NOT bool_or(counter LIKE 'state:%' AND value <> 0)
-UNION
-SELECT queue FROM feedwork.queue_gates g
-WHERE NOT EXISTS (SELECT FROM feedwork.counters c WHERE c.queue = g.queue)
+    SELECT queue FROM (
+        SELECT queue, counter, sum(value) AS value FROM feedwork.counters
+        WHERE $2::text[] IS NULL OR queue = ANY($2::text[])
+        GROUP BY queue, counter
+    ) AS c
+    GROUP BY queue
+    HAVING NOT bool_or(counter LIKE 'state:%' AND value <> 0)
+    UNION
+    SELECT queue FROM feedwork.queue_gates g
+    WHERE ($2::text[] IS NULL OR g.queue = ANY($2::text[]))
+        AND NOT EXISTS (SELECT FROM feedwork.counters c WHERE c.queue = g.queue)
+    UNION
+    SELECT queue FROM feedwork.paused_queues WHERE queue = ANY($2::text[])
+) AS e
+WHERE $2::text[] IS NOT NULL
+    OR NOT EXISTS (SELECT FROM feedwork.paused_queues p WHERE p.queue = e.queue)
 ORDER BY queue LIMIT $1
 """
 LOCK_GATES = """
@@ -427,6 +483,8 @@ INSERT INTO feedwork.queue_gates AS g (queue, admitted)
 SELECT queue, 0 FROM unnest($1::text[]) AS q(queue) ORDER BY queue
 ON CONFLICT (queue) DO UPDATE SET admitted = g.admitted
 """
+# $2: the queues were named (an operator's delete): paused ones go too, with their pause;
+# otherwise a queue paused meanwhile is kept.
 FORGET_QUEUES = f"""
 WITH gone AS (
     DELETE FROM feedwork.queue_gates g
@@ -434,6 +492,7 @@ WITH gone AS (
         AND {_STATE_COUNTERS_ZERO.format(queue="g.queue")}
         AND NOT EXISTS (SELECT FROM {T} t WHERE t.queue = g.queue AND t.state = {READY})
         AND NOT EXISTS (SELECT FROM {T} t WHERE t.queue = g.queue AND t.state = {DEAD})
+        AND ($2 OR NOT EXISTS (SELECT FROM feedwork.paused_queues p WHERE p.queue = g.queue))
     RETURNING g.queue, g.generation = pg_current_xact_id() AS made_here
 ), locked AS (
     SELECT c.queue, c.counter, c.shard FROM feedwork.counters c JOIN gone USING (queue)
@@ -441,11 +500,16 @@ WITH gone AS (
 ), dropped AS (
     DELETE FROM feedwork.counters c USING locked l
     WHERE c.queue = l.queue AND c.counter = l.counter AND c.shard = l.shard
+), unpaused AS (
+    DELETE FROM feedwork.paused_queues p USING gone WHERE p.queue = gone.queue
+    RETURNING p.queue
 )
 -- A gate LOCK_GATES made, for a queue without counters, was of a queue another
--- forgetting (a leader before this one) had forgotten already: not forgotten again here.
+-- forgetting (a leader before this one) had forgotten already: not forgotten again here
+-- (unless a pause of it was left, which goes now).
 SELECT queue FROM gone
 WHERE NOT made_here OR EXISTS (SELECT FROM locked l WHERE l.queue = gone.queue)
+    OR EXISTS (SELECT FROM unpaused u WHERE u.queue = gone.queue)
 """
 # Folds every counter's shards into shard 0, so that counters do not keep a row per shard
 # that ever wrote to them.

@@ -38,16 +38,18 @@ from feeder.core.machine import Event
 from feeder.core.model import State, Task, TaskSpec
 from feeder.store.base import (
     Change,
-    DeadPage,
     LeaseDecider,
+    LeaseHolder,
     QueueCounts,
     QueueFull,
     StoreHooks,
     StoreUnavailable,
     Submitted,
     TaskFactory,
+    TaskPage,
     TooManyQueues,
     changes_news,
+    fitting,
     report_news,
     wire_size,
 )
@@ -81,6 +83,9 @@ KNOWN_QUEUE_TTL = 30.0
 # Rows of dead tasks read per statement (each a task with its payload to decode and convert
 # on the event loop).
 READ_SLICE = 128
+
+_DEAD = frozenset({State.DEAD})
+_NO_ID = 2**63 - 1  # above every task id: where a newest-first listing starts
 
 EventCounts = Mapping[tuple[str, Event], int]
 _STATE_COUNTERS = {state: f"state:{int(state)}" for state in State}
@@ -698,29 +703,81 @@ class PostgresStore:
 
         return await self._connector.run(next_due)
 
-    async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> DeadPage:
+    async def list_dead(self, queue: str, *, after_id: int | None, limit: int) -> TaskPage:
+        return await self.list_tasks(queue, _DEAD, after_id=after_id, limit=limit)
+
+    async def list_tasks(
+        self,
+        queue: str,
+        states: frozenset[State] | None,
+        *,
+        after_id: int | None,
+        limit: int,
+        newest_first: bool = False,
+        payloads: bool = True,
+        max_bytes: int | None = None,
+    ) -> TaskPage:
         # READ_SLICE rows per statement (one more than the page in all: whether there is
-        # more): a page of 1000 dead tasks with payloads, decoded and converted in one go,
-        # held the event loop for tens of ms.
+        # more): a page of 1000 tasks with payloads, decoded and converted in one go, held
+        # the event loop for tens of ms.
+        statement = sql.list_statement(
+            None if states is None else tuple(sorted(int(s) for s in states)),
+            newest_first=newest_first,
+            payloads=payloads,
+        )
+        bound = max_bytes if payloads else None
         tasks: list[Task] = []
-        last_id = after_id or 0
+        last_id = after_id if after_id is not None else (_NO_ID if newest_first else 0)
+        size, full = 0, False
         while True:
             want = min(READ_SLICE, limit + 1 - len(tasks))
 
-            async def dead(
+            async def read(
                 conn: asyncpg.Connection, after: int = last_id, want: int = want
             ) -> list[Task]:
-                rows = await conn.fetch(sql.LIST_DEAD, queue, after, want)
-                return [task_from_row(row) for row in rows]
+                return [
+                    task_from_row(row) for row in await conn.fetch(statement, queue, after, want)
+                ]
 
-            part = await self._connector.run(dead)
-            tasks += part
+            part = await self._connector.run(read)
+            fit, size = fitting(part, bound, size)
+            tasks += part[:fit]
+            if fit < len(part):
+                full = True
+                break
             if len(part) < want or len(tasks) > limit:
                 break
             last_id = part[-1].id
-        more = len(tasks) > limit
+        more = full or len(tasks) > limit
         page = tasks[:limit]
-        return DeadPage(page, page[-1].id if more and page else None)
+        return TaskPage(page, page[-1].id if more and page else None)
+
+    async def lease_holders(self, queue: str | None, *, limit: int) -> list[LeaseHolder]:
+        async def holders(conn: asyncpg.Connection) -> list[LeaseHolder]:
+            rows = await conn.fetch(sql.LEASE_HOLDERS, queue, limit)
+            return [LeaseHolder(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
+
+        return await self._connector.run(holders)
+
+    async def pause(self, queue: str, *, at: float) -> bool:
+        async def pause(conn: asyncpg.Connection) -> bool:
+            return await conn.fetchval(sql.PAUSE, queue, at) is not None
+
+        return await self._connector.run(pause)
+
+    async def resume(self, queue: str) -> bool:
+        async def resume(conn: asyncpg.Connection) -> int | None:
+            ready = await conn.fetchval(sql.RESUME, queue)
+            return None if ready is None else int(ready)
+
+        ready = await self._connector.run(resume)
+        if ready is None:
+            return False
+        if ready:
+            # Leasers waiting here, and on the other feeders, look again.
+            self._hooks.ready(queue, ready)
+            self._connector.announce(Counter({queue: ready}), None)
+        return True
 
     async def purge_finished(self, *, finished_before: float, limit: int) -> int:
         self._purges += 1
@@ -738,19 +795,22 @@ class PostgresStore:
 
         return await self._connector.run(purge)
 
-    async def forget_empty_queues(self, limit: int) -> int:
+    async def forget_empty_queues(self, limit: int, *, only: Sequence[str] | None = None) -> int:
         """See sql.EMPTY_QUEUES: find candidates, take their gates, delete those that hold
         no task, in one transaction. Repeated whole if it loses a deadlock."""
+        named = None if only is None else sorted(set(only))
 
         async def forget(conn: asyncpg.Connection) -> list[str]:
             # READ COMMITTED, whatever the database's default: the last statement must see
             # what committed while the gates were being taken.
             async with conn.transaction(isolation="read_committed"):
-                candidates = [row[0] for row in await conn.fetch(sql.EMPTY_QUEUES, limit)]
+                rows = await conn.fetch(sql.EMPTY_QUEUES, limit, named)
+                candidates = [row[0] for row in rows]
                 if not candidates:
                     return []
                 await conn.execute(sql.LOCK_GATES, candidates)
-                return [row[0] for row in await conn.fetch(sql.FORGET_QUEUES, candidates)]
+                rows = await conn.fetch(sql.FORGET_QUEUES, candidates, named is not None)
+                return [row[0] for row in rows]
 
         forgotten = await self._connector.run(forget)
         for queue in forgotten:
@@ -779,13 +839,15 @@ class PostgresStore:
                     entry.by_state[state] = int(value)
                 elif (event := _COUNTER_EVENTS.get(counter)) is not None and value:
                     entry.totals[event] = int(value)
-            names = wanted if wanted is not None else sorted(found)
+            paused = dict(await conn.fetch(sql.PAUSED, wanted))
+            names = wanted if wanted is not None else sorted(found.keys() | paused.keys())
             oldest = dict(await conn.fetch(sql.OLDEST_READY, names)) if names else {}
             result = []
             for name in names:
                 entry = found.get(name) or QueueCounts(queue=name)
                 entry.by_state = {state: entry.by_state.get(state, 0) for state in State}
                 entry.oldest_ready_at = oldest.get(name)
+                entry.paused_at = paused.get(name)
                 result.append(entry)
             return result
 
