@@ -299,12 +299,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         match parts:
             case []:
                 stats = client.stats()
-                self._page("Queues", pages.queues_page(stats), poll="", flash=_flash(query))
+                paused = {info.queue: info.paused for info in client.list_queues()}
+                body = pages.queues_page(stats, paused)
+                self._page("Queues", body, poll="", flash=_flash(query))
             case ["queues", queue]:
-                stats = client.stats([queue])
-                dead = client.dead_list(queue, page_token=query.get("dead_page", ""))
-                body = pages.queue_page(stats.queue(queue), dead, csrf=self._csrf()[0])
-                self._page(f"Queue {queue}", body, poll=queue, flash=_flash(query))
+                self._queue(client, queue, query)
+            case ["workers"]:
+                self._page("Workers", pages.workers_page(client.list_workers()))
             case ["tasks", task_id]:
                 task = client.get(task_id)
                 body = pages.task_page(task, csrf=self._csrf()[0])
@@ -321,6 +322,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._page("Log in", pages.login_page(csrf=self._csrf()[0]))
             case _:
                 self._page("404", pages.error_page(404, "no such page"), status=404)
+
+    def _queue(self, client: FeederClient, queue: str, query: dict[str, str]) -> None:
+        stats = client.stats([queue])
+        dead = client.dead_list(queue, page_token=query.get("dead_page", ""))
+        state = query.get("state", "").upper()
+        if state and state not in pages.STATES:
+            raise InvalidArgument(f"state: want one of {', '.join(pages.STATES)}")
+        newest = query.get("order") == "newest"
+        tasks = client.list_tasks(
+            queue,
+            states=[state] if state else None,
+            newest_first=newest,
+            page_size=50,
+            page_token=query.get("page", ""),
+        )
+        try:  # a key with admin on this queue only may not list every queue
+            paused = next((i.paused for i in client.list_queues() if i.queue == queue), False)
+        except PermissionDenied:
+            paused = None
+        body = pages.queue_page(
+            stats.queue(queue),
+            dead,
+            tasks,
+            paused=paused,
+            state=state,
+            newest=newest,
+            csrf=self._csrf()[0],
+        )
+        self._page(f"Queue {queue}", body, poll=queue, flash=_flash(query))
 
     def do_POST(self) -> None:
         url = urlsplit(self.path)
@@ -351,6 +381,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 count = act(queue, task_ids=ids, limit=0 if ids else 1000)
                 verb = "redriven" if action == "redrive" else "purged"
                 self._redirect(f"/queues/{pages.q(queue)}?done={count}+{verb}")
+            case ["queues", queue, ("pause" | "resume") as action]:
+                changed = (client.pause_queue if action == "pause" else client.resume_queue)(queue)
+                done = f"{action}d" if changed else f"already {action}d"
+                self._redirect(f"/queues/{pages.q(queue)}?done={done.replace(' ', '+')}")
             case ["tasks", task_id, "cancel"]:
                 result = client.cancel(task_id)
                 self._redirect(f"/tasks/{pages.q(task_id)}?done={result.outcome.lower()}")

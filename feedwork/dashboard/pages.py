@@ -9,8 +9,9 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from feedwork.types import DeadPage, QueueStats, Stats, TaskInfo
+from feedwork.types import DeadPage, QueueStats, Stats, TaskInfo, TaskPage, Workers
 
+NAV = '<a href="/workers">Workers</a>'
 STATE_FIELDS = ("ready", "scheduled", "leased", "completed", "dead", "cancelled")
 
 
@@ -87,7 +88,7 @@ def layout(
 <link rel="icon" href="data:,">
 </head>
 <body{poll_attr}>
-<header><a class="brand" href="/">feedwork</a><a href="/">Queues</a>{logout}</header>
+<header><a class="brand" href="/">feedwork</a><a href="/">Queues</a>{NAV}{logout}</header>
 <main>
 {message}
 {body}
@@ -105,7 +106,13 @@ def spark(queue: str) -> str:
     )
 
 
-def queues_page(stats: Stats) -> str:
+def paused_badge(paused: bool | None) -> str:
+    if not paused:
+        return ""
+    return ' <span class="badge paused" title="takes submits, hands out nothing">paused</span>'
+
+
+def queues_page(stats: Stats, paused: dict[str, bool]) -> str:
     rows = []
     for queue in stats.queues:
         cells = "".join(
@@ -115,7 +122,7 @@ def queues_page(stats: Stats) -> str:
         )
         rows.append(
             f'<tr data-row="{e(queue.queue)}"><td><a href="/queues/{q(queue.queue)}">'
-            f"{e(queue.queue)}</a></td>{cells}"
+            f"{e(queue.queue)}</a>{paused_badge(paused.get(queue.queue))}</td>{cells}"
             f'<td class="num" data-queue="{e(queue.queue)}" data-field="oldest">'
             f"{age(queue.oldest_ready_age.total_seconds())}</td>"
             f'<td class="num" data-queue="{e(queue.queue)}" data-field="rate-submitted">…</td>'
@@ -142,7 +149,77 @@ def queues_page(stats: Stats) -> str:
     )
 
 
-def queue_page(stats: QueueStats, dead: DeadPage, *, csrf: str) -> str:
+STATES = ("READY", "SCHEDULED", "LEASED", "COMPLETED", "DEAD", "CANCELLED")
+
+
+def pause_controls(queue: str, paused: bool | None, *, csrf: str) -> str:
+    """Pause or resume (both when the key may not see whether the queue is paused)."""
+    token = f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+    buttons = []
+    if paused is not True:
+        buttons.append(
+            f'<form class="inline" method="post" action="/queues/{q(queue)}/pause" '
+            f'data-confirm="Pause {e(queue)}? It takes submits and hands out nothing.">{token}'
+            '<button type="submit" id="pause">pause</button></form>'
+        )
+    if paused is not False:
+        buttons.append(
+            f'<form class="inline" method="post" action="/queues/{q(queue)}/resume">{token}'
+            '<button type="submit" class="primary" id="resume">resume</button></form>'
+        )
+    return " ".join(buttons)
+
+
+def task_browser(queue: str, page: TaskPage, *, state: str, newest: bool) -> str:
+    def link(label: str, **changes: str) -> str:
+        params = {"state": state, "order": "newest" if newest else "oldest", **changes}
+        query = "&".join(f"{k}={quote(v)}" for k, v in params.items() if v)
+        return f'<a href="/queues/{q(queue)}?{query}#tasks">{e(label)}</a>'
+
+    states = " · ".join(
+        f"<strong>{e(label.lower())}</strong>"
+        if value == state
+        else link(label.lower(), state=value)
+        for label, value in (("all", ""), *((s, s) for s in STATES))
+    )
+    order = link("oldest first", order="oldest") if newest else "<strong>oldest first</strong>"
+    order += " · " + (
+        "<strong>newest first</strong>" if newest else link("newest first", order="newest")
+    )
+    rows = "".join(
+        f'<tr data-task="{e(t.task_id)}">'
+        f'<td><a href="/tasks/{q(t.task_id)}">{e(t.task_id)}</a></td>'
+        f'<td><span class="state {e(t.state)}">{e(t.state)}</span></td>'
+        f'<td class="num">{t.attempts}</td><td>{when(t.created_at)}</td>'
+        f"<td>{when(t.finished_at)}</td></tr>"
+        for t in page.tasks
+    )
+    more = ""
+    if page.next_page_token:
+        more = "<p>" + link("next page →", page=page.next_page_token) + "</p>"
+    table = (
+        '<table id="tasks-table"><thead><tr><th>task</th><th>state</th>'
+        '<th class="num">attempts</th>'
+        f"<th>created</th><th>finished</th></tr></thead><tbody>{rows}</tbody></table>"
+        if page.tasks
+        else '<p class="muted" id="no-tasks">No task here.</p>'
+    )
+    return (
+        f'<h2 id="tasks">Tasks</h2><div class="bar filters">{states}</div>'
+        f'<div class="bar filters">{order}</div>{table}{more}'
+    )
+
+
+def queue_page(
+    stats: QueueStats,
+    dead: DeadPage,
+    tasks: TaskPage,
+    *,
+    paused: bool | None,
+    state: str,
+    newest: bool,
+    csrf: str,
+) -> str:
     name = stats.queue
     fields = "".join(
         f'<dt>{f}</dt><dd data-queue="{e(name)}" data-field="{f}">{getattr(stats, f):,}</dd>'
@@ -168,7 +245,8 @@ def queue_page(stats: QueueStats, dead: DeadPage, *, csrf: str) -> str:
         )
     )
     return (
-        f'<h1>Queue {e(name)} <span id="updated" class="muted" style="font-size:12px"></span></h1>'
+        f"<h1>Queue {e(name)}{paused_badge(paused)} {pause_controls(name, paused, csrf=csrf)} "
+        '<span id="updated" class="muted" style="font-size:12px"></span></h1>'
         f"{chart}"
         f'<h2>Now</h2><dl class="fields">{fields}'
         f'<dt>oldest ready</dt><dd data-queue="{e(name)}" data-field="oldest">'
@@ -189,6 +267,7 @@ def queue_page(stats: QueueStats, dead: DeadPage, *, csrf: str) -> str:
             )
         )
         + "</dl>"
+        + task_browser(name, tasks, state=state, newest=newest)
         + dead_section(name, dead, csrf=csrf)
     )
 
@@ -281,6 +360,42 @@ def task_page(task: TaskInfo, *, csrf: str) -> str:
         f'<h2>Result</h2><div id="result">{blob(task.result)}</div>'
         f'<h2>Payload</h2><div id="payload">{blob(task.payload)}</div>'
         + (f"<h2>Headers</h2><table><tbody>{headers}</tbody></table>" if task.headers else "")
+    )
+
+
+def workers_page(workers: Workers) -> str:
+    holders = "".join(
+        f'<tr><td><a href="/queues/{q(h.queue)}">{e(h.queue)}</a></td><td>{e(h.worker_id)}</td>'
+        f'<td>{e(h.caller)}</td><td class="num">{h.leases:,}</td>'
+        f"<td>{when(h.oldest_leased_at)}</td><td>{when(h.newest_leased_at)}</td></tr>"
+        for h in workers.lease_holders
+    )
+    consumers = "".join(
+        f"<tr><td>{e(c.kind)}</td><td>{e(c.worker_id)}</td><td>{e(c.caller)}</td>"
+        f"<td>{e(', '.join(c.queues))}</td><td>{when(c.since)}</td>"
+        f'<td class="num">{c.leases:,}</td><td>{e(c.peer)}</td></tr>'
+        for c in workers.consumers
+    )
+    note = '<p class="muted">Lists cut short: there are more.</p>' if workers.truncated else ""
+    return (
+        "<h1>Workers</h1>"
+        "<h2>Holding leases (the database's view: every feeder's)</h2>"
+        + (
+            '<table id="holders"><thead><tr><th>queue</th><th>worker</th><th>caller</th>'
+            '<th class="num">leases</th><th>oldest lease</th><th>newest lease</th></tr></thead>'
+            f"<tbody>{holders}</tbody></table>"
+            if workers.lease_holders
+            else '<p class="muted">No task is leased.</p>'
+        )
+        + f"<h2>Connected to {e(workers.feeder)} (streams and Lease callers)</h2>"
+        + (
+            '<table id="consumers"><thead><tr><th>kind</th><th>worker</th><th>caller</th>'
+            '<th>queues</th><th>since</th><th class="num">leases</th><th>peer</th></tr></thead>'
+            f"<tbody>{consumers}</tbody></table>"
+            if workers.consumers
+            else '<p class="muted">No worker is connected to this feeder.</p>'
+        )
+        + note
     )
 
 

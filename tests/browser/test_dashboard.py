@@ -251,3 +251,57 @@ def test_clear_text_off_loopback_is_refused() -> None:
     Dashboard(
         target="127.0.0.1:1", listen="0.0.0.0:0", insecure=True, security=ClientSecurity()
     ).close()
+
+
+def test_pause_and_resume_from_the_queue_page(site: Site, browser: Browser) -> None:
+    with FeederClient(site.target) as client:
+        client.submit(b"waiting", queue="images")
+    load(browser, f"{site.url}queues/images", "queue-running")
+    browser.driver.find_element(By.ID, "pause").click()
+    browser.driver.switch_to.alert.accept()
+    wait_until(lambda: "Done: paused." in browser.driver.page_source)
+    browser.screenshot("queue-paused")
+    with FeederClient(site.target) as client:
+        assert {i.queue: i.paused for i in client.list_queues()}["images"] is True
+    with feeder_stub(site.target.split(",")[0]) as stub:
+        request = pb.LeaseRequest(queue="images", max_tasks=1, worker_id="w")
+        assert not stub.Lease(request, timeout=10).tasks  # paused: nothing handed out
+    load(browser, site.url, "queues-with-paused")
+    row = browser.driver.find_element(By.CSS_SELECTOR, 'tr[data-row="images"]')
+    assert "paused" in row.text
+    load(browser, f"{site.url}queues/images", "queue-paused-again")
+    browser.driver.find_element(By.ID, "resume").click()
+    wait_until(lambda: "Done: resumed." in browser.driver.page_source)
+    browser.screenshot("queue-resumed")
+    with FeederClient(site.target) as client:
+        assert {i.queue: i.paused for i in client.list_queues()}["images"] is False
+    assert browser.console_errors() == []
+
+
+def test_the_task_browser_and_the_workers_page(site: Site, browser: Browser) -> None:
+    dead = make_dead(site.target, "mail", 2)
+    with FeederClient(site.target) as client:
+        ready = [client.submit(b"r%d" % i, queue="mail").task_id for i in range(3)]
+    with feeder_stub(site.target.split(",")[0]) as stub:  # a worker holding one lease
+        request = pb.LeaseRequest(queue="mail", max_tasks=1, worker_id="resizer-7")
+        (held,) = stub.Lease(request, timeout=10).tasks
+    load(browser, f"{site.url}queues/mail#tasks", "tasks-all")
+
+    def listed() -> list[str]:
+        rows = browser.driver.find_elements(By.CSS_SELECTOR, "#tasks-table tbody tr")
+        return [str(r.get_attribute("data-task")) for r in rows]
+
+    assert listed() == sorted([*dead, *ready], key=int)  # oldest first
+    browser.driver.find_element(By.LINK_TEXT, "dead").click()
+    wait_until(lambda: listed() == sorted(dead, key=int))
+    browser.screenshot("tasks-dead")
+    browser.driver.find_element(By.LINK_TEXT, "newest first").click()
+    wait_until(lambda: listed() == sorted(dead, key=int, reverse=True))
+    browser.driver.find_element(By.LINK_TEXT, "leased").click()
+    wait_until(lambda: listed() == [held.task_id])
+    browser.screenshot("tasks-leased")
+    assert browser.console_errors() == []
+
+    load(browser, f"{site.url}workers", "workers")
+    holders = browser.driver.find_element(By.ID, "holders").text
+    assert "resizer-7" in holders and "mail" in holders
