@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
+
+from rich.live import Live
+from rich.table import Table
 
 from feedwork import render
 from feedwork.cli_support import (
@@ -16,7 +20,8 @@ from feedwork.cli_support import (
     print_json,
     stdout_console,
 )
-from feedwork.types import TaskState
+from feedwork.durations import parse_duration
+from feedwork.types import QueueStats, TaskState
 
 _STATES = [state.lower() for state in TaskState if state != TaskState.UNSPECIFIED]
 
@@ -32,6 +37,28 @@ def add_commands(commands: Any, client: argparse.ArgumentParser) -> None:
     )
     queues.add_argument("--json", action="store_true", help="print JSON")
     queues.set_defaults(run=_queues)
+
+    top = commands.add_parser(
+        "top",
+        parents=[client],
+        help="a live view of the queues: tasks by state and rates, refreshed every second",
+        description="Every queue (or those given), running or paused, its tasks by state, the "
+        "oldest ready task's age, and tasks submitted, completed, failed and expired per "
+        "second, refreshed until interrupted (Ctrl-C). Not on a terminal, it prints a table "
+        "per refresh.",
+    )
+    top.add_argument(
+        "--queue", "-q", action="append", default=[], help="only this queue (repeatable)"
+    )
+    top.add_argument(
+        "--interval", type=parse_duration, default=1.0, metavar="DURATION",
+        help="time between refreshes (default: 1s)",
+    )  # fmt: skip
+    top.add_argument(
+        "--iterations", type=int, default=0, metavar="N",
+        help="stop after N refreshes (default: until interrupted)",
+    )  # fmt: skip
+    top.set_defaults(run=_top)
 
     tasks = commands.add_parser("tasks", help="list the tasks of a queue")
     actions = tasks.add_subparsers(title="actions", metavar="ACTION", required=True)
@@ -93,6 +120,48 @@ def add_commands(commands: Any, client: argparse.ArgumentParser) -> None:
             )
         control.add_argument("--json", action="store_true", help="print JSON")
         control.set_defaults(run=_control, action=name)
+
+
+def _top(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise UsageError("--interval must be more than 0")
+    console = stdout_console()
+    wanted = set(args.queue)
+    previous: dict[str, tuple[float, QueueStats]] = {}
+    refreshes = 0
+
+    def view() -> Table:
+        nonlocal previous
+        with_rates: dict[str, dict[str, float]] = {}
+        queues = [q for q in client.list_queues() if not wanted or q.queue in wanted]
+        now = time.monotonic()
+        for info in queues:
+            before = previous.get(info.queue)
+            if before is not None and now > before[0]:
+                elapsed = now - before[0]
+                with_rates[info.queue] = {
+                    name: max(0, getattr(info.stats.totals, name) - getattr(before[1].totals, name))
+                    / elapsed
+                    for name, _ in render.TOP_RATES
+                }
+        previous = {info.queue: (now, info.stats) for info in queues}
+        stamp = time.strftime("%H:%M:%S")
+        return render.top_table(queues, with_rates, title=f"feedwork top · {args.target} · {stamp}")
+
+    with client_of(args) as client:
+        if console.is_terminal:
+            with Live(view(), console=console, auto_refresh=False) as live:
+                while not args.iterations or refreshes < args.iterations - 1:
+                    time.sleep(args.interval)
+                    live.update(view(), refresh=True)
+                    refreshes += 1
+        else:
+            console.print(view())
+            while not args.iterations or refreshes < args.iterations - 1:
+                time.sleep(args.interval)
+                console.print(view())
+                refreshes += 1
+    return EXIT_OK
 
 
 def _queues(args: argparse.Namespace) -> int:

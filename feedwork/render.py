@@ -244,6 +244,37 @@ def queues_table(queues: list[QueueInfo]) -> Table:
     return table
 
 
+# The rates `feedwork top` shows: per second, from two readings of the running totals.
+TOP_RATES = (
+    ("submitted", "in/s"),
+    ("completed", "done/s"),
+    ("failed", "failed/s"),
+    ("expired", "expired/s"),
+)
+
+
+def top_table(queues: list[QueueInfo], rates: dict[str, dict[str, float]], *, title: str) -> Table:
+    """`feedwork top`'s view: each queue's state, tasks by state now and its rates."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("queue")
+    table.add_column("state")
+    for _, heading in _COUNT_COLUMNS:
+        table.add_column(heading, justify="right")
+    table.add_column("oldest ready", justify="right")
+    for _, heading in TOP_RATES:
+        table.add_column(heading, justify="right")
+    for q in queues:
+        rate = rates.get(q.queue, {})
+        table.add_row(
+            _cell(q.queue),
+            Text("paused", style="bold yellow") if q.paused else Text("running"),
+            *(str(getattr(q.stats, name)) for name, _ in _COUNT_COLUMNS),
+            f"{q.stats.oldest_ready_age.total_seconds():.1f}s",
+            *(f"{rate[name]:.1f}" if name in rate else "-" for name, _ in TOP_RATES),
+        )
+    return table
+
+
 def tasks_table(page: TaskPage, *, payloads: bool = False) -> Table:
     """One row per task: id, state, priority, attempts, when made, the last attempt's
     worker and error (and the payload, shortened, when asked for)."""

@@ -4,10 +4,12 @@ user runs them: a feeder started with `feedwork feeder`, the CLI in its own proc
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
-from tests.acceptance.test_cli import Background, feeder, feedwork
+from feedwork.client import FeederClient
+from tests.acceptance.test_cli import ENV, FEEDWORK, Background, feeder, feedwork
 
 __all__ = ["feeder"]  # the fixture, used by name
 
@@ -145,3 +147,37 @@ def test_workers_shows_who_holds_leases(feeder: str, tmp_path: Path) -> None:
         assert "stream" in table.stdout
     finally:
         worker.stop()
+
+
+def test_top_shows_the_queues_and_their_rates(feeder: str) -> None:
+    submit(feeder, "mail", "one", "two")
+    assert feedwork("queue", "pause", "mail", "--target", feeder).returncode == 0
+    # Not on a terminal: a table per refresh; rates from the second one on.
+    argv = [*FEEDWORK, "top", "--target", feeder, "--iterations", "3", "--interval", "1s"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=ENV) as top:
+        assert top.stdout is not None
+        first = ""
+        while " mail " not in first:  # the first table's row: the first reading is taken
+            line = top.stdout.readline()
+            assert line, "top ended early"
+            first += line
+        with FeederClient(feeder) as client:
+            for payload in ("three", "four", "five"):
+                client.submit(payload, queue="mail")
+        rest, _ = top.communicate(timeout=30)
+    out = first + rest
+    assert top.returncode == 0
+    tables = [t for t in out.split("feedwork top · ") if t.strip()]
+    assert len(tables) == 3
+    assert "mail" in tables[0] and "paused" in tables[0]
+    rows = [
+        next(line for line in table.splitlines() if line.strip().startswith("mail")).split()
+        for table in tables
+    ]
+    # queue, state, scheduled, ready, leased, completed, dead, cancelled, oldest, in/s, ...
+    assert rows[-1][1] == "paused" and rows[-1][3] == "5"
+    assert rows[0][9] == "-"  # no rate from one reading
+    # The three submits, counted in the refresh after them: 3 in about a second.
+    assert 1.5 < max(float(row[9]) for row in rows[1:]) < 6
+    run = feedwork("top", "--target", feeder, "--interval", "0")
+    assert run.returncode == 2 and "--interval must be more than 0" in run.stderr
