@@ -4,13 +4,16 @@ else); `static/dashboard.js` only refreshes numbers and draws the charts."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from feedwork.types import DeadPage, QueueStats, Stats, TaskInfo, TaskPage, Workers
+from feedwork.types import DeadPage, QueueStats, Stats, TaskInfo, TaskPage, Totals, Workers
 
+# Every running total, in the order Totals declares them.
+TOTAL_FIELDS = tuple(f.name for f in dataclasses.fields(Totals))
 NAV = '<a href="/workers">Workers</a>'
 STATE_FIELDS = ("ready", "scheduled", "leased", "completed", "dead", "cancelled")
 
@@ -253,18 +256,7 @@ def queue_page(
         f"{age(stats.oldest_ready_age.total_seconds())}</dd>{rates}</dl>"
         f'<h2>Since the queue was made</h2><dl class="fields">'
         + "".join(
-            f"<dt>{k.replace('_', ' ')}</dt><dd>{getattr(totals, k):,}</dd>"
-            for k in (
-                "submitted",
-                "completed",
-                "failed",
-                "expired",
-                "redelivered",
-                "adopted",
-                "duplicate_acks",
-                "dead_lettered",
-                "cancelled",
-            )
+            f"<dt>{k.replace('_', ' ')}</dt><dd>{getattr(totals, k):,}</dd>" for k in TOTAL_FIELDS
         )
         + "</dl>"
         + task_browser(name, tasks, state=state, newest=newest)
@@ -428,20 +420,7 @@ def stats_json(stats: Stats, names: Sequence[str] | None = None) -> dict[str, ob
                 "queue": s.queue,
                 **{f: getattr(s, f) for f in STATE_FIELDS},
                 "oldest_ready_age": s.oldest_ready_age.total_seconds(),
-                "totals": {
-                    k: getattr(s.totals, k)
-                    for k in (
-                        "submitted",
-                        "completed",
-                        "failed",
-                        "expired",
-                        "redelivered",
-                        "adopted",
-                        "duplicate_acks",
-                        "dead_lettered",
-                        "cancelled",
-                    )
-                },
+                "totals": {k: getattr(s.totals, k) for k in TOTAL_FIELDS},
             }
             for s in wanted
         ]

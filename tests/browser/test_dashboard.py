@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -28,7 +28,7 @@ from feedwork.dashboard import Dashboard, DashboardError
 from feedwork.types import TaskState
 from feedwork.v1 import feeder_pb2 as pb
 from tests.browser.conftest import Browser
-from tests.faults.harness import FeederProc, call, feeder_stub
+from tests.faults.harness import FeederProc, call, feeder_stub, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,15 +89,8 @@ def make_dead(
         return [t.task_id for t in leased]
 
 
-def wait_until(condition, within: float = 15.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
+def wait_until(condition: Callable[[], Any], within: float = 15.0) -> Any:
+    return wait_for(condition, within=within, what="the page to change", every=0.1)
 
 
 def shown(browser: Browser, queue: str, field: str) -> str:
