@@ -534,6 +534,44 @@ def read_receipts(ledger: Path) -> list[Receipt]:
     return receipts
 
 
+def expired_after_running(tasks: Iterable[pb.Task], ledger: Path) -> list[tuple[pb.Task, Any]]:
+    """The EXPIRED attempts (task, attempt record) that their worker had started, by the
+    execution ledger. (A lease whose reply was lost in a crash never ran: not here.)"""
+    ran = {(task_id, attempt) for task_id, attempt, _ in read_ledger(ledger)}
+    return [
+        (task, attempt)
+        for task in tasks
+        for attempt in task.history
+        if attempt.outcome == pb.ATTEMPT_OUTCOME_EXPIRED and (task.task_id, attempt.attempt) in ran
+    ]
+
+
+def acks_held_past_lease(
+    tasks: Iterable[pb.Task], ledger: Path, *, task_seconds: float = 1.0
+) -> list[str]:
+    """EXPIRED attempts that ran, whose worker had other acks answered between
+    `task_seconds` after the lease began and the lease's end, as "task_id attempt worker":
+    that worker reached a feeder in that span, yet this attempt's ack (ready once the task's
+    at most `task_seconds` were over) did not get through before the lease ran out. The
+    worker held it back, e.g. in a retry backing off past a feeder's restart while its new
+    stream carried the others; the task was leased and run again for nothing. (A worker cut
+    off from every feeder until the lease ended has no answer in that span: not here.)"""
+    answered: dict[str, list[float]] = {}  # worker id -> when its acks were answered
+    for path in sorted(ledger.parent.glob(f"{ledger.stem}.acks-*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                data = json.loads(line)
+                answered.setdefault(str(data["worker_id"]), []).append(float(data["at"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+    held = []
+    for task, attempt in expired_after_running(tasks, ledger):
+        ready, ended = ts(attempt.leased_at) + task_seconds, ts(attempt.ended_at)
+        if any(ready < at < ended for at in answered.get(attempt.worker_id, ())):
+            held.append(f"{task.task_id} {attempt.attempt} {attempt.worker_id}")
+    return held
+
+
 def ts(value: Any) -> float:
     """A protobuf Timestamp in seconds (0.0 when unset)."""
     return float(value.seconds) + value.nanos / 1e9
