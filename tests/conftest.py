@@ -95,7 +95,8 @@ def node_sdk() -> NodeSdk:
     try:
         return ensure_built()
     except NodeSdkError as exc:
-        pytest.fail(f"the Node.js SDK is needed: {exc}", pytrace=False)
+        problem = str(exc)
+    pytest.fail(f"the Node.js SDK is needed: {problem}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
