@@ -358,6 +358,16 @@ class WorkerPool:
     def alive(self) -> list[Proc]:
         return [p for p in self.procs if p.alive()]
 
+    def wait_started(self, *, within: float = 60.0) -> None:
+        """Waits until every live worker is through its start-up: each opens its ack ledger
+        just before it connects to a feeder (both CLIs do). For a test that times its
+        faults: a loaded machine can take seconds to start a worker, Node's or Python's."""
+        wait_for(
+            lambda: all(ack_ledger_path(self.ledger, p.name).exists() for p in self.alive()),
+            within=within,
+            what=f"the {self.command.language} workers {self.name}* to start",
+        )
+
     def kill9(self, proc: Proc, *, replace: bool = True) -> Proc | None:
         """SIGKILL one worker (a crash); starts a replacement unless told not to."""
         proc.reaped = True

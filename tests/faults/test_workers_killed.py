@@ -104,6 +104,9 @@ def kill_workers_under_load(
     with running(feeder, workers):
         feeder.start()
         workers.start(WORKERS)
+        # Kills are timed from now on: every worker must be up (a loaded machine once took
+        # 6 s to start Node workers, and every kill hit a worker still starting).
+        workers.wait_started()
         with feeder_stub(feeder.target) as stub:
 
             def produce() -> None:
