@@ -14,6 +14,9 @@ pyproject.toml): write `async def test_...` and use the async fixtures below dir
 Override `feeder_settings` (limits, policies) or `feeder_clock` (a fake clock) in a test
 module to change how the feeder is built; `feeder_factory` starts more feeders, e.g. a
 second one on the same SQLite file after the first stopped.
+
+`node_sdk` is the Node.js SDK (clients/node), built for the session if it is missing or
+stale, for tests that run Node processes (tests/node_sdk.py).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from feeder.store.base import Store
 from feeder.store.postgres import PostgresStore
 from feedwork.v1 import feeder_pb2_grpc
 from tests import postgres
+from tests.node_sdk import NodeSdk, NodeSdkError, ensure_built
 
 # Hypothesis keeps its example database and a cache of constants in `.hypothesis/` of the
 # directory the tests run in (the checkout): here they go to a directory of this run's own,
@@ -81,6 +85,18 @@ def make_store(kind: str, settings: Settings) -> Store:
         db = settings.db
         return PostgresStore(db, pool_size=4, startup_wait=5.0)
     raise ValueError(f"unknown store kind {kind!r} (want one of {STORE_KINDS})")
+
+
+@pytest.fixture(scope="session")
+def node_sdk() -> NodeSdk:
+    """The Node.js SDK (clients/node), built first when clients/node/dist is missing or
+    older than its sources (tests/node_sdk.py). Fails, never skips, when node is missing or
+    the build fails: the message says how to build it."""
+    try:
+        return ensure_built()
+    except NodeSdkError as exc:
+        problem = str(exc)
+    pytest.fail(f"the Node.js SDK is needed: {problem}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,15 @@ interleave), then does what the task's JSON payload asks:
 
     {"sleep": 0.2}             sleep 0.2 s (wakes early if the worker cancels the task)
     {"sleep_first": 30}        sleep this long on attempt 1 only (then "sleep" applies)
+    {"ignore_cancel": true}    sleep through a cancel
     {"exit": 3}                os._exit(3): the worker process dies mid-task (poison)
     {"fail": true}             raise: the attempt fails (nack)
 
 and returns "pid attempt" as the task's result. The ledger line is written before the work
 starts, so an execution that a crash cut short is in the ledger too.
+
+tests/faults/handlers.js is the same handler for Node.js workers: keep the two in step
+(tests/acceptance/test_ledger_handlers.py holds both to one checklist).
 """
 
 from __future__ import annotations

@@ -4,11 +4,17 @@ that checks the feeder's records against them.
 
     feeder = FeederProc(tmp_path)             # python -m feeder on a fixed free port
     feeder.start(); feeder.kill9(); feeder.start()   # same database, same port
-    workers = WorkerPool(tmp_path, feeder.target, queue="q", ledger=ledger_path)
-    workers.start(8, concurrency=4)           # python -m worker ... tests.faults.handlers:ledger
+    workers = WorkerPool(tmp_path, feeder.target, queue="q", ledger=ledger_path, concurrency=4)
+    workers.start(8)                          # python -m worker ... tests.faults.handlers:ledger
+    node = WorkerPool(..., command=WorkerCommand.node(node_sdk))   # the same, in Node.js
     ...
     result = audit(stub, task_ids, ledger_path)   # GetTask for every id + both ledgers
     assert result.lost == 0 and result.completed_twice == 0
+
+A pool's `command` says what a worker process is: `python -m worker` with the ledger handler
+of tests/faults/handlers.py (the default), or the Node.js SDK's feedwork-node-worker with
+its port, tests/faults/handlers.js (same payloads, same ledger lines, same ack ledger); the
+`node_sdk` fixture builds that SDK. Everything else (kills, the audit) is the same.
 
 Completions are counted from the workers' side: each worker runs with `--ack-ledger`
 (`ack_ledger_path(ledger, worker)`, one JSON-lines file per worker process), and the audit holds
@@ -43,6 +49,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from feedwork.v1 import feeder_pb2 as pb
 from feedwork.v1 import feeder_pb2_grpc
+from tests.node_sdk import NodeSdk
 from tests.processes import die_with_parent
 from worker.receipts import AckReceipt as Receipt
 from worker.receipts import read_ack_ledger
@@ -51,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHAOS = os.environ.get("FEEDWORK_CHAOS", "").strip().lower() not in ("", "0", "false", "no")
 FIGURES = Path(os.environ.get("FEEDWORK_FIGURES") or Path(__file__).with_name("figures.json"))
 HANDLER = "tests.faults.handlers:ledger"
+NODE_HANDLER = Path(__file__).with_name("handlers.js")
 LEDGER_ENV = "FEEDWORK_FAULTS_LEDGER"
 
 FINAL_STATES = (pb.TASK_STATE_COMPLETED, pb.TASK_STATE_DEAD, pb.TASK_STATE_CANCELLED)
@@ -93,7 +101,8 @@ def wait_for(condition: Callable[[], Any], *, within: float, what: str, every: f
 
 
 class Proc:
-    """One child process, logged to `<workdir>/<name>.log` (appended across restarts)."""
+    """One child process running `argv` (the program first), logged to
+    `<workdir>/<name>.log` (appended across restarts)."""
 
     def __init__(self, name: str, argv: Sequence[str], workdir: Path, env: dict[str, str]):
         self.name = name
@@ -108,7 +117,7 @@ class Proc:
     def spawn(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                die_with_parent([sys.executable, *self.argv]),
+                die_with_parent(self.argv),
                 cwd=self.workdir,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -185,7 +194,7 @@ class FeederProc(Proc):
         self.port = port or free_port()
         self.port_file = workdir / f"{name}.port"
         argv = [
-            "-m", module,
+            sys.executable, "-m", module,
             "--listen", f"127.0.0.1:{self.port}",
             "--db", str(self.db),
             "--port-file", str(self.port_file),
@@ -238,8 +247,62 @@ class FeederProc(Proc):
         return self.start()
 
 
+@dataclass(frozen=True)
+class WorkerCommand:
+    """What a worker process of a pool runs: a worker CLI and the ledger handler in its
+    language. Both CLIs take the options a pool sets (`argv`); `options` are those of one
+    CLI only."""
+
+    language: str
+    program: tuple[str, ...]  # the CLI, up to its options
+    handler: str  # its --handler
+    options: tuple[str, ...] = ()
+
+    @classmethod
+    def python(cls) -> WorkerCommand:
+        """`python -m worker` with tests/faults/handlers.py."""
+        return cls("python", (sys.executable, "-m", "worker"), HANDLER, ("--log-level", "INFO"))
+
+    @classmethod
+    def node(cls, sdk: NodeSdk) -> WorkerCommand:
+        """The Node.js SDK's feedwork-node-worker with tests/faults/handlers.js (`sdk`: the
+        `node_sdk` fixture, which builds it)."""
+        return cls("node", (sdk.node, str(sdk.cli)), f"{NODE_HANDLER}:ledger")
+
+    def argv(
+        self,
+        *,
+        target: str,
+        queue: str,
+        worker_id: str,
+        ack_ledger: Path,
+        concurrency: int,
+        grace: float,
+        wait: float,
+        lease_duration: float | None,
+        extra: Sequence[str] = (),
+    ) -> list[str]:
+        return [
+            *self.program,
+            "--target", target,
+            "--queue", queue,
+            "--handler", self.handler,
+            "--concurrency", str(concurrency),
+            "--grace", str(grace),
+            "--wait", str(wait),
+            "--worker-id", worker_id,
+            "--ack-ledger", str(ack_ledger),
+            *(["--lease-duration", str(lease_duration)] if lease_duration else []),
+            *self.options,
+            *extra,
+        ]  # fmt: skip
+
+
 class WorkerPool:
-    """`python -m worker` processes on one queue, each running the ledger handler."""
+    """Worker processes on one queue, each running the ledger handler: `python -m worker`
+    unless `command` says otherwise (`WorkerCommand.node(sdk)`). Processes are named
+    `<name>00`, `<name>01`, ... (their worker ids, and their logs' and ack ledgers' names),
+    so that two pools may share a queue and a ledger under different names."""
 
     def __init__(
         self,
@@ -253,6 +316,8 @@ class WorkerPool:
         grace: float = 5.0,
         wait: float = 2.0,
         extra: Sequence[str] = (),
+        command: WorkerCommand | None = None,
+        name: str = "worker",
     ) -> None:
         self.workdir = workdir
         self.target = target
@@ -263,6 +328,8 @@ class WorkerPool:
         self.grace = grace
         self.wait = wait
         self.extra = list(extra)
+        self.command = command or WorkerCommand.python()
+        self.name = name
         self.procs: list[Proc] = []
         self.crashes = 0  # processes that exited on their own (found by `supervise`)
         self.kills = 0
@@ -271,22 +338,18 @@ class WorkerPool:
         return [self.start_one() for _ in range(count)]
 
     def start_one(self) -> Proc:
-        index = len(self.procs)
-        name = f"worker{index:02d}"
-        argv = [
-            "-m", "worker",
-            "--target", self.target,
-            "--queue", self.queue,
-            "--handler", HANDLER,
-            "--concurrency", str(self.concurrency),
-            "--grace", str(self.grace),
-            "--wait", str(self.wait),
-            "--worker-id", name,
-            "--ack-ledger", str(ack_ledger_path(self.ledger, name)),
-            "--log-level", "INFO",
-            *(["--lease-duration", str(self.lease_duration)] if self.lease_duration else []),
-            *self.extra,
-        ]  # fmt: skip
+        name = f"{self.name}{len(self.procs):02d}"
+        argv = self.command.argv(
+            target=self.target,
+            queue=self.queue,
+            worker_id=name,
+            ack_ledger=ack_ledger_path(self.ledger, name),
+            concurrency=self.concurrency,
+            grace=self.grace,
+            wait=self.wait,
+            lease_duration=self.lease_duration,
+            extra=self.extra,
+        )
         proc = Proc(name, argv, self.workdir, child_env(**{LEDGER_ENV: str(self.ledger)}))
         proc.spawn()
         self.procs.append(proc)
@@ -294,6 +357,16 @@ class WorkerPool:
 
     def alive(self) -> list[Proc]:
         return [p for p in self.procs if p.alive()]
+
+    def wait_started(self, *, within: float = 60.0) -> None:
+        """Waits until every live worker is through its start-up: each opens its ack ledger
+        just before it connects to a feeder (both CLIs do). For a test that times its
+        faults: a loaded machine can take seconds to start a worker, Node's or Python's."""
+        wait_for(
+            lambda: all(ack_ledger_path(self.ledger, p.name).exists() for p in self.alive()),
+            within=within,
+            what=f"the {self.command.language} workers {self.name}* to start",
+        )
 
     def kill9(self, proc: Proc, *, replace: bool = True) -> Proc | None:
         """SIGKILL one worker (a crash); starts a replacement unless told not to."""
@@ -457,8 +530,8 @@ def read_ledger(path: Path) -> list[tuple[str, int, int]]:
 
 
 def ack_ledger_path(ledger: Path, worker: str) -> Path:
-    """The ack ledger (`python -m worker --ack-ledger`) of one worker of a pool whose
-    execution ledger is `ledger`."""
+    """The ack ledger (the worker's `--ack-ledger`, in either language) of one worker of a
+    pool whose execution ledger is `ledger`."""
     return ledger.with_name(f"{ledger.stem}.acks-{worker}.jsonl")
 
 
@@ -469,6 +542,44 @@ def read_receipts(ledger: Path) -> list[Receipt]:
     for path in sorted(ledger.parent.glob(f"{ledger.stem}.acks-*.jsonl")):
         receipts += read_ack_ledger(path)
     return receipts
+
+
+def expired_after_running(tasks: Iterable[pb.Task], ledger: Path) -> list[tuple[pb.Task, Any]]:
+    """The EXPIRED attempts (task, attempt record) that their worker had started, by the
+    execution ledger. (A lease whose reply was lost in a crash never ran: not here.)"""
+    ran = {(task_id, attempt) for task_id, attempt, _ in read_ledger(ledger)}
+    return [
+        (task, attempt)
+        for task in tasks
+        for attempt in task.history
+        if attempt.outcome == pb.ATTEMPT_OUTCOME_EXPIRED and (task.task_id, attempt.attempt) in ran
+    ]
+
+
+def acks_held_past_lease(
+    tasks: Iterable[pb.Task], ledger: Path, *, task_seconds: float = 1.0
+) -> list[str]:
+    """EXPIRED attempts that ran, whose worker had other acks answered between
+    `task_seconds` after the lease began and the lease's end, as "task_id attempt worker":
+    that worker reached a feeder in that span, yet this attempt's ack (ready once the task's
+    at most `task_seconds` were over) did not get through before the lease ran out. The
+    worker held it back, e.g. in a retry backing off past a feeder's restart while its new
+    stream carried the others; the task was leased and run again for nothing. (A worker cut
+    off from every feeder until the lease ended has no answer in that span: not here.)"""
+    answered: dict[str, list[float]] = {}  # worker id -> when its acks were answered
+    for path in sorted(ledger.parent.glob(f"{ledger.stem}.acks-*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                data = json.loads(line)
+                answered.setdefault(str(data["worker_id"]), []).append(float(data["at"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+    held = []
+    for task, attempt in expired_after_running(tasks, ledger):
+        ready, ended = ts(attempt.leased_at) + task_seconds, ts(attempt.ended_at)
+        if any(ready < at < ended for at in answered.get(attempt.worker_id, ())):
+            held.append(f"{task.task_id} {attempt.attempt} {attempt.worker_id}")
+    return held
 
 
 def ts(value: Any) -> float:

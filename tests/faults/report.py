@@ -44,20 +44,24 @@ PROMISES = """\
 """
 
 METHOD = """\
-Every test runs real processes on 127.0.0.1 (`python -m feeder` on a SQLite file, or three
-of them on one PostgreSQL database, and `python -m worker` processes), injects its fault,
+Every test runs real processes on 127.0.0.1 (`python -m feeder` on a SQLite file, or two or
+three of them on one PostgreSQL database, and `python -m worker` processes, or in the
+tests named for Node.js the Node SDK's `feedwork-node-worker`), injects its fault,
 waits until every task has settled, and then audits. The tests run in two modes: *embedded*
-(one feeder on SQLite, the default) and *cluster* (three feeders on PostgreSQL, workers and
-producers given all three as `--target a,b,c`). The shared harness is
+(one feeder on SQLite, the default) and *cluster* (three feeders on PostgreSQL, two in the
+Node.js test, workers and producers given all of them as `--target a,b,c`). The shared
+harness is
 `tests/faults/harness.py`:
 
-- **The ledgers.** Workers run `tests/faults/handlers.py:ledger`, which appends one line
+- **The ledgers.** Workers run `tests/faults/handlers.py:ledger` (Node.js workers its port,
+  `tests/faults/handlers.js`, held to the same checklist), which appends one line
   per execution, `task_id attempt pid`, to a per-run file (one `O_APPEND` write per line,
   so lines from many processes never interleave), before doing what the payload asks
   (sleep, crash the process, fail). A run cut short by a crash is in the ledger too. Each
   worker also keeps an ack ledger (`python -m worker --ack-ledger FILE`): one JSON line per
   ack the feeder answered, with the answer (ACKED, ADOPTED, DUPLICATE...) and the result
-  the worker sent. Completions are counted from there, outside the feeder.
+  the worker sent (the Node worker's `--ack-ledger` writes the same lines). Completions are
+  counted from there, outside the feeder.
 - **The audit.** For every submitted id the test calls GetTask and compares with the
   ledgers: `lost` counts tasks the feeder does not know or that are not final; `completed
   twice` counts tasks whose completion the feeder acknowledged (ACKED or ADOPTED) to two
@@ -84,7 +88,7 @@ TESTS: list[tuple[str, str, str, str]] = [
     (
         "cluster_feeder_killed",
         "Cluster: one of three feeders killed (`test_cluster_killed.py`)",
-        "test_cluster_killed.py",
+        "test_cluster_killed.py::test_one_of_three_feeders_killed_again_and_again",
         """\
 Three feeders on one PostgreSQL database; two producers (`FeederClient`, own idempotency
 keys, every fifth batch sent twice) and 8 workers (concurrency 4) are given all three. At
@@ -93,6 +97,15 @@ too), is killed with SIGKILL and restarted 0-1.5 s later; the other two carry on
 nothing lost, nothing completed twice, no task created twice (tasks == distinct keys),
 duplicate executions counted, all three feeders report the same counts, and no worker was
 restarted: each carried on through the surviving feeders.""",
+    ),
+    (
+        "node_cluster_feeder_killed",
+        "Cluster: one of two feeders of Node.js workers killed (`test_cluster_killed.py`)",
+        "test_cluster_killed.py::test_one_of_two_feeders_of_node_workers_killed_again_and_again",
+        """\
+The same with two feeders, and 8 Node.js workers (the SDK's `feedwork-node-worker` running
+`tests/faults/handlers.js`) given both addresses: the Node SDK's round robin over several
+feeders and its failover to the other when one dies. Checked as above.""",
     ),
     (
         "postgres_restarted",
@@ -108,7 +121,7 @@ again. Checked as above, and no feeder or worker was restarted.""",
     (
         "feeder_killed",
         "Feeder killed (`test_feeder_killed.py`)",
-        "test_feeder_killed.py",
+        "test_feeder_killed.py::test_feeder_killed_at_random_moments",
         """\
 kill -9 of the feeder at random moments (every 0.2-1.2 s, down for up to 0.5 s more),
 restarted on the same database and port each time, while two producers submit batches with
@@ -116,12 +129,24 @@ restarted on the same database and port each time, while two producers submit ba
 fifth batch twice on purpose) and 8 workers (concurrency 4) work. Checked: nothing lost,
 nothing completed twice, duplicate executions counted, tasks in the feeder's stats ==
 distinct idempotency keys (every key always mapped to the same task id), and every worker
-ran tasks again after the last restart without being restarted itself.""",
+ran tasks again after the last restart without being restarted itself. Also: no worker held
+an ack past its lease (*acks held past lease*: a lease that expired under a task that ran,
+while its worker had other acks answered); *expired after running* counts every lease that
+expired under a task that ran (a worker that reached no feeder for that long).""",
+    ),
+    (
+        "node_feeder_killed",
+        "Feeder of Node.js workers killed (`test_feeder_killed.py`)",
+        "test_feeder_killed.py::test_feeder_of_node_workers_killed_at_random_moments",
+        """\
+The same with 8 Node.js workers (the SDK's `feedwork-node-worker` running
+`tests/faults/handlers.js`; fewer kills at CI size): the Node SDK's reconnection to a
+feeder that came back on its address, and its acks retried through the restarts.""",
     ),
     (
         "workers_killed",
         "Workers killed (`test_workers_killed.py`)",
-        "test_workers_killed.py",
+        "test_workers_killed.py::test_killed_workers_tasks_are_redelivered_after_lease_expiry",
         """\
 kill -9 of the worker that most recently started a task (so it is mid-task), replaced by a
 fresh process each time, while tasks arrive at about half the pool's capacity. Tasks are
@@ -130,6 +155,15 @@ exactly leased_at + 3 s. From each EXPIRED attempt in the history: *expiry laten
 ended_at - deadline (never negative: a lease is never taken away early) and *redelivery
 delay* = next attempt's leased_at - deadline. Every EXPIRED attempt belongs to a killed
 worker.""",
+    ),
+    (
+        "node_workers_killed",
+        "Node.js workers killed (`test_workers_killed.py`)",
+        "test_workers_killed.py::test_killed_node_workers_tasks_are_redelivered_after_lease_expiry",
+        """\
+The same with Node.js workers (the SDK's `feedwork-node-worker` running
+`tests/faults/handlers.js`, replaced by fresh processes; fewer tasks and kills at CI
+size), checked the same way.""",
     ),
     (
         "graceful_stop",
@@ -346,6 +380,13 @@ Bugs the fault tests found, and what was done:
    history, which keeps one completing attempt, and a completion lost in a crash erases
    itself from it. *Fixed*: completions are counted from the workers' ack ledgers (see
    the audit's own test).
+5. **The Node.js worker held acks past their leases after a feeder restart** (feeder
+   killed, Node.js workers). When its Consume stream broke, the worker sent its reports as
+   unary calls that retried by themselves with backoff growing to 5 s and never went back
+   to the reopened stream: acks came 5-9 s after their tasks ran, past the 5 s lease, and
+   the tasks ran again. *Fixed* in `clients/node/src/worker.ts` (one try per call, retried
+   by the worker's own loop, which takes the stream again as soon as it is open); the test
+   now fails on any ack held past its lease.
 
 Known limits (reported, not changed):
 
@@ -435,13 +476,13 @@ def figures_table(figures: dict[str, Any]) -> str:
 
 
 def faults_of(key: str, f: dict[str, Any]) -> str:
-    if key == "feeder_killed":
+    if key in ("feeder_killed", "node_feeder_killed"):
         return f"{f.get('kills')} feeder kills"
-    if key == "cluster_feeder_killed":
+    if key in ("cluster_feeder_killed", "node_cluster_feeder_killed"):
         return f"{f.get('kills')} kills of 1 of {f.get('feeders')} feeders"
     if key == "postgres_restarted":
         return f"{f.get('restarts')} PostgreSQL restarts"
-    if key == "workers_killed":
+    if key in ("workers_killed", "node_workers_killed"):
         return f"{f.get('kills')} worker kills"
     if key == "graceful_stop":
         return f"{f.get('rounds')} SIGTERMs"

@@ -10,6 +10,10 @@ while the other two carry on. In the end:
 - one task per distinct idempotency key (no duplicates created by retried Submits);
 - every execution beyond a task's first was a redelivery the feeders counted;
 - no worker was restarted: each one carried on through the surviving feeders.
+
+The same with Node.js workers (the SDK's feedwork-node-worker, tests/faults/handlers.js)
+given both addresses of two feeders, one of which is killed: that SDK's round robin over
+several feeders, and its reconnection to the other when one dies.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pytest
 
 from tests.faults.harness import (
     FeederProc,
+    WorkerCommand,
     WorkerPool,
     assert_clean,
     audit,
@@ -40,9 +45,13 @@ from tests.faults.harness import (
     wait_settled,
 )
 from tests.faults.test_feeder_killed import Producer
+from tests.node_sdk import NodeSdk
 
 KILLS = scaled(10, 40)
 FEEDERS = 3
+# The Node.js run: one of two feeders killed, fewer times in CI.
+NODE_KILLS = scaled(5, 40)
+NODE_FEEDERS = 2
 WORKERS = 8
 CONCURRENCY = 4
 PRODUCERS = 2
@@ -53,10 +62,44 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(scaled(180, 900))]
 
 
 def test_one_of_three_feeders_killed_again_and_again(tmp_path: Path, postgres_dsn: str) -> None:
+    kill_one_feeder_of_a_cluster(
+        tmp_path,
+        postgres_dsn,
+        WorkerCommand.python(),
+        key="cluster_feeder_killed",
+        feeder_count=FEEDERS,
+        kills=KILLS,
+    )
+
+
+def test_one_of_two_feeders_of_node_workers_killed_again_and_again(
+    tmp_path: Path, postgres_dsn: str, node_sdk: NodeSdk
+) -> None:
+    kill_one_feeder_of_a_cluster(
+        tmp_path,
+        postgres_dsn,
+        WorkerCommand.node(node_sdk),
+        key="node_cluster_feeder_killed",
+        feeder_count=NODE_FEEDERS,
+        kills=NODE_KILLS,
+    )
+
+
+def kill_one_feeder_of_a_cluster(
+    tmp_path: Path,
+    postgres_dsn: str,
+    command: WorkerCommand,
+    *,
+    key: str,
+    feeder_count: int,
+    kills: int,
+) -> None:
+    """The test, with `feeder_count` feeders and workers that run `command`; its figures
+    are recorded as `key`."""
     seed = int(os.environ.get("FEEDWORK_CHAOS_SEED") or time.time_ns() % 1_000_000)
     rng = random.Random(seed)
     ledger = tmp_path / "ledger.txt"
-    ports = [free_port() for _ in range(FEEDERS)]
+    ports = [free_port() for _ in range(feeder_count)]
     feeders = [
         FeederProc(
             tmp_path,
@@ -69,7 +112,13 @@ def test_one_of_three_feeders_killed_again_and_again(tmp_path: Path, postgres_ds
     ]
     target = ",".join(f.target for f in feeders)
     workers = WorkerPool(
-        tmp_path, target, queue=QUEUE, ledger=ledger, concurrency=CONCURRENCY, wait=2.0
+        tmp_path,
+        target,
+        queue=QUEUE,
+        ledger=ledger,
+        concurrency=CONCURRENCY,
+        wait=2.0,
+        command=command,
     )
     started = time.monotonic()
     with running(*feeders, workers):
@@ -83,11 +132,11 @@ def test_one_of_three_feeders_killed_again_and_again(tmp_path: Path, postgres_ds
 
         restarts: list[float] = []
         downtimes: list[float] = []
-        kills_by_feeder = [0] * FEEDERS
+        kills_by_feeder = [0] * feeder_count
         try:
-            while sum(kills_by_feeder) < KILLS:
+            while sum(kills_by_feeder) < kills:
                 time.sleep(rng.uniform(0.3, 1.5))
-                victim = rng.randrange(FEEDERS)
+                victim = rng.randrange(feeder_count)
                 feeders[victim].kill9()
                 kills_by_feeder[victim] += 1
                 down = rng.uniform(0.0, 1.5)
@@ -121,10 +170,11 @@ def test_one_of_three_feeders_killed_again_and_again(tmp_path: Path, postgres_ds
         elapsed = time.monotonic() - started
 
     record(
-        "cluster_feeder_killed",
+        key,
         {
             "seed": seed,
-            "feeders": FEEDERS,
+            "workers_language": command.language,
+            "feeders": feeder_count,
             "kills": sum(kills_by_feeder),
             "kills_by_feeder": kills_by_feeder,
             "workers": WORKERS,
@@ -149,4 +199,4 @@ def test_one_of_three_feeders_killed_again_and_again(tmp_path: Path, postgres_ds
     assert len(task_ids) == keys
     assert stats.totals.submitted == keys, (stats.totals.submitted, keys)
     assert stats.completed == keys
-    assert sum(kills_by_feeder) >= KILLS
+    assert sum(kills_by_feeder) >= kills

@@ -7,10 +7,18 @@ they send a batch that succeeded again on purpose. In the end:
 - every task whose Submit returned is COMPLETED (nothing lost), with exactly one ACKED
   attempt (nothing completed twice), and no lease was executed twice;
 - every execution beyond a task's first was a redelivery the feeder counted;
+- no worker held an ack past its lease: no lease of a task that ran (tasks take at most
+  50 ms, leases 5 s) expired while its worker had other acks answered (a worker retrying
+  an ack through a restart must send it as soon as it reaches a feeder again). A lease may
+  still expire when its worker could reach no feeder for that long (kills in a row, and
+  gRPC's reconnection backoff): counted as expired_after_running;
 - the feeder created exactly one task per distinct idempotency key (stats == keys), and
   every key always mapped to the same task id;
 - the workers were never restarted: after the last restart each of them leased and ran
   tasks again by itself.
+
+The same run with Node.js workers (the SDK's feedwork-node-worker, tests/faults/handlers.js)
+checks that SDK's reconnection to a feeder that came back on its address.
 """
 
 from __future__ import annotations
@@ -29,11 +37,14 @@ from feedwork.errors import DeadlineExceeded, Unavailable
 from feedwork.types import TaskSpec
 from tests.faults.harness import (
     FeederProc,
+    WorkerCommand,
     WorkerPool,
+    acks_held_past_lease,
     assert_clean,
     audit,
     check_duplicates_counted,
     every_worker_runs_again,
+    expired_after_running,
     feeder_stub,
     queue_stats,
     record,
@@ -43,8 +54,10 @@ from tests.faults.harness import (
     totals_figures,
     wait_settled,
 )
+from tests.node_sdk import NodeSdk
 
 KILLS = scaled(10, 30)
+NODE_KILLS = scaled(5, 30)  # the Node.js run, smaller in CI
 WORKERS = 8
 CONCURRENCY = 4
 PRODUCERS = 2
@@ -120,12 +133,29 @@ class Producer(threading.Thread):
 
 
 def test_feeder_killed_at_random_moments(tmp_path: Path) -> None:
+    kill_feeder_under_load(tmp_path, WorkerCommand.python(), key="feeder_killed", kills=KILLS)
+
+
+def test_feeder_of_node_workers_killed_at_random_moments(tmp_path: Path, node_sdk: NodeSdk) -> None:
+    kill_feeder_under_load(
+        tmp_path, WorkerCommand.node(node_sdk), key="node_feeder_killed", kills=NODE_KILLS
+    )
+
+
+def kill_feeder_under_load(tmp_path: Path, command: WorkerCommand, *, key: str, kills: int) -> None:
+    """The test, with workers that run `command`; its figures are recorded as `key`."""
     seed = int(os.environ.get("FEEDWORK_CHAOS_SEED") or time.time_ns() % 1_000_000)
     rng = random.Random(seed)
     ledger = tmp_path / "ledger.txt"
     feeder = FeederProc(tmp_path, args=["--lease-duration", f"{LEASE:g}s"])
     workers = WorkerPool(
-        tmp_path, feeder.target, queue=QUEUE, ledger=ledger, concurrency=CONCURRENCY, wait=2.0
+        tmp_path,
+        feeder.target,
+        queue=QUEUE,
+        ledger=ledger,
+        concurrency=CONCURRENCY,
+        wait=2.0,
+        command=command,
     )
     started = time.monotonic()
     with running(feeder, workers):
@@ -140,7 +170,7 @@ def test_feeder_killed_at_random_moments(tmp_path: Path) -> None:
         restarts: list[float] = []
         downtimes: list[float] = []
         try:
-            while feeder.kills < KILLS:
+            while feeder.kills < kills:
                 time.sleep(rng.uniform(0.2, 1.2))
                 feeder.kill9()
                 down = rng.uniform(0.0, 0.5)
@@ -164,16 +194,19 @@ def test_feeder_killed_at_random_moments(tmp_path: Path) -> None:
         keys = sum(len(p.keys) for p in producers) + len(probe_ids)
         with feeder_stub(feeder.target) as stub:
             stats = wait_settled(stub, QUEUE, len(task_ids), within=60)
-            result, _ = audit(stub, task_ids, ledger)
+            result, tasks = audit(stub, task_ids, ledger)
             stats = queue_stats(stub, QUEUE)
+        held = acks_held_past_lease(tasks.values(), ledger)
+        ran_and_expired = len(expired_after_running(tasks.values(), ledger))
         # Measured, not assumed: worker processes that exited (none was restarted).
         workers_exited = sum(not w.alive() for w in workers.procs)
         elapsed = time.monotonic() - started
 
     record(
-        "feeder_killed",
+        key,
         {
             "seed": seed,
+            "workers_language": command.language,
             "kills": feeder.kills,
             "workers": WORKERS,
             "workers_exited": workers_exited,
@@ -186,6 +219,8 @@ def test_feeder_killed_at_random_moments(tmp_path: Path) -> None:
             "feeder_restart_s": summary(restarts),
             "feeder_down_s": summary(downtimes),
             **result.figures(),
+            "expired_after_running": ran_and_expired,
+            "acks_held_past_lease": len(held),
             "feeder_totals": totals_figures(stats.totals),
             "chaos_seconds": round(chaos_seconds, 1),
             "seconds": round(elapsed, 1),
@@ -193,8 +228,9 @@ def test_feeder_killed_at_random_moments(tmp_path: Path) -> None:
     )
     assert_clean(result)
     check_duplicates_counted(result, stats.totals)
+    assert not held, f"{len(held)} acks held past their leases: {held[:10]}"
     # One task per distinct key: retried and resent Submits created nothing.
     assert len(task_ids) == keys
     assert stats.totals.submitted == keys, (stats.totals.submitted, keys)
     assert stats.completed == keys
-    assert feeder.kills >= KILLS
+    assert feeder.kills >= kills

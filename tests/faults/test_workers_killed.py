@@ -12,6 +12,9 @@ every task the test measures, per EXPIRED attempt:
 Producers submit at well under the workers' capacity, so a redelivered task does not wait
 behind a backlog. Each killed worker is replaced by a fresh process, as a process manager
 would do; every EXPIRED attempt must belong to a killed worker.
+
+The same run with Node.js workers (the SDK's feedwork-node-worker and tests/faults/
+handlers.js): the promises do not depend on the worker's language.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pytest
 from feedwork.v1 import feeder_pb2 as pb
 from tests.faults.harness import (
     FeederProc,
+    WorkerCommand,
     WorkerPool,
     assert_clean,
     audit,
@@ -42,6 +46,7 @@ from tests.faults.harness import (
     totals_figures,
     wait_settled,
 )
+from tests.node_sdk import NodeSdk
 
 QUEUE = "worker-kills"
 LEASE = 3.0
@@ -49,18 +54,48 @@ WORKERS = 6
 CONCURRENCY = 4
 TASKS = scaled(160, 1200)
 KILLS = scaled(8, 40)
+# The Node.js run, smaller in CI (one size at full size).
+NODE_TASKS = scaled(96, 1200)
+NODE_KILLS = scaled(5, 40)
 RATE = 16.0  # tasks per second; capacity is about 24 slots / 0.75 s = 32 per second
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(scaled(120, 600))]
 
 
 def test_killed_workers_tasks_are_redelivered_after_lease_expiry(tmp_path: Path) -> None:
+    kill_workers_under_load(
+        tmp_path, WorkerCommand.python(), key="workers_killed", tasks=TASKS, kills=KILLS
+    )
+
+
+def test_killed_node_workers_tasks_are_redelivered_after_lease_expiry(
+    tmp_path: Path, node_sdk: NodeSdk
+) -> None:
+    kill_workers_under_load(
+        tmp_path,
+        WorkerCommand.node(node_sdk),
+        key="node_workers_killed",
+        tasks=NODE_TASKS,
+        kills=NODE_KILLS,
+    )
+
+
+def kill_workers_under_load(
+    tmp_path: Path, command: WorkerCommand, *, key: str, tasks: int, kills: int
+) -> None:
+    """The test, with workers that run `command`; its figures are recorded as `key`."""
     seed = time.time_ns() % 1_000_000
     rng = random.Random(seed)
     ledger = tmp_path / "ledger.txt"
     feeder = FeederProc(tmp_path, args=["--lease-duration", f"{LEASE:g}s"])
     workers = WorkerPool(
-        tmp_path, feeder.target, queue=QUEUE, ledger=ledger, concurrency=CONCURRENCY, wait=2.0
+        tmp_path,
+        feeder.target,
+        queue=QUEUE,
+        ledger=ledger,
+        concurrency=CONCURRENCY,
+        wait=2.0,
+        command=command,
     )
     started = time.monotonic()
     task_ids: list[str] = []
@@ -69,12 +104,15 @@ def test_killed_workers_tasks_are_redelivered_after_lease_expiry(tmp_path: Path)
     with running(feeder, workers):
         feeder.start()
         workers.start(WORKERS)
+        # Kills are timed from now on: every worker must be up (a loaded machine once took
+        # 6 s to start Node workers, and every kill hit a worker still starting).
+        workers.wait_started()
         with feeder_stub(feeder.target) as stub:
 
             def produce() -> None:
                 try:
                     batch = 4
-                    for _ in range(0, TASKS, batch):
+                    for _ in range(0, tasks, batch):
                         payloads = [
                             {"sleep": round(rng.uniform(0.3, 1.2), 3), "ignore_cancel": True}
                             for _ in range(batch)
@@ -86,10 +124,10 @@ def test_killed_workers_tasks_are_redelivered_after_lease_expiry(tmp_path: Path)
 
             producer = threading.Thread(target=produce, daemon=True)
             producer.start()
-            span = TASKS / RATE
+            span = tasks / RATE
             time.sleep(1.0)
-            for _ in range(KILLS):
-                time.sleep(rng.uniform(0.5, 1.5) * (span - 1.0) / KILLS)
+            for _ in range(kills):
+                time.sleep(rng.uniform(0.5, 1.5) * (span - 1.0) / kills)
                 # The worker that most recently started a task: it is mid-task for sure.
                 pids = {w.pid: w for w in workers.alive()}
                 recent = [pid for _, _, pid in read_ledger(ledger)[-20:] if pid in pids]
@@ -107,9 +145,10 @@ def test_killed_workers_tasks_are_redelivered_after_lease_expiry(tmp_path: Path)
     late = [e.lateness for e in found]
     delays = [d for e in found if (d := e.redelivery_delay) is not None]
     record(
-        "workers_killed",
+        key,
         {
             "seed": seed,
+            "workers_language": command.language,
             "kills": workers.kills,
             "workers": WORKERS,
             "lease_s": LEASE,

@@ -28,7 +28,7 @@ import * as grpc from "@grpc/grpc-js";
 
 import { call, callOnce } from "./calls";
 import { Connection, type ConnectionOptions } from "./channel";
-import { FeedworkError, Status, errorFromCall, errorFromStatus, isServiceError, isTransient } from "./errors";
+import { Status, errorFromCall, errorFromStatus, isServiceError, isTransient } from "./errors";
 import { duration, seconds, type FeederStub } from "./proto";
 import { jittered, type Backoff } from "./retry";
 import { Fail, Retry, Task, type CancelReason } from "./task";
@@ -654,21 +654,26 @@ export class Worker extends EventEmitter {
             if (!(error instanceof StreamLost)) throw error;
           }
         }
+        // One try of each call: this loop retries, and takes the Consume stream again as
+        // soon as one is open (a new stream waits for the feeder to be back, where a unary
+        // call fails at once while it is down, and retries of its own would back off for
+        // seconds more after a feeder restart, past short leases).
         const stub = await this.connection.stub();
-        const options = { timeout: 10, maxRetryDelay: 30 };
+        const timeout = REPORT_TIMEOUT_MS / 1000;
         const [ackReply, nackReply] = await Promise.all([
-          acks.length ? call(stub, "Ack", { items: acks.map((r) => r.item) }, options) : undefined,
-          nacks.length ? call(stub, "Nack", { items: nacks.map((r) => r.item) }, options) : undefined,
+          acks.length ? callOnce(stub, "Ack", { items: acks.map((r) => r.item) }, timeout) : undefined,
+          nacks.length ? callOnce(stub, "Nack", { items: nacks.map((r) => r.item) }, timeout) : undefined,
         ]);
         if (ackReply) this.recordAcks(acks, ackReply.results.map((r) => String(r.outcome)));
         if (nackReply) this.recordNacks(nacks, nackReply.results.map((r) => String(r.outcome)));
         return;
-      } catch (error) {
-        if (!isTransient(error) && !(error instanceof FeedworkError && error.code === Status.RESOURCE_EXHAUSTED)) {
-          this.log.error(`${reports.length} reports refused, dropped (their leases will expire): ${(error as Error).message}`);
+      } catch (caught) {
+        const error = errorFromCall(caught);
+        if (!isTransient(error) && error.code !== Status.RESOURCE_EXHAUSTED) {
+          this.log.error(`${reports.length} reports refused, dropped (their leases will expire): ${error.message}`);
           return;
         }
-        this.log.warn(`reports not delivered yet: ${(error as Error).message}; retrying`);
+        if (attempt === 0) this.log.warn(`reports not delivered yet: ${error.message}; retrying`);
         await sleep(jittered(RECONNECT, attempt) * 1000);
       }
     }
