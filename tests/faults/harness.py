@@ -153,12 +153,15 @@ class Proc:
         assert self.process is not None
         return self.process.wait(timeout=timeout)
 
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds. Always reaps the process."""
+    def stop(self, grace: float = 10.0, *, signalled: bool = False) -> None:
+        """SIGTERM (unless `signalled` already: a second one makes a worker exit at once,
+        without its graceful stop), then SIGKILL after `grace` seconds. Always reaps the
+        process."""
         if self.process is None:
             return
         if self.process.poll() is None:
-            self.process.terminate()
+            if not signalled:
+                self.process.terminate()
             try:
                 self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
@@ -390,7 +393,7 @@ class WorkerPool:
         for proc in self.procs:
             proc.signal(signal.SIGTERM)
         for proc in self.procs:
-            proc.stop(grace)
+            proc.stop(grace, signalled=True)
 
 
 @contextlib.contextmanager
