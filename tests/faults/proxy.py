@@ -136,6 +136,19 @@ class ChaosProxy:
         task.add_done_callback(self._tasks.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Tracked like the proxy's own tasks, so that stopping cancels a connection being
+        # accepted too, and its socket is closed on the way out (not left to the garbage
+        # collector, which warns of it in whichever test runs then).
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._forward(reader, writer)
+        finally:
+            self._tasks.discard(task)
+            _abort(writer)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if time.monotonic() < self._refuse_until:
             self.refused += 1
             _abort(writer)
