@@ -79,7 +79,7 @@ $(BUF): tools/buf/package.json tools/buf/package-lock.json
 	npm ci --prefix tools/buf --no-audit --no-fund
 	@touch $@
 
-services: ## start the local services the tests need (PostgreSQL), if they are not up
+services: ## start PostgreSQL if it is down; install what tests need when missing (docker-compose, faketime, strace, chromium)
 	@scripts/ensure-services.sh
 
 .PHONY: compose-check docker-cluster docker-cluster-tls
