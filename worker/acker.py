@@ -24,7 +24,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from feedwork.retry import async_retrying, is_transient
+import tenacity
+
+from feedwork.retry import INITIAL_WAIT, async_retrying, is_transient
 from feedwork.v1 import feeder_pb2 as pb
 from worker.connection import ConnectionMonitor
 from worker.stream import ConsumeStream, StreamLost
@@ -35,6 +37,8 @@ log = logging.getLogger("feedwork.worker")
 MAX_BATCH_SIZE = 1000
 # How long one Ack or Nack call may take before it is treated as lost and retried.
 CALL_TIMEOUT = 10.0
+# The longest wait between two tries of a report (see `_retry`).
+REPORT_MAX_WAIT = 1.0
 # Batches of one kind on their way at once: the next full batch goes out without waiting
 # for the answer to the last (answers take a commit on the feeder).
 MAX_IN_FLIGHT = 4
@@ -231,7 +235,11 @@ class Acker:
 
     async def _retry(self, line: _Line, messages: list[Any]) -> list[int]:
         note = self._monitor.note_retry(line.name)
-        async for attempt in async_retrying(max_delay=None, before_sleep=note):
+        # Waits of at most REPORT_MAX_WAIT, not the clients' 5 s: a report is due within its
+        # lease, and a retry asleep for seconds after a feeder came back held acks past
+        # 5 s leases, their tasks then run again (seen in the feeder-killed fault test).
+        wait = tenacity.wait_random_exponential(multiplier=INITIAL_WAIT, max=REPORT_MAX_WAIT)
+        async for attempt in async_retrying(max_delay=None, before_sleep=note, wait=wait):
             with attempt:
                 outcomes = await line.send(messages)
         return outcomes
